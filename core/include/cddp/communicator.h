@@ -1,0 +1,35 @@
+// communicator.h — how tensors move between ranks. Nothing here decides *what* to send
+// or *when*: that is GradientExchange's and CompressedSGD's business.
+//
+// Implementations: LocalCommunicator (world size 1, no store, no threads) in core, and
+// C10dCommunicator (Gloo for CPU tensors, NCCL for CUDA tensors) over LibTorch's c10d.
+// All calls are collective and blocking: every rank must call them in the same order with
+// tensors of the same shape and dtype. Errors (a dead peer, a timeout) throw c10::Error.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <vector>
+
+namespace cddp {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual std::string backend_name() const = 0;
+
+  // In place: each tensor becomes the elementwise sum over ranks.
+  virtual void allreduce_sum_(at::Tensor& tensor) = 0;
+  // Returns one tensor per rank, result[r] being rank r's `tensor`. Every rank must pass the
+  // same shape (Gloo in LibTorch 1.13 cannot gather unequal sizes; pad first).
+  virtual std::vector<at::Tensor> allgather(const at::Tensor& tensor) = 0;
+  // In place: every rank ends with root's values.
+  virtual void broadcast_(at::Tensor& tensor, int root) = 0;
+  virtual void barrier() = 0;
+};
+
+}  // namespace cddp

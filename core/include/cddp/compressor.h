@@ -1,0 +1,79 @@
+// compressor.h — the abstract gradient compressor that every plugin implements.
+//
+// A Compressor turns one dense gradient into a sparse `Compressed` (values + indices) and
+// back. It is pure computation on one rank: it never communicates, never keeps error
+// feedback state of its own (the optimizer owns the residual), and never touches the global
+// RNG. Plugins implement it; the host only ever sees it through PluginCompressor, which
+// keeps the plugin's library loaded and stops exceptions at the library boundary.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cddp {
+
+// What a compressor is told about the tensor it compresses. The step and parameter index
+// make seeded selections (random-k) reproducible and identical on every rank.
+struct CompressContext {
+  int64_t step = 0;             // optimizer step, counted from 1
+  int64_t param_index = 0;      // position of the parameter in the optimizer (-1: whole model)
+  std::string param_name;       // for error messages; may be empty
+  uint64_t seed = 0;            // run seed, identical on every rank
+  double ratio = -1.0;          // density override for this call (warm-up, per-layer rule); <0: plugin's own
+};
+
+// A sparse gradient: `values[i]` belongs at flat position `indices[i]` of a dense tensor of
+// `shape`. Shapes: values [k] of `dtype`, indices [k] int32 (int64 when numel >= 2^31).
+struct Compressed {
+  at::Tensor values;
+  at::Tensor indices;
+  int64_t numel = 0;
+  std::vector<int64_t> shape;
+  at::ScalarType dtype = at::ScalarType::Float;
+
+  int64_t count() const { return values.defined() ? values.numel() : 0; }
+  // Bytes this selection occupies on the wire: values plus indices at their real sizes.
+  int64_t wire_bytes() const;
+};
+
+// The index dtype the ABI uses for a tensor of `numel` elements.
+at::ScalarType index_dtype_for(int64_t numel);
+
+class Compressor {
+ public:
+  virtual ~Compressor() = default;
+
+  virtual std::string name() const = 0;
+  virtual std::vector<c10::DeviceType> supported_devices() const = 0;
+
+  // Select from `grad` (any shape, any strides). Throws c10::Error with a clear message on
+  // bad input (NaN, unsupported dtype or device), naming ctx.param_name.
+  virtual Compressed compress(const at::Tensor& grad, const CompressContext& ctx) = 0;
+
+  // Dense tensor of the compressed shape with the selection scattered in, zeros elsewhere.
+  virtual at::Tensor decompress(const Compressed& c) const;
+  // dense.view(-1)[indices] += values. `dense` must be contiguous with c.numel elements.
+  virtual void decompress_add_(const Compressed& c, at::Tensor& dense) const;
+
+  // True when every rank selects the same indices for the same ctx (seeded random-k), so
+  // ranks may sum values directly instead of gathering indices.
+  virtual bool shared_indices() const noexcept { return false; }
+
+  // Error feedback fused with selection. Contract (bitwise): with acc = grad + residual,
+  //   returns C(acc) and leaves residual = acc - decompress(C(acc)).
+  // The default is exactly that three-step chain; plugins override it with a faster
+  // single pass that must produce the same bits. `residual` must be contiguous.
+  virtual Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
+                                            const CompressContext& ctx);
+  virtual bool has_fused_feedback() const noexcept { return false; }
+};
+
+// k for a density: ceil(ratio * numel) clamped to [1, numel] (0 for an empty tensor).
+int64_t k_for_ratio(double ratio, int64_t numel);
+
+}  // namespace cddp

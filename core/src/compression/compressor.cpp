@@ -1,0 +1,56 @@
+// compressor.cpp — the Compressor defaults: scatter-based decompression and the generic
+// (unfused) error-feedback chain that fused plugin paths must match bit for bit.
+#include <cddp/compressor.h>
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace cddp {
+
+int64_t Compressed::wire_bytes() const {
+  if (!values.defined()) return 0;
+  return values.numel() * static_cast<int64_t>(values.element_size()) +
+         indices.numel() * static_cast<int64_t>(indices.element_size());
+}
+
+at::ScalarType index_dtype_for(int64_t numel) {
+  return numel < (int64_t{1} << 31) ? at::kInt : at::kLong;
+}
+
+int64_t k_for_ratio(double ratio, int64_t numel) {
+  if (numel <= 0) return 0;
+  // ceil in long double so that ratio*numel products like 0.01*25e6 do not round up by one ulp.
+  long double exact = static_cast<long double>(ratio) * static_cast<long double>(numel);
+  int64_t k = static_cast<int64_t>(std::ceil(exact - 1e-9L * exact));
+  if (k < 1) k = 1;
+  if (k > numel) k = numel;
+  return k;
+}
+
+at::Tensor Compressor::decompress(const Compressed& c) const {
+  at::Tensor dense = at::zeros({c.numel}, c.values.defined() ? c.values.options() : at::TensorOptions(c.dtype));
+  decompress_add_(c, dense);
+  return dense.view(c.shape);
+}
+
+void Compressor::decompress_add_(const Compressed& c, at::Tensor& dense) const {
+  TORCH_CHECK(dense.is_contiguous() && dense.numel() == c.numel,
+              "decompress_add_: dense must be contiguous with ", c.numel, " elements, got ", dense.sizes());
+  if (c.count() == 0) return;
+  // index_add_ on a flat view: duplicates (never produced by our compressors) would sum.
+  dense.view(-1).index_add_(0, c.indices.to(at::kLong), c.values.to(dense.scalar_type()));
+}
+
+Compressed Compressor::compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
+                                              const CompressContext& ctx) {
+  // Error feedback, Seide et al. 2014 ("1-bit SGD") / Karimireddy et al. 2019 ("EF-SGD"):
+  at::Tensor acc = grad.reshape(residual.sizes()) + residual;  // acc = g + e_t
+  Compressed sent = compress(acc, ctx);                          // sent = C(acc)
+  at::Tensor dense = at::zeros_like(acc);
+  decompress_add_(sent, dense);
+  residual.copy_(acc - dense);                                   // e_{t+1} = acc - D(C(acc))
+  return sent;
+}
+
+}  // namespace cddp

@@ -1,0 +1,38 @@
+// randomk_compressor.h — random-k sparsification (Stich et al. 2018, "Sparsified SGD with
+// Memory"; Wangni et al. 2018, "Gradient Sparsification for Communication-Efficient
+// Distributed Optimization"). Keeps k = ceil(ratio·numel) distinct entries chosen by the
+// plugin's own counter-based generator (Philox4x32-10) keyed by (seed, step, parameter
+// index): every rank picks the same indices, so ranks may sum values directly
+// (shared_indices() is true). The global RNG is never touched. Output sorted by index.
+//
+// Parameters: ratio (0 < ratio <= 1, default 0.01); scale (bool, default false): multiply
+// the kept values by numel/k, which makes the compressor unbiased, E[D(C(x))] = x.
+#pragma once
+
+#include <cddp/compressor.h>
+#include <cddp/plugin_params.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace cddp::randomk {
+
+// The k indices (ascending) random-k selects from n elements for (seed, step, param_index):
+// the k smallest Philox priorities, ties to the lower index. No permutation of n is built.
+std::vector<int64_t> select_indices(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k);
+
+class RandomKCompressor final : public Compressor {
+ public:
+  explicit RandomKCompressor(const ParamMap& params);
+
+  std::string name() const override { return "randomk"; }
+  std::vector<c10::DeviceType> supported_devices() const override { return {c10::DeviceType::CPU}; }
+  Compressed compress(const at::Tensor& grad, const CompressContext& ctx) override;
+  bool shared_indices() const noexcept override { return true; }
+
+ private:
+  double ratio_;
+  bool scale_;
+};
+
+}  // namespace cddp::randomk

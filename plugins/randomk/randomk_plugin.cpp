@@ -1,0 +1,16 @@
+// randomk_plugin.cpp — the randomk plugin's ABI entry point and parameter schema.
+#include <cddp/plugin_abi.h>
+
+#include "randomk_compressor.h"
+
+namespace cddp::randomk {
+extern const ParamSpec kRandomKParams[] = {
+    {"ratio", ParamType::Double, "0.01", 1e-12, 1.0, "density: fraction of entries kept, k = ceil(ratio*numel)"},
+    {"scale", ParamType::Bool, "false", 0, 0, "multiply kept values by numel/k (unbiased estimator)"},
+};
+extern const size_t kRandomKParamCount = sizeof(kRandomKParams) / sizeof(kRandomKParams[0]);
+}  // namespace cddp::randomk
+
+CDDP_DEFINE_COMPRESSOR_PLUGIN(cddp::randomk::RandomKCompressor, "randomk", "1.0.0",
+                              "k indices from a seeded Philox stream, identical on every rank",
+                              cddp::randomk::kRandomKParams, "cpu")

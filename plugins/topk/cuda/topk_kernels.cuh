@@ -1,0 +1,75 @@
+// topk_kernels.cuh — raw-pointer CUDA kernels for top-k (by magnitude, fused with error
+// feedback) and seeded random-k selection, with host launchers that take a cudaStream_t.
+// No LibTorch in here: topk_cuda_bridge.{h,cpp} is the LibTorch-facing glue.
+//
+// Selection rule, identical to the CPU plugins (bitwise):
+//   top-k     key(i) = bits(acc[i]) & 0x7fffffff  (uint32 order == |x| order, +0 and -0 tie)
+//             the k LARGEST keys are selected.
+//   random-k  priority(i) = lane i%4 of philox4x32_10(randomk_counter(i/4, step, param),
+//             randomk_key(seed)); the k SMALLEST priorities are selected (internally the key is
+//             ~priority, so both are "k largest keys").
+//   Ties on the key: the lower index wins. Output is sorted by index ascending.
+//
+// Algorithm (AIR top-k, Zhang et al. SC'23, and CUB DeviceTopK style radix select): three
+// radix passes of 11 + 11 + 10 bits over the uint32 key, every decision on the device:
+//   K0 (top-k: fused) reads grad and residual, writes acc = grad + residual into residual,
+//      builds a shared-memory histogram of key >> 21 and merges it into a global one; the
+//      last block to finish picks the bucket that holds the k-th largest key.
+//   K1 re-reads acc, histograms bits 20..10 of the keys in that bucket, appends those
+//      candidates (key, index) to a buffer (capacity n/8; on overflow the later passes fall
+//      back to reading the whole array), and counts per tile of 8192 elements the elements
+//      that are certainly selected. Last block picks the second digit.
+//   K2 over the candidates: histogram of bits 9..0; last block fixes the threshold key T and
+//      `need`, the number of elements equal to T to take (the first `need` by index).
+//   K3 over the candidates: per-tile counts of key > T and key == T; the last block scans the
+//      tiles into output offsets.
+//   K4 re-reads acc per tile, block-scans the selection flags in index order, writes the
+//      (value, index) pairs to their final slots and zeroes the residual there (+0.0f).
+// The host launches a fixed sequence of kernels with fixed grids; nothing is read back, so
+// a step never synchronises the host. Memory traffic for top-k with feedback is about
+// 20 bytes per element (12 for the fused pass, 4 + 4 for two re-reads of acc).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace cddp::topk_cuda {
+
+// Bytes of scratch memory that launch_topk / launch_randomk need for n elements. The caller
+// allocates it (any alignment >= 256 bytes; the caching allocator gives that) and may free it
+// as soon as the launches are enqueued, stream-ordered.
+size_t workspace_bytes(int64_t n, bool indices_int64);
+
+// True when indices for a tensor of n elements must be int64 (the ABI's rule: n >= 2^31).
+inline bool needs_int64_indices(int64_t n) { return n >= (int64_t{1} << 31); }
+
+// Top-k by magnitude fused with error feedback.
+//   grad      [n] float32, contiguous, read only.
+//   residual  [n] float32, contiguous, or nullptr. When given: acc = grad + residual is written
+//             into residual, and residual is zeroed (+0.0f) at the k selected positions, so on
+//             return residual == acc - decompress(C(acc)). When nullptr: acc = grad.
+//   out_values  [k] float32: acc at the selected positions (original sign), index order.
+//   out_indices [k] int32, or int64 when indices_int64 (must be true when n >= 2^31).
+//   nan_flag  device uint32 or nullptr: set to 1 when acc holds a NaN (NaN sorts as the
+//             largest magnitude). Never read here: reading it is the caller's (synchronising)
+//             business.
+// 1 <= k <= n. Enqueues everything on `stream`; returns the first launch error.
+cudaError_t launch_topk(const float* grad, float* residual, int64_t n, int64_t k,
+                        float* out_values, void* out_indices, bool indices_int64,
+                        unsigned int* nan_flag, void* workspace, size_t workspace_size,
+                        cudaStream_t stream);
+
+// Seeded random-k: the k indices of smallest Philox priority (see above), ascending.
+// 1 <= k <= n. out_indices as for launch_topk.
+cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n,
+                           int64_t k, void* out_indices, bool indices_int64, void* workspace,
+                           size_t workspace_size, cudaStream_t stream);
+
+// out[i] = a[i] + b[i]: the "one plain pass that reads two arrays and writes one" that the
+// benchmark compares the fused kernel against (16-byte accesses when aligned).
+cudaError_t launch_plain_add(const float* a, const float* b, float* out, int64_t n,
+                             cudaStream_t stream);
+
+}  // namespace cddp::topk_cuda

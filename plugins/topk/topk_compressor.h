@@ -1,0 +1,37 @@
+// topk_compressor.h — top-k sparsification: keep the k = ceil(ratio·numel) entries of largest
+// magnitude (Aji & Heafield 2017, "Sparse Communication for Distributed Gradient Descent";
+// Stich et al. 2018, "Sparsified SGD with Memory"). Exact on the CPU; ties break by lower
+// index so that runs are reproducible; the output is sorted by index.
+//
+// Parameters: ratio (0 < ratio <= 1, default 0.01).
+// It will not run on devices this build does not support: it refuses them by name.
+#pragma once
+
+#include <cddp/compressor.h>
+#include <cddp/plugin_params.h>
+
+#include <memory>
+
+namespace cddp::topk {
+
+class TopKCompressor final : public Compressor {
+ public:
+  explicit TopKCompressor(const ParamMap& params);
+
+  std::string name() const override { return "topk"; }
+  std::vector<c10::DeviceType> supported_devices() const override;
+  Compressed compress(const at::Tensor& grad, const CompressContext& ctx) override;
+  Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
+                                    const CompressContext& ctx) override;
+  bool has_fused_feedback() const noexcept override;
+
+  double ratio() const { return ratio_; }
+
+ private:
+  int64_t k_for(const at::Tensor& grad, const CompressContext& ctx) const;
+  void check_input(const at::Tensor& grad, const CompressContext& ctx) const;
+
+  double ratio_;
+};
+
+}  // namespace cddp::topk
