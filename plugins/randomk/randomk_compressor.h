@@ -29,6 +29,7 @@ class RandomKCompressor final : public Compressor {
   std::vector<c10::DeviceType> supported_devices() const override { return {c10::DeviceType::CPU}; }
   Compressed compress(const at::Tensor& grad, const CompressContext& ctx) override;
   bool shared_indices() const noexcept override { return true; }
+  double default_density() const noexcept override { return ratio_; }
 
  private:
   double ratio_;

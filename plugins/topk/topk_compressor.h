@@ -24,6 +24,7 @@ class TopKCompressor final : public Compressor {
   Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                     const CompressContext& ctx) override;
   bool has_fused_feedback() const noexcept override;
+  double default_density() const noexcept override { return ratio_; }
 
   double ratio() const { return ratio_; }
 

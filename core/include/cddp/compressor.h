@@ -64,6 +64,10 @@ class Compressor {
   // ranks may sum values directly instead of gathering indices.
   virtual bool shared_indices() const noexcept { return false; }
 
+  // The density it keeps when CompressContext::ratio does not override it, or -1 when the
+  // count depends on the data (threshold compressors). Used to route tensors before compressing.
+  virtual double default_density() const noexcept { return -1.0; }
+
   // Error feedback fused with selection. Contract (bitwise): with acc = grad + residual,
   //   returns C(acc) and leaves residual = acc - decompress(C(acc)).
   // The default is exactly that three-step chain; plugins override it with a faster

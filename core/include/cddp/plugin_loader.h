@@ -81,6 +81,7 @@ class PluginCompressor final : public Compressor {
   Compressed compress(const at::Tensor& grad, const CompressContext& ctx) override;
   void decompress_add_(const Compressed& c, at::Tensor& dense) const override;
   bool shared_indices() const noexcept override;
+  double default_density() const noexcept override;
   Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                     const CompressContext& ctx) override;
   bool has_fused_feedback() const noexcept override;

@@ -251,10 +251,14 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       if (o.weight_decay() != 0) it.g = it.g.add(p.data(), o.weight_decay());
       it.compressor = o.compressor();
       it.density = density_override_ > 0 ? density_override_ : o.density();
+      if (it.density <= 0 && it.compressor) it.density = it.compressor->default_density();
       it.error_feedback = o.error_feedback();
       for (const auto& rule : o.rules()) {
         if (!glob_match(rule.match, it.name)) continue;
-        if (rule.compressor) it.compressor = rule.compressor;
+        if (rule.compressor) {
+          it.compressor = rule.compressor;
+          if (density_override_ <= 0 && o.density() <= 0) it.density = rule.compressor->default_density();
+        }
         if (rule.density > 0 && density_override_ <= 0) it.density = rule.density;
         if (rule.error_feedback >= 0) it.error_feedback = rule.error_feedback == 1;
         if (rule.dense) it.forced_dense = true;

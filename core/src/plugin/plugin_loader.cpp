@@ -146,6 +146,7 @@ void PluginCompressor::decompress_add_(const Compressed& c, at::Tensor& dense) c
 }
 
 bool PluginCompressor::shared_indices() const noexcept { return impl_->shared_indices(); }
+double PluginCompressor::default_density() const noexcept { return impl_->default_density(); }
 bool PluginCompressor::has_fused_feedback() const noexcept { return impl_->has_fused_feedback(); }
 
 Compressed PluginCompressor::compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,

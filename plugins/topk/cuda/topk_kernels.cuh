@@ -30,7 +30,11 @@
 // 20 bytes per element (12 for the fused pass, 4 + 4 for two re-reads of acc).
 #pragma once
 
+#if defined(CDDP_CUDA_EMULATION)
+#include "cuda_emu.h"  // CPU emulation for tests/gpu/topk_kernels_emu_test.cpp
+#else
 #include <cuda_runtime.h>
+#endif
 
 #include <cstddef>
 #include <cstdint>

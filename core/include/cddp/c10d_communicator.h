@@ -1,0 +1,75 @@
+// c10d_communicator.h — the multi-process Communicator, over LibTorch's c10d.
+//
+// One C10dCommunicator per process. Constructing it performs the rendezvous: rank 0 hosts a
+// TCPStore on master_port, every rank connects, announces itself and waits until all
+// world_size ranks have joined; then a Gloo process group (CPU tensors) is set up over that
+// store. When cddp is compiled with USE_C10D_NCCL, the first collective on a CUDA tensor
+// creates an NCCL process group over the same store (every rank must then pass CUDA tensors
+// in the same call, as with any collective).
+//
+// Failures never hang: the store, the rendezvous and every collective are bounded by
+// `timeout`. A failed collective throws c10::Error naming the rank(s) that did not answer
+// when that can be known: every rank bumps a heartbeat counter in the store, and on failure
+// the counters tell a dead or stopped rank from a live one. After one failure the
+// communicator is broken and every later call throws at once.
+//
+// It will not parse environment variables (see rendezvous.h), spawn processes (launcher.h),
+// or decide what to send (GradientExchange). No global state: two instances on different
+// ports are independent.
+#pragma once
+
+#include <cddp/communicator.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace cddp {
+
+struct C10dOptions {
+  int rank = 0;
+  int world_size = 1;
+  std::string master_addr = "127.0.0.1";  // where rank 0's store listens (all ranks connect)
+  int master_port = 29500;
+  // Bounds the rendezvous, the store, Gloo's setup and every collective. At least 1 s.
+  std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  // Gloo's device: a network interface name (GLOO_SOCKET_IFNAME) wins over a hostname or
+  // address of this machine to bind to. Both empty: 127.0.0.1 when master_addr is a loopback
+  // address (single node), else this machine's hostname.
+  std::string gloo_interface;
+  std::string gloo_hostname;
+  // How often each rank bumps its heartbeat counter; a rank whose counter stands still for
+  // three intervals is reported as not responding.
+  std::chrono::milliseconds heartbeat_interval{500};
+};
+
+class C10dCommunicator final : public Communicator {
+ public:
+  // Rendezvous + Gloo setup. Throws c10::Error (address:port, time waited, ranks joined) on
+  // a port in use, an unreachable store or a rendezvous that does not complete in time.
+  explicit C10dCommunicator(const C10dOptions& options);
+  ~C10dCommunicator() override;
+  C10dCommunicator(const C10dCommunicator&) = delete;
+  C10dCommunicator& operator=(const C10dCommunicator&) = delete;
+
+  int rank() const override;
+  int world_size() const override;
+  std::string backend_name() const override;  // "gloo", or "gloo+nccl" once NCCL is up
+
+  void allreduce_sum_(at::Tensor& tensor) override;
+  std::vector<at::Tensor> allgather(const at::Tensor& tensor) override;
+  void broadcast_(at::Tensor& tensor, int root) override;
+  void barrier() override;
+
+  const C10dOptions& options() const;
+  // True after a collective failed; every later call throws.
+  bool broken() const;
+  // Which version of the c10d API this build uses, for logs.
+  static std::string torch_api();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cddp

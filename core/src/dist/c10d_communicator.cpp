@@ -1,0 +1,421 @@
+// c10d_communicator.cpp — C10dCommunicator: TCPStore rendezvous, Gloo (and NCCL) collectives,
+// heartbeats, and error messages that name the rank that did not answer.
+//
+// It will not retry a failed collective, reconnect, or shrink the world: after a failure
+// the communicator is broken and the caller is expected to stop (the launcher tears the
+// job down). Everything that differs between LibTorch 1.13 and 2.x is in c10d_compat.h.
+#include <cddp/c10d_communicator.h>
+
+#include "c10d_compat.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <cstdio>
+#include <mutex>
+#include <sstream>
+#include <thread>
+
+namespace cddp {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string fmt_seconds(double s) {
+  char buf[32];
+  if (s >= 10 || s == static_cast<int64_t>(s)) std::snprintf(buf, sizeof buf, "%.0f", s);
+  else std::snprintf(buf, sizeof buf, "%.1f", s);
+  return buf;
+}
+std::string fmt_seconds(milliseconds ms) { return fmt_seconds(ms.count() / 1000.0); }
+
+// c10::Error::what() carries a C++ backtrace in 1.13; messages for people do not need it.
+std::string short_what(const std::exception& e) {
+  if (auto* ce = dynamic_cast<const c10::Error*>(&e)) return ce->what_without_backtrace();
+  return e.what();
+}
+
+std::string ranks_text(const std::vector<int>& ranks) {
+  std::ostringstream os;
+  os << (ranks.size() == 1 ? "rank " : "ranks ");
+  for (size_t i = 0; i < ranks.size(); ++i) os << (i ? ", " : "") << ranks[i];
+  return os.str();
+}
+
+bool is_loopback(const std::string& host) {
+  return host == "localhost" || host == "::1" || host.rfind("127.", 0) == 0;
+}
+
+std::vector<uint8_t> bytes_of(const std::string& s) { return std::vector<uint8_t>(s.begin(), s.end()); }
+
+const char* kJoinedKey = "cddp/joined";
+std::string rank_key(int r) { return "cddp/rank/" + std::to_string(r); }
+std::string claim_key(int r) { return "cddp/claims/" + std::to_string(r); }
+std::string heartbeat_key(int r) { return "cddp/heartbeat/" + std::to_string(r); }
+
+// The heartbeat thread's state, shared with the thread so that it can outlive the
+// communicator if a store call blocks (a stopped rank 0): it is then detached, not joined.
+struct HeartbeatState {
+  std::mutex m;
+  std::condition_variable cv;
+  bool stop = false;
+  bool done = false;
+};
+
+void heartbeat_loop(std::shared_ptr<HeartbeatState> hb, compat::StorePtr store, std::string key,
+                    milliseconds interval) {
+  std::unique_lock<std::mutex> lock(hb->m);
+  while (!hb->stop) {
+    lock.unlock();
+    try {
+      store->add(key, 1);
+    } catch (...) {
+      // The store is gone (rank 0 exited) or slow: a collective will report it.
+    }
+    lock.lock();
+    hb->cv.wait_for(lock, interval, [&] { return hb->stop; });
+  }
+  hb->done = true;
+  hb->cv.notify_all();
+}
+
+// Store reads for the diagnosis, bounded in time: a stopped store host would block them.
+struct CounterRead {
+  std::mutex m;
+  std::condition_variable cv;
+  bool done = false, ok = false;
+  std::vector<int64_t> values;
+};
+
+bool read_counters(const compat::StorePtr& store, int world, milliseconds limit, std::vector<int64_t>& out) {
+  auto state = std::make_shared<CounterRead>();
+  std::thread reader([state, store, world] {
+    std::vector<int64_t> v(world, -1);
+    bool ok = true;
+    try {
+      for (int r = 0; r < world; ++r) v[r] = store->add(heartbeat_key(r), 0);
+    } catch (...) {
+      ok = false;
+    }
+    std::lock_guard<std::mutex> lock(state->m);
+    state->values = std::move(v);
+    state->ok = ok;
+    state->done = true;
+    state->cv.notify_all();
+  });
+  std::unique_lock<std::mutex> lock(state->m);
+  if (!state->cv.wait_for(lock, limit, [&] { return state->done; })) {
+    lock.unlock();
+    reader.detach();  // it holds its own references; it ends when the store call returns
+    return false;
+  }
+  lock.unlock();
+  reader.join();
+  out = state->values;
+  return state->ok;
+}
+
+}  // namespace
+
+struct C10dCommunicator::Impl {
+  C10dOptions opt;
+  std::string where;  // "addr:port" of the store
+  compat::StorePtr store;
+  compat::CollectivesPtr gloo;
+#ifdef USE_C10D_NCCL
+  compat::CollectivesPtr nccl;
+#endif
+  std::shared_ptr<HeartbeatState> heartbeat;
+  std::thread heartbeat_thread;
+  bool broken = false;
+  std::string broken_reason;
+  int64_t op_count = 0;
+
+  explicit Impl(const C10dOptions& o);
+  ~Impl();
+
+  void rendezvous();
+  void start_heartbeat();
+  void stop_heartbeat();
+  std::string diagnose(double waited_s);
+  void check_usable(const char* op) const;
+  template <class Start>
+  void run(const char* op, Start&& start);
+  [[noreturn]] void fail(const std::string& what, Clock::time_point t0, const std::string& cause);
+  compat::Collectives& backend_for(const at::Tensor& t);
+};
+
+C10dCommunicator::Impl::Impl(const C10dOptions& o) : opt(o) {
+  TORCH_CHECK(opt.world_size >= 1, "C10dCommunicator: world_size must be >= 1, got ", opt.world_size);
+  TORCH_CHECK(opt.rank >= 0 && opt.rank < opt.world_size, "C10dCommunicator: rank ", opt.rank,
+              " is outside [0, ", opt.world_size, ")");
+  TORCH_CHECK(opt.master_port > 0 && opt.master_port < 65536, "C10dCommunicator: master_port ", opt.master_port,
+              " is not a TCP port (1..65535)");
+  TORCH_CHECK(!opt.master_addr.empty(), "C10dCommunicator: master_addr is empty");
+  TORCH_CHECK(opt.timeout >= milliseconds(1000), "C10dCommunicator: timeout must be at least 1 s, got ",
+              opt.timeout.count(), " ms");
+  TORCH_CHECK(opt.heartbeat_interval >= milliseconds(10) && opt.heartbeat_interval * 3 < opt.timeout,
+              "C10dCommunicator: heartbeat_interval must be >= 10 ms and under a third of the timeout");
+  where = opt.master_addr + ":" + std::to_string(opt.master_port);
+  rendezvous();
+  start_heartbeat();
+
+  const auto t0 = Clock::now();
+  std::string hostname = opt.gloo_hostname;
+  if (opt.gloo_interface.empty() && hostname.empty() && is_loopback(opt.master_addr)) hostname = "127.0.0.1";
+  try {
+    gloo = compat::make_gloo(compat::make_prefix_store("cddp/gloo", store), opt.rank, opt.world_size, opt.timeout,
+                             opt.gloo_interface, hostname);
+  } catch (const std::exception& e) {
+    try {
+      fail("setting up Gloo among " + std::to_string(opt.world_size) + " ranks", t0, short_what(e));
+    } catch (...) {
+      stop_heartbeat();  // the destructor does not run for a constructor that throws
+      throw;
+    }
+  }
+}
+
+C10dCommunicator::Impl::~Impl() {
+  stop_heartbeat();
+#ifdef USE_C10D_NCCL
+  nccl.reset();
+#endif
+  gloo.reset();
+  store.reset();
+}
+
+void C10dCommunicator::Impl::stop_heartbeat() {
+  if (heartbeat) {
+    std::unique_lock<std::mutex> lock(heartbeat->m);
+    heartbeat->stop = true;
+    heartbeat->cv.notify_all();
+    const bool done = heartbeat->cv.wait_for(lock, opt.heartbeat_interval + milliseconds(2000),
+                                             [&] { return heartbeat->done; });
+    lock.unlock();
+    if (heartbeat_thread.joinable()) {
+      if (done) heartbeat_thread.join();
+      else heartbeat_thread.detach();  // blocked on a store that does not answer
+    }
+    heartbeat.reset();
+  }
+}
+
+void C10dCommunicator::Impl::rendezvous() {
+  const auto t0 = Clock::now();
+  const int me = opt.rank, W = opt.world_size;
+  const std::string T = fmt_seconds(opt.timeout);
+  // 1. The store: rank 0 hosts it, everyone (rank 0 included) connects as a client.
+  try {
+    store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), me == 0, opt.timeout);
+  } catch (const std::exception& e) {
+    const std::string what = short_what(e);
+    if (me == 0) {
+      const bool in_use = what.find("Address already in use") != std::string::npos ||
+                          what.find("errno: 98") != std::string::npos || what.find("EADDRINUSE") != std::string::npos;
+      if (in_use)
+        TORCH_CHECK(false, "rendezvous: rank 0 could not host the store on ", where, ": port ", opt.master_port,
+                    " is already in use (another job or a leftover process?); choose another MASTER_PORT. [c10d: ",
+                    what, "]");
+      TORCH_CHECK(false, "rendezvous: rank 0 could not host the store on ", where, " (waited ",
+                  fmt_seconds(seconds_since(t0)), " s): ", what);
+    }
+    TORCH_CHECK(false, "rendezvous: rank ", me, " could not reach the store at ", where, " within ", T,
+                " s (waited ", fmt_seconds(seconds_since(t0)), " s; rank 0 hosts it: is rank 0 running, and are ",
+                "MASTER_ADDR/MASTER_PORT right?). [c10d: ", what, "]");
+  }
+
+  // 2. Announce this rank and count the ranks that joined, so a timeout can say who is missing.
+  //    Store errors here mean rank 0 (the store's host) went away.
+  auto lost = [&](const std::exception& e) {
+    TORCH_CHECK(false, "rendezvous: rank ", me, " lost the store at ", where, " after ",
+                fmt_seconds(seconds_since(t0)), " s (did rank 0 exit?): ", short_what(e));
+  };
+  int64_t joined = 0, claims = 0;
+  std::vector<int> missing;
+  try {
+    claims = store->add(claim_key(me), 1);
+    if (claims == 1) {
+      store->set(rank_key(me), bytes_of(std::to_string(::getpid())));
+      store->add(heartbeat_key(me), 1);
+      joined = store->add(kJoinedKey, 1);
+      while (joined < W && Clock::now() - t0 <= opt.timeout) {
+        std::this_thread::sleep_for(milliseconds(10));
+        joined = store->add(kJoinedKey, 0);
+      }
+      if (joined < W)
+        for (int r = 0; r < W; ++r)
+          if (!store->check({rank_key(r)})) missing.push_back(r);
+    }
+  } catch (const std::exception& e) {
+    lost(e);
+  }
+  TORCH_CHECK(claims == 1, "rendezvous at ", where, ": two processes claim rank ", me,
+              " (duplicate RANK, or two jobs on one port)");
+  TORCH_CHECK(joined >= W, "rendezvous at ", where, " did not complete within ", T, " s: ", joined, " of ", W,
+              " ranks joined (missing: ", ranks_text(missing), ")");
+  TORCH_CHECK(joined == W, "rendezvous at ", where, ": ", joined, " ranks joined but WORLD_SIZE is ", W,
+              " (two jobs on one port?)");
+}
+
+void C10dCommunicator::Impl::start_heartbeat() {
+  compat::StorePtr hb_store;
+  try {  // its own connection, so that a heartbeat never waits behind a diagnosis
+    hb_store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), false, opt.timeout);
+  } catch (const std::exception& e) {
+    TORCH_CHECK(false, "rendezvous: rank ", opt.rank, " could not open its heartbeat connection to ", where, ": ",
+                short_what(e));
+  }
+  heartbeat = std::make_shared<HeartbeatState>();
+  heartbeat_thread = std::thread(heartbeat_loop, heartbeat, hb_store, heartbeat_key(opt.rank), opt.heartbeat_interval);
+}
+
+// Which ranks stopped beating: counters read twice, three heartbeat intervals apart.
+std::string C10dCommunicator::Impl::diagnose(double waited_s) {
+  const int W = opt.world_size;
+  const milliseconds limit = std::max(milliseconds(2000), opt.heartbeat_interval * 4);
+  std::vector<int64_t> before, after;
+  bool ok = read_counters(store, W, limit, before);
+  if (ok) {
+    std::this_thread::sleep_for(opt.heartbeat_interval * 3);
+    ok = read_counters(store, W, limit, after);
+  }
+  if (!ok)
+    return "rank 0 did not respond: the rendezvous store it hosts at " + where +
+           " does not answer (rank 0 exited or is stopped)";
+  std::vector<int> silent;
+  for (int r = 0; r < W; ++r)
+    if (r != opt.rank && after[r] == before[r]) silent.push_back(r);
+  if (silent.empty())
+    return "every other rank is still alive (heartbeats advance): a rank is slow, stuck outside the collective, "
+           "or called a different collective";
+  const bool timed_out = waited_s >= 0.9 * (opt.timeout.count() / 1000.0);
+  std::string s = ranks_text(silent) + " did not respond";
+  if (timed_out) s += " within " + fmt_seconds(opt.timeout) + " s";
+  else s += " (connection lost after " + fmt_seconds(waited_s) + " s)";
+  s += silent.size() == 1 ? "; its heartbeat has stopped (process dead or stopped)"
+                          : "; their heartbeats have stopped (processes dead or stopped)";
+  return s;
+}
+
+void C10dCommunicator::Impl::check_usable(const char* op) const {
+  TORCH_CHECK(!broken, "C10dCommunicator (rank ", opt.rank, "): ", op,
+              " called after an earlier failure; the process group is unusable. First failure: ", broken_reason);
+}
+
+void C10dCommunicator::Impl::fail(const std::string& what, Clock::time_point t0, const std::string& cause) {
+  const double waited = seconds_since(t0);
+  std::string who = opt.world_size > 1 ? diagnose(waited) : std::string("single rank");
+  std::ostringstream os;
+  os << "rank " << opt.rank << ": " << what << " failed after " << fmt_seconds(waited) << " s (timeout "
+     << fmt_seconds(opt.timeout) << " s): " << who << ". [c10d: " << cause << "]";
+  broken = true;
+  broken_reason = os.str();
+  TORCH_CHECK(false, "C10dCommunicator: ", broken_reason);
+}
+
+template <class Start>
+void C10dCommunicator::Impl::run(const char* op, Start&& start) {
+  check_usable(op);
+  const int64_t n = ++op_count;
+  compat::WorkPtr work;
+  try {
+    work = start();
+  } catch (const std::exception& e) {  // rejected before anything was sent: bad arguments
+    TORCH_CHECK(false, "C10dCommunicator (rank ", opt.rank, "): ", op, " #", n, " rejected: ", short_what(e));
+  }
+  const auto t0 = Clock::now();
+  try {
+    compat::wait(work);
+  } catch (const std::exception& e) {
+    fail(std::string(op) + " #" + std::to_string(n), t0, short_what(e));
+  }
+}
+
+compat::Collectives& C10dCommunicator::Impl::backend_for(const at::Tensor& t) {
+  if (!t.is_cuda()) return *gloo;
+#ifdef USE_C10D_NCCL
+  if (!nccl) {  // lazily: only jobs that pass CUDA tensors pay for NCCL communicators
+    const auto t0 = Clock::now();
+    try {
+      nccl = compat::make_nccl(compat::make_prefix_store("cddp/nccl", store), opt.rank, opt.world_size, opt.timeout);
+    } catch (const std::exception& e) {
+      fail("setting up NCCL", t0, short_what(e));
+    }
+  }
+  return *nccl;
+#else
+  TORCH_CHECK(false, "C10dCommunicator: a CUDA tensor was passed, but this build of cddp has no NCCL "
+              "(compile with USE_C10D_NCCL); move the tensor to the CPU for Gloo");
+#endif
+}
+
+// ---------------------------------------------------------------- C10dCommunicator
+
+C10dCommunicator::C10dCommunicator(const C10dOptions& options) : impl_(std::make_unique<Impl>(options)) {}
+C10dCommunicator::~C10dCommunicator() = default;
+
+int C10dCommunicator::rank() const { return impl_->opt.rank; }
+int C10dCommunicator::world_size() const { return impl_->opt.world_size; }
+const C10dOptions& C10dCommunicator::options() const { return impl_->opt; }
+bool C10dCommunicator::broken() const { return impl_->broken; }
+std::string C10dCommunicator::torch_api() { return compat::torch_api_name(); }
+
+std::string C10dCommunicator::backend_name() const {
+#ifdef USE_C10D_NCCL
+  if (impl_->nccl) return "gloo+nccl";
+#endif
+  return "gloo";
+}
+
+void C10dCommunicator::allreduce_sum_(at::Tensor& tensor) {
+  TORCH_CHECK(tensor.defined(), "C10dCommunicator::allreduce_sum_: undefined tensor");
+  at::Tensor work = tensor.is_contiguous() ? tensor : tensor.contiguous();
+  std::vector<at::Tensor> tensors{work};
+  auto& backend = impl_->backend_for(work);
+  c10d::AllreduceOptions opts;
+  opts.reduceOp = c10d::ReduceOp::SUM;
+  impl_->run("allreduce", [&] { return backend.allreduce(tensors, opts); });
+  if (!work.is_same(tensor)) tensor.copy_(work);
+}
+
+std::vector<at::Tensor> C10dCommunicator::allgather(const at::Tensor& tensor) {
+  TORCH_CHECK(tensor.defined(), "C10dCommunicator::allgather: undefined tensor");
+  at::Tensor in = tensor.contiguous();
+  std::vector<at::Tensor> inputs{in};
+  std::vector<std::vector<at::Tensor>> outputs(1);
+  for (int r = 0; r < impl_->opt.world_size; ++r) outputs[0].push_back(at::empty_like(in));
+  auto& backend = impl_->backend_for(in);
+  // List allgather, not _allgather_base: Gloo in 1.13 has no flat variant. Equal shapes only.
+  impl_->run("allgather", [&] { return backend.allgather(outputs, inputs, c10d::AllgatherOptions()); });
+  return outputs[0];
+}
+
+void C10dCommunicator::broadcast_(at::Tensor& tensor, int root) {
+  TORCH_CHECK(tensor.defined(), "C10dCommunicator::broadcast_: undefined tensor");
+  TORCH_CHECK(root >= 0 && root < impl_->opt.world_size, "C10dCommunicator::broadcast_: root ", root,
+              " is outside [0, ", impl_->opt.world_size, ")");
+  at::Tensor work = tensor.is_contiguous() ? tensor : tensor.contiguous();
+  std::vector<at::Tensor> tensors{work};
+  auto& backend = impl_->backend_for(work);
+  c10d::BroadcastOptions opts;
+  opts.rootRank = root;
+  opts.rootTensor = 0;
+  impl_->run("broadcast", [&] { return backend.broadcast(tensors, opts); });
+  if (!work.is_same(tensor)) tensor.copy_(work);
+}
+
+void C10dCommunicator::barrier() {
+  impl_->run("barrier", [&] { return impl_->gloo->barrier(c10d::BarrierOptions()); });
+}
+
+}  // namespace cddp

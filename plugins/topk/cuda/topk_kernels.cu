@@ -1,0 +1,746 @@
+// topk_kernels.cu — see topk_kernels.cuh for the selection rule and the pass structure.
+#include "topk_kernels.cuh"
+
+#include "philox.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+
+namespace cddp::topk_cuda {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Geometry. Every tile-structured kernel runs kThreads threads; thread t of a tile handles the
+// groups of 4 elements tile*kTileGroups + r*kThreads + t for r = 0..kRounds-1, so one round of
+// a block covers kThreads*4 consecutive elements (coalesced 16-byte accesses) and the rounds
+// walk the tile in index order.
+constexpr int kThreads = 512;
+constexpr int kWarps = kThreads / 32;
+constexpr int kRounds = 4;
+constexpr int64_t kTileGroups = int64_t{kThreads} * kRounds;  // 2048 groups
+constexpr int64_t kTileElems = kTileGroups * 4;                  // 8192 elements
+constexpr int kBlocksPerSM = 4;                                  // 512 threads, <= 9 KB smem
+
+// Radix digits, most significant first: 11 + 11 + 10 bits.
+constexpr int kBins0 = 2048, kShift0 = 21;
+constexpr int kBins1 = 2048, kShift1 = 10;
+constexpr int kBins2 = 1024, kShift2 = 0;
+constexpr int kMaxBins = 2048;
+
+static_assert(kMaxBins % kThreads == 0, "bins per thread");
+
+// Device-side state of one selection. Zeroed by the host (cudaMemsetAsync) before K0.
+struct State {
+  unsigned int blocks_done;        // "last block" counter, reset by the last block
+  unsigned int prefix;             // key bits fixed so far; after K2: the threshold key T
+  unsigned long long k_rem;        // still to select among keys matching prefix; after K2: need
+  unsigned long long cand_count;   // candidates K1 found (may exceed the capacity)
+  unsigned long long bucket_count; // elements in the chosen bucket; after K2: #(key == T)
+};
+
+// Workspace layout (offsets from the base, each section 256-byte aligned).
+struct Layout {
+  size_t state, hist, tile_gt, tile_eq, tile_off, tile_eqb, cand_key, cand_idx, total;
+  int64_t num_tiles;
+  unsigned long long cand_cap;
+};
+
+constexpr size_t align256(size_t x) { return (x + 255) & ~size_t{255}; }
+
+Layout make_layout(int64_t n, bool idx64) {
+  Layout l{};
+  l.num_tiles = std::max<int64_t>(1, (n + kTileElems - 1) / kTileElems);
+  l.cand_cap = static_cast<unsigned long long>(std::min<int64_t>(n, n / 8 + 4096));
+  size_t off = 0;
+  l.state = off;    off += align256(sizeof(State));
+  l.hist = off;     off += align256(sizeof(unsigned long long) * kMaxBins);
+  l.tile_gt = off;  off += align256(sizeof(unsigned int) * l.num_tiles);
+  l.tile_eq = off;  off += align256(sizeof(unsigned int) * l.num_tiles);
+  l.tile_off = off; off += align256(sizeof(unsigned long long) * l.num_tiles);
+  l.tile_eqb = off; off += align256(sizeof(unsigned long long) * l.num_tiles);
+  l.cand_key = off; off += align256(sizeof(unsigned int) * l.cand_cap);
+  l.cand_idx = off; off += align256((idx64 ? 8 : 4) * l.cand_cap);
+  l.total = off;
+  return l;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Key sources. load4(g, key, val) fills the keys (and float values) of group g, i.e. elements
+// 4g .. 4g+3, and returns how many of them exist (0..4).
+
+__device__ __forceinline__ unsigned int mag_key(float v) {
+  return __float_as_uint(v) & 0x7fffffffu;
+}
+
+// Reads acc from one float array (top-k passes after K0, and K0 without a residual).
+template <bool kAligned>
+struct ReadSrc {
+  const float* x;
+  int64_t n;
+  static constexpr bool kHasValues = true;
+  __device__ __forceinline__ int load4(int64_t g, unsigned int key[4], float val[4]) const {
+    const int64_t i = g * 4;
+    if (kAligned && i + 3 < n) {
+      const float4 v = reinterpret_cast<const float4*>(x)[g];
+      val[0] = v.x; val[1] = v.y; val[2] = v.z; val[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) val[j] = (i + j < n) ? x[i + j] : 0.0f;
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) key[j] = mag_key(val[j]);
+    const int64_t rem = n - i;
+    return rem <= 0 ? 0 : (rem >= 4 ? 4 : static_cast<int>(rem));
+  }
+};
+
+// K0 with error feedback: acc = g + r, written back into r.
+template <bool kAligned>
+struct FusedSrc {
+  const float* g;
+  float* r;
+  int64_t n;
+  static constexpr bool kHasValues = true;
+  __device__ __forceinline__ int load4(int64_t grp, unsigned int key[4], float val[4]) const {
+    const int64_t i = grp * 4;
+    if (kAligned && i + 3 < n) {
+      const float4 a = reinterpret_cast<const float4*>(g)[grp];
+      const float4 b = reinterpret_cast<float4*>(r)[grp];
+      float4 c;
+      c.x = __fadd_rn(a.x, b.x);
+      c.y = __fadd_rn(a.y, b.y);
+      c.z = __fadd_rn(a.z, b.z);
+      c.w = __fadd_rn(a.w, b.w);
+      reinterpret_cast<float4*>(r)[grp] = c;
+      val[0] = c.x; val[1] = c.y; val[2] = c.z; val[3] = c.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (i + j < n) {
+          const float c = __fadd_rn(g[i + j], r[i + j]);
+          r[i + j] = c;
+          val[j] = c;
+        } else {
+          val[j] = 0.0f;
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) key[j] = mag_key(val[j]);
+    const int64_t rem = n - i;
+    return rem <= 0 ? 0 : (rem >= 4 ? 4 : static_cast<int>(rem));
+  }
+};
+
+// Random-k: key = ~priority, so that "k largest keys" == "k smallest priorities".
+struct RandkSrc {
+  uint64_t seed;
+  int64_t step;
+  int64_t param_index;
+  int64_t n;
+  static constexpr bool kHasValues = false;
+  __device__ __forceinline__ int load4(int64_t g, unsigned int key[4], float val[4]) const {
+    const philox::Block b = philox::philox4x32_10(
+        philox::randomk_counter(static_cast<uint64_t>(g), step, param_index),
+        philox::randomk_key(seed));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      key[j] = ~b.c[j];
+      val[j] = 0.0f;
+    }
+    const int64_t rem = n - g * 4;
+    return rem <= 0 ? 0 : (rem >= 4 ? 4 : static_cast<int>(rem));
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Block-wide helpers (blockDim.x == kThreads).
+
+template <typename T>
+__device__ __forceinline__ T warp_inclusive_scan(T v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int off = 1; off < 32; off <<= 1) {
+    const T o = __shfl_up_sync(0xffffffffu, v, off);
+    if (lane >= off) v += o;
+  }
+  return v;
+}
+
+// Exclusive prefix sum over the block in thread order; `total` gets the block's sum.
+template <typename T>
+__device__ __forceinline__ T block_exclusive_scan(T v, T& total) {
+  __shared__ T warp_sums[kWarps];
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const T incl = warp_inclusive_scan(v);
+  if (lane == 31) warp_sums[warp] = incl;
+  __syncthreads();
+  if (warp == 0) {
+    T w = lane < kWarps ? warp_sums[lane] : T(0);
+    w = warp_inclusive_scan(w);
+    if (lane < kWarps) warp_sums[lane] = w;
+  }
+  __syncthreads();
+  const T before = warp > 0 ? warp_sums[warp - 1] : T(0);
+  total = warp_sums[kWarps - 1];
+  __syncthreads();  // warp_sums may be reused by the next call
+  return before + incl - v;
+}
+
+// The classic threadfence-reduction pattern: true in exactly one block, the last to arrive,
+// after every other block's global writes and atomics are visible.
+__device__ __forceinline__ bool arrive_last(State* st) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const unsigned int prev = atomicAdd(&st->blocks_done, 1u);
+    last = (prev == gridDim.x - 1);
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+__device__ __forceinline__ void smem_hist_clear(unsigned int* sh, int bins) {
+  for (int b = threadIdx.x; b < bins; b += kThreads) sh[b] = 0;
+  __syncthreads();
+}
+
+__device__ __forceinline__ void smem_hist_flush(const unsigned int* sh, int bins,
+                                                unsigned long long* ghist) {
+  __syncthreads();
+  for (int b = threadIdx.x; b < bins; b += kThreads) {
+    const unsigned int c = sh[b];
+    if (c) atomicAdd(&ghist[b], static_cast<unsigned long long>(c));
+  }
+}
+
+// Run by the whole last block: finds the digit d whose bucket holds the k_rem-th largest key
+// among those matching the prefix, i.e. S(d) >= k_rem > S(d+1) with S(d) = #(digit >= d).
+// Updates prefix |= d << shift, k_rem -= S(d+1), bucket_count = hist[d]; clears the
+// histogram and the block counter for the next pass. `k_first` seeds k_rem in pass 0.
+__device__ void select_bucket(State* st, unsigned long long* ghist, int bins, int shift,
+                              unsigned long long k_first, bool first_pass) {
+  constexpr int kPer = kMaxBins / kThreads;  // 4
+  const int per = bins / kThreads;           // 4 or 2
+  const unsigned long long k_rem = first_pass ? k_first : st->k_rem;
+  // Thread t owns ranks q = t*per .. t*per+per-1, rank q = digit bins-1-q (descending digits).
+  unsigned long long h[kPer];
+  unsigned long long local = 0;
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    h[j] = 0;
+    if (j < per) {
+      const int d = bins - 1 - (threadIdx.x * per + j);
+      h[j] = __ldcg(&ghist[d]);
+      local += h[j];
+    }
+  }
+  unsigned long long total;
+  unsigned long long running = block_exclusive_scan(local, total);
+  // block_exclusive_scan ends with __syncthreads(): every thread has read k_rem by now.
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) {
+    if (j < per) {
+      if (running < k_rem && running + h[j] >= k_rem) {
+        const unsigned int d = static_cast<unsigned int>(bins - 1 - (threadIdx.x * per + j));
+        st->prefix = (first_pass ? 0u : st->prefix) | (d << shift);
+        st->k_rem = k_rem - running;
+        st->bucket_count = h[j];
+      }
+      running += h[j];
+    }
+  }
+  for (int b = threadIdx.x; b < bins; b += kThreads) ghist[b] = 0;
+  if (threadIdx.x == 0) st->blocks_done = 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// K0: full pass, histogram of key >> 21. With FusedSrc it also writes acc into the residual.
+template <class Src>
+__global__ void __launch_bounds__(kThreads)
+k0_hist(Src src, int64_t n, unsigned long long k, State* st, unsigned long long* ghist,
+        unsigned int* nan_flag) {
+  __shared__ unsigned int sh[kBins0];
+  smem_hist_clear(sh, kBins0);
+  const int64_t ngroups = (n + 3) / 4;
+  bool nan = false;
+  for (int64_t g = int64_t{blockIdx.x} * kThreads + threadIdx.x; g < ngroups;
+       g += int64_t{gridDim.x} * kThreads) {
+    unsigned int key[4];
+    float val[4];
+    const int cnt = src.load4(g, key, val);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j < cnt) {
+        atomicAdd(&sh[key[j] >> kShift0], 1u);
+        if (Src::kHasValues) nan |= key[j] > 0x7f800000u;
+      }
+    }
+  }
+  if (Src::kHasValues && nan_flag != nullptr && nan) *nan_flag = 1u;
+  smem_hist_flush(sh, kBins0, ghist);
+  if (arrive_last(st)) select_bucket(st, ghist, kBins0, kShift0, k, true);
+}
+
+// Warp-aggregated append of (key, index) to the candidate buffer. All 32 lanes must call it.
+template <typename IdxT>
+__device__ __forceinline__ void append_candidate(bool take, unsigned int key, int64_t idx,
+                                                 State* st, unsigned int* cand_key,
+                                                 IdxT* cand_idx, unsigned long long cap) {
+  const unsigned int mask = __ballot_sync(0xffffffffu, take);
+  if (mask == 0) return;
+  const int lane = threadIdx.x & 31;
+  const int leader = __ffs(mask) - 1;
+  unsigned long long base = 0;
+  if (lane == leader) base = atomicAdd(&st->cand_count, static_cast<unsigned long long>(__popc(mask)));
+  base = __shfl_sync(0xffffffffu, base, leader);
+  if (take) {
+    const unsigned long long pos = base + __popc(mask & ((1u << lane) - 1u));
+    if (pos < cap) {
+      cand_key[pos] = key;
+      cand_idx[pos] = static_cast<IdxT>(idx);
+    }
+  }
+}
+
+// K1: tile pass. Histogram of bits 20..10 of the keys in bucket b0, candidates appended, and
+// per tile: tile_gt = #(key >> 21 > b0), tile_eq = 0.
+template <class Src, typename IdxT>
+__global__ void __launch_bounds__(kThreads)
+k1_hist(Src src, int64_t n, int64_t num_tiles, State* st, unsigned long long* ghist,
+        unsigned int* tile_gt, unsigned int* tile_eq, unsigned int* cand_key, IdxT* cand_idx,
+        unsigned long long cap) {
+  __shared__ unsigned int sh[kBins1];
+  smem_hist_clear(sh, kBins1);
+  const unsigned int b0 = st->prefix >> kShift0;
+  for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+    unsigned int gt = 0;
+#pragma unroll 1
+    for (int r = 0; r < kRounds; ++r) {
+      const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+      unsigned int key[4];
+      float val[4];
+      const int cnt = src.load4(g, key, val);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const unsigned int d0 = key[j] >> kShift0;
+        const bool valid = j < cnt;
+        gt += (valid && d0 > b0) ? 1u : 0u;
+        const bool cand = valid && d0 == b0;
+        if (cand) atomicAdd(&sh[(key[j] >> kShift1) & (kBins1 - 1)], 1u);
+        append_candidate(cand, key[j], g * 4 + j, st, cand_key, cand_idx, cap);
+      }
+    }
+    unsigned int tile_total;
+    block_exclusive_scan(gt, tile_total);
+    if (threadIdx.x == 0) {
+      tile_gt[tile] = tile_total;
+      tile_eq[tile] = 0;
+    }
+  }
+  smem_hist_flush(sh, kBins1, ghist);
+  if (arrive_last(st)) select_bucket(st, ghist, kBins1, kShift1, 0, false);
+}
+
+// K2: histogram of bits 9..0 of the keys whose top 22 bits match; over the candidates, or over
+// the whole array when the candidate buffer overflowed.
+template <class Src, typename IdxT>
+__global__ void __launch_bounds__(kThreads)
+k2_hist(Src src, int64_t n, State* st, unsigned long long* ghist, const unsigned int* cand_key,
+        unsigned long long cap) {
+  __shared__ unsigned int sh[kBins2];
+  smem_hist_clear(sh, kBins2);
+  const unsigned int p1 = st->prefix >> kShift1;
+  const unsigned long long count = st->cand_count;
+  const int64_t stride = int64_t{gridDim.x} * kThreads;
+  if (count <= cap) {
+    for (int64_t i = int64_t{blockIdx.x} * kThreads + threadIdx.x;
+         i < static_cast<int64_t>(count); i += stride) {
+      const unsigned int key = cand_key[i];
+      if ((key >> kShift1) == p1) atomicAdd(&sh[key & (kBins2 - 1)], 1u);
+    }
+  } else {
+    const int64_t ngroups = (n + 3) / 4;
+    for (int64_t g = int64_t{blockIdx.x} * kThreads + threadIdx.x; g < ngroups; g += stride) {
+      unsigned int key[4];
+      float val[4];
+      const int cnt = src.load4(g, key, val);
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (j < cnt && (key[j] >> kShift1) == p1) atomicAdd(&sh[key[j] & (kBins2 - 1)], 1u);
+    }
+  }
+  smem_hist_flush(sh, kBins2, ghist);
+  if (arrive_last(st)) select_bucket(st, ghist, kBins2, kShift2, 0, false);
+}
+
+// K3: per-tile counts of key > T and key == T among the bucket-b0 elements (added to K1's
+// tile_gt), then, in the last block, the tile scan:
+//   tile_eqb[t] = #(key == T) in tiles before t
+//   sel[t]      = tile_gt[t] + clamp(need - tile_eqb[t], 0, tile_eq[t])
+//   tile_off[t] = sum of sel over tiles before t
+template <class Src, typename IdxT>
+__global__ void __launch_bounds__(kThreads)
+k3_tiles(Src src, int64_t n, int64_t num_tiles, State* st, unsigned int* tile_gt,
+         unsigned int* tile_eq, unsigned long long* tile_off, unsigned long long* tile_eqb,
+         const unsigned int* cand_key, const IdxT* cand_idx, unsigned long long cap) {
+  const unsigned int T = st->prefix;
+  const unsigned int b0 = T >> kShift0;
+  const unsigned long long count = st->cand_count;
+  if (count <= cap) {
+    const int lane = threadIdx.x & 31;
+    const int64_t warp_global = (int64_t{blockIdx.x} * kThreads + threadIdx.x) >> 5;
+    const int64_t warp_stride = (int64_t{gridDim.x} * kThreads) >> 5;
+    for (int64_t base = warp_global * 32; base < static_cast<int64_t>(count);
+         base += warp_stride * 32) {
+      const int64_t i = base + lane;
+      unsigned long long code = ~0ull;  // no class
+      if (i < static_cast<int64_t>(count)) {
+        const unsigned int key = cand_key[i];
+        const int64_t tile = static_cast<int64_t>(cand_idx[i]) / kTileElems;
+        if (key > T) code = static_cast<unsigned long long>(tile) * 2;
+        else if (key == T) code = static_cast<unsigned long long>(tile) * 2 + 1;
+      }
+      // Candidates were appended warp by warp in index order, so neighbours mostly share a
+      // tile: one atomic per (tile, class) group of lanes.
+      const unsigned int peers = __match_any_sync(0xffffffffu, code);
+      if (code != ~0ull && lane == __ffs(peers) - 1) {
+        unsigned int* dst = (code & 1) ? tile_eq : tile_gt;
+        atomicAdd(&dst[code >> 1], static_cast<unsigned int>(__popc(peers)));
+      }
+    }
+  } else {
+    for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {
+      unsigned int packed = 0;  // gt << 16 | eq: at most 16 each per thread
+#pragma unroll 1
+      for (int r = 0; r < kRounds; ++r) {
+        const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+        unsigned int key[4];
+        float val[4];
+        const int cnt = src.load4(g, key, val);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (j < cnt && (key[j] >> kShift0) == b0) {
+            if (key[j] > T) packed += 1u << 16;
+            else if (key[j] == T) packed += 1u;
+          }
+        }
+      }
+      // Per tile at most 8192 of each: both halves fit in 16 bits.
+      unsigned int tot;
+      block_exclusive_scan(packed, tot);
+      if (threadIdx.x == 0) {
+        tile_gt[tile] += tot >> 16;
+        tile_eq[tile] += tot & 0xffffu;
+      }
+    }
+  }
+  if (!arrive_last(st)) return;
+
+  // Tile scan in the last block, kThreads * kPer tiles per chunk.
+  constexpr int kPer = 8;
+  const long long need = static_cast<long long>(st->k_rem);
+  unsigned long long eq_carry = 0, off_carry = 0;
+  for (int64_t chunk = 0; chunk < num_tiles; chunk += int64_t{kThreads} * kPer) {
+    const int64_t t0 = chunk + int64_t{threadIdx.x} * kPer;
+    unsigned int eq[kPer], gt[kPer];
+    unsigned long long eq_sum = 0;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      const bool ok = t0 + j < num_tiles;
+      eq[j] = ok ? __ldcg(&tile_eq[t0 + j]) : 0u;
+      gt[j] = ok ? __ldcg(&tile_gt[t0 + j]) : 0u;
+      eq_sum += eq[j];
+    }
+    unsigned long long eq_total;
+    unsigned long long eq_before = eq_carry + block_exclusive_scan(eq_sum, eq_total);
+    unsigned long long sel[kPer];
+    unsigned long long sel_sum = 0;
+    unsigned long long eb = eq_before;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      long long take = need - static_cast<long long>(eb);
+      take = take < 0 ? 0 : (take > eq[j] ? eq[j] : take);
+      sel[j] = gt[j] + static_cast<unsigned long long>(take);
+      sel_sum += sel[j];
+      eb += eq[j];
+    }
+    unsigned long long sel_total;
+    unsigned long long off = off_carry + block_exclusive_scan(sel_sum, sel_total);
+    eb = eq_before;
+#pragma unroll
+    for (int j = 0; j < kPer; ++j) {
+      if (t0 + j < num_tiles) {
+        tile_eqb[t0 + j] = eb;
+        tile_off[t0 + j] = off;
+      }
+      eb += eq[j];
+      off += sel[j];
+    }
+    eq_carry += eq_total;
+    off_carry += sel_total;
+  }
+  if (threadIdx.x == 0) st->blocks_done = 0;
+}
+
+// K4: one tile per block. Selected: key > T, or key == T with tie rank (by index) < need.
+// Writes (value, index) at tile_off + in-tile rank, zeroes the residual there.
+template <class Src, typename IdxT, bool kZeroResidual>
+__global__ void __launch_bounds__(kThreads)
+k4_compact(Src src, int64_t n, const State* st, const unsigned long long* tile_off,
+           const unsigned long long* tile_eqb, float* out_values, IdxT* out_indices,
+           float* residual) {
+  const int64_t tile = blockIdx.x;
+  const unsigned int T = st->prefix;
+  const long long need = static_cast<long long>(st->k_rem);
+  unsigned long long out_base = tile_off[tile];
+  long long eq_seen = static_cast<long long>(tile_eqb[tile]);  // ties before this round
+#pragma unroll 1
+  for (int r = 0; r < kRounds; ++r) {
+    const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+    unsigned int key[4];
+    float val[4];
+    const int cnt = src.load4(g, key, val);
+    unsigned int gt = 0, eq = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (j < cnt) {
+        gt += key[j] > T ? 1u : 0u;
+        eq += key[j] == T ? 1u : 0u;
+      }
+    }
+    unsigned int tot;
+    const unsigned int excl = block_exclusive_scan((gt << 16) | eq, tot);  // <= 2048 each
+    const unsigned int gt_excl = excl >> 16, eq_excl = excl & 0xffffu;
+    const unsigned int gt_tot = tot >> 16, eq_tot = tot & 0xffffu;
+    const long long need_rem = need - eq_seen;  // ties still to take from this round on
+    auto clampll = [](long long v, long long hi) { return v < 0 ? 0 : (v > hi ? hi : v); };
+    unsigned long long pos = out_base + gt_excl + clampll(need_rem, eq_excl);
+    long long rank = eq_seen + eq_excl;  // tie rank of this thread's first tie
+    if (gt | eq) {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j >= cnt) continue;
+        bool take = key[j] > T;
+        if (key[j] == T) {
+          take = rank < need;
+          ++rank;
+        }
+        if (take) {
+          const int64_t idx = g * 4 + j;
+          if (Src::kHasValues) out_values[pos] = val[j];
+          out_indices[pos] = static_cast<IdxT>(idx);
+          if (kZeroResidual) residual[idx] = 0.0f;
+          ++pos;
+        }
+      }
+    }
+    out_base += gt_tot + clampll(need_rem, eq_tot);
+    eq_seen += eq_tot;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+__global__ void __launch_bounds__(kThreads)
+k_plain_add(const float* a, const float* b, float* out, int64_t n, bool aligned) {
+  const int64_t stride = int64_t{gridDim.x} * kThreads;
+  const int64_t t0 = int64_t{blockIdx.x} * kThreads + threadIdx.x;
+  if (aligned) {
+    const int64_t n4 = n / 4;
+    for (int64_t g = t0; g < n4; g += stride) {
+      const float4 x = reinterpret_cast<const float4*>(a)[g];
+      const float4 y = reinterpret_cast<const float4*>(b)[g];
+      reinterpret_cast<float4*>(out)[g] =
+          make_float4(__fadd_rn(x.x, y.x), __fadd_rn(x.y, y.y), __fadd_rn(x.z, y.z),
+                      __fadd_rn(x.w, y.w));
+    }
+    for (int64_t i = n4 * 4 + t0; i < n; i += stride) out[i] = __fadd_rn(a[i], b[i]);
+  } else {
+    for (int64_t i = t0; i < n; i += stride) out[i] = __fadd_rn(a[i], b[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host side.
+
+int sm_count() {
+#if defined(CDDP_CUDA_EMULATION)
+  return ::cudaemu::sm_count();
+#endif
+  static std::atomic<int> cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (dev >= 0 && dev < 64) {
+    const int c = cache[dev].load(std::memory_order_relaxed);
+    if (c > 0) return c;
+  }
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
+    sms = 132;
+  if (dev >= 0 && dev < 64) cache[dev].store(sms, std::memory_order_relaxed);
+  return sms;
+}
+
+unsigned int stream_grid(int64_t work_items) {
+  const int64_t want = std::max<int64_t>(1, (work_items + kThreads - 1) / kThreads);
+  return static_cast<unsigned int>(std::min<int64_t>(want, int64_t{sm_count()} * kBlocksPerSM));
+}
+
+// Every launch goes through here: kThreads threads per block, no dynamic shared memory. Under
+// CDDP_CUDA_EMULATION (the CPU test, tests/gpu/topk_kernels_emu_test.cpp) the same kernels run
+// on cooperative CPU fibers instead.
+template <typename... P, typename... A>
+void launch(void (*kernel)(P...), unsigned int grid, cudaStream_t stream, const A&... args) {
+#if defined(CDDP_CUDA_EMULATION)
+  (void)stream;
+  ::cudaemu::launch(grid, kThreads, [&] { kernel(args...); });
+#else
+  kernel<<<grid, kThreads, 0, stream>>>(args...);
+#endif
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
+template <typename T>
+T* at_offset(void* base, size_t off) {
+  return reinterpret_cast<T*>(static_cast<unsigned char*>(base) + off);
+}
+
+// The passes K1..K4 over a read-only source (acc for top-k, Philox for random-k).
+template <class Src, typename IdxT, bool kZeroResidual>
+cudaError_t run_select_tail(const Src& src, int64_t n, const Layout& l, void* ws, float* out_values,
+                            IdxT* out_indices, float* residual, cudaStream_t stream) {
+  State* st = at_offset<State>(ws, l.state);
+  auto* hist = at_offset<unsigned long long>(ws, l.hist);
+  auto* tile_gt = at_offset<unsigned int>(ws, l.tile_gt);
+  auto* tile_eq = at_offset<unsigned int>(ws, l.tile_eq);
+  auto* tile_off = at_offset<unsigned long long>(ws, l.tile_off);
+  auto* tile_eqb = at_offset<unsigned long long>(ws, l.tile_eqb);
+  auto* cand_key = at_offset<unsigned int>(ws, l.cand_key);
+  auto* cand_idx = at_offset<IdxT>(ws, l.cand_idx);
+  const int64_t ngroups = (n + 3) / 4;
+
+  const unsigned int g1 =
+      static_cast<unsigned int>(std::min<int64_t>(l.num_tiles, int64_t{sm_count()} * kBlocksPerSM));
+  launch(&k1_hist<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, hist, tile_gt, tile_eq, cand_key,
+         cand_idx, l.cand_cap);
+  // K2/K3 grids are sized for the worst case (overflow: the whole array); in the usual
+  // candidate mode the surplus blocks find no work and only take part in the last-block count.
+  const unsigned int g2 = stream_grid(ngroups);
+  launch(&k2_hist<Src, IdxT>, g2, stream, src, n, st, hist, cand_key, l.cand_cap);
+  launch(&k3_tiles<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, tile_gt, tile_eq, tile_off,
+         tile_eqb, cand_key, cand_idx, l.cand_cap);
+  launch(&k4_compact<Src, IdxT, kZeroResidual>, static_cast<unsigned int>(l.num_tiles), stream, src,
+         n, st, tile_off, tile_eqb, out_values, out_indices, residual);
+  return cudaGetLastError();
+}
+
+template <typename IdxT>
+cudaError_t topk_impl(const float* grad, float* residual, int64_t n, int64_t k, float* out_values,
+                      IdxT* out_indices, unsigned int* nan_flag, void* ws, const Layout& l,
+                      cudaStream_t stream) {
+  State* st = at_offset<State>(ws, l.state);
+  auto* hist = at_offset<unsigned long long>(ws, l.hist);
+  const bool al = aligned16(grad) && (residual == nullptr || aligned16(residual));
+  const unsigned int g0 = stream_grid((n + 3) / 4);
+  const auto kk = static_cast<unsigned long long>(k);
+  if (residual != nullptr) {
+    if (al)
+      launch(&k0_hist<FusedSrc<true>>, g0, stream, FusedSrc<true>{grad, residual, n}, n, kk, st,
+             hist, nan_flag);
+    else
+      launch(&k0_hist<FusedSrc<false>>, g0, stream, FusedSrc<false>{grad, residual, n}, n, kk, st,
+             hist, nan_flag);
+  } else {
+    if (al)
+      launch(&k0_hist<ReadSrc<true>>, g0, stream, ReadSrc<true>{grad, n}, n, kk, st, hist,
+             nan_flag);
+    else
+      launch(&k0_hist<ReadSrc<false>>, g0, stream, ReadSrc<false>{grad, n}, n, kk, st, hist,
+             nan_flag);
+  }
+  const float* acc = residual != nullptr ? residual : grad;
+  if (residual != nullptr) {
+    if (al)
+      return run_select_tail<ReadSrc<true>, IdxT, true>(ReadSrc<true>{acc, n}, n, l, ws, out_values,
+                                                        out_indices, residual, stream);
+    return run_select_tail<ReadSrc<false>, IdxT, true>(ReadSrc<false>{acc, n}, n, l, ws, out_values,
+                                                       out_indices, residual, stream);
+  }
+  if (al)
+    return run_select_tail<ReadSrc<true>, IdxT, false>(ReadSrc<true>{acc, n}, n, l, ws, out_values,
+                                                       out_indices, nullptr, stream);
+  return run_select_tail<ReadSrc<false>, IdxT, false>(ReadSrc<false>{acc, n}, n, l, ws, out_values,
+                                                      out_indices, nullptr, stream);
+}
+
+template <typename IdxT>
+cudaError_t randomk_impl(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
+                         IdxT* out_indices, void* ws, const Layout& l, cudaStream_t stream) {
+  State* st = at_offset<State>(ws, l.state);
+  auto* hist = at_offset<unsigned long long>(ws, l.hist);
+  const RandkSrc src{seed, step, param_index, n};
+  launch(&k0_hist<RandkSrc>, stream_grid((n + 3) / 4), stream, src, n,
+         static_cast<unsigned long long>(k), st, hist, nullptr);
+  return run_select_tail<RandkSrc, IdxT, false>(src, n, l, ws, nullptr, out_indices, nullptr,
+                                                stream);
+}
+
+cudaError_t check_args(int64_t n, int64_t k, bool idx64, void* ws, size_t ws_size) {
+  if (n <= 0 || k < 1 || k > n) return cudaErrorInvalidValue;
+  if (!idx64 && needs_int64_indices(n)) return cudaErrorInvalidValue;
+  if (ws == nullptr || ws_size < make_layout(n, idx64).total) return cudaErrorInvalidValue;
+  return cudaSuccess;
+}
+
+}  // namespace
+
+size_t workspace_bytes(int64_t n, bool indices_int64) {
+  return make_layout(std::max<int64_t>(n, 1), indices_int64).total;
+}
+
+cudaError_t launch_topk(const float* grad, float* residual, int64_t n, int64_t k, float* out_values,
+                        void* out_indices, bool indices_int64, unsigned int* nan_flag,
+                        void* workspace, size_t workspace_size, cudaStream_t stream) {
+  if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
+    return e;
+  if (grad == nullptr || out_values == nullptr || out_indices == nullptr)
+    return cudaErrorInvalidValue;
+  const Layout l = make_layout(n, indices_int64);
+  // Zero the state and the histogram; the tile arrays are initialised by K1.
+  if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
+  if (indices_int64)
+    return topk_impl<int64_t>(grad, residual, n, k, out_values, static_cast<int64_t*>(out_indices),
+                              nan_flag, workspace, l, stream);
+  return topk_impl<int32_t>(grad, residual, n, k, out_values, static_cast<int32_t*>(out_indices),
+                            nan_flag, workspace, l, stream);
+}
+
+cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
+                           void* out_indices, bool indices_int64, void* workspace,
+                           size_t workspace_size, cudaStream_t stream) {
+  if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
+    return e;
+  if (out_indices == nullptr) return cudaErrorInvalidValue;
+  const Layout l = make_layout(n, indices_int64);
+  if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
+  if (indices_int64)
+    return randomk_impl<int64_t>(seed, step, param_index, n, k, static_cast<int64_t*>(out_indices),
+                                 workspace, l, stream);
+  return randomk_impl<int32_t>(seed, step, param_index, n, k, static_cast<int32_t*>(out_indices),
+                               workspace, l, stream);
+}
+
+cudaError_t launch_plain_add(const float* a, const float* b, float* out, int64_t n,
+                             cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  const bool al = aligned16(a) && aligned16(b) && aligned16(out);
+  launch(&k_plain_add, stream_grid((n + 3) / 4), stream, a, b, out, n, al);
+  return cudaGetLastError();
+}
+
+}  // namespace cddp::topk_cuda

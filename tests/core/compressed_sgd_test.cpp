@@ -1,0 +1,338 @@
+// compressed_sgd_test.cpp — CompressedSGD against torch::optim::SGD, error-feedback
+// conservation, the value of error feedback, DGC momentum, stats, serialization, bad input.
+#include <cddp/compressed_sgd.h>
+
+#include "test_plugins.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
+
+#include <sstream>
+
+using cddp::testing::build_tree_loader;
+using cddp::testing::error_of;
+using cddp::testing::to_vec;
+
+namespace {
+
+// A two-layer MLP made of raw leaf tensors: 10 → 16 → 3.
+struct TinyMlp {
+  std::vector<std::pair<std::string, at::Tensor>> params;
+  explicit TinyMlp(uint64_t seed) {
+    at::manual_seed(seed);
+    params = {{"fc1.weight", at::randn({16, 10}) * 0.3}, {"fc1.bias", at::randn({16}) * 0.1},
+              {"fc2.weight", at::randn({3, 16}) * 0.3}, {"fc2.bias", at::randn({3}) * 0.1}};
+    for (auto& [n, p] : params) p.set_requires_grad(true);
+  }
+  TinyMlp clone() const {
+    TinyMlp c(0);
+    for (size_t i = 0; i < params.size(); ++i)
+      c.params[i].second = params[i].second.detach().clone().set_requires_grad(true);
+    return c;
+  }
+  std::vector<at::Tensor> tensors() const {
+    std::vector<at::Tensor> out;
+    for (auto& [n, p] : params) out.push_back(p);
+    return out;
+  }
+  at::Tensor loss(const at::Tensor& x, const at::Tensor& y) const {
+    at::Tensor h = at::relu(at::linear(x, params[0].second, params[1].second));
+    return at::cross_entropy_loss(at::linear(h, params[2].second, params[3].second), y);
+  }
+};
+
+struct Batch {
+  at::Tensor x, y;
+};
+Batch batch(int64_t step) {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(1000 + step);
+  return {at::randn({32, 10}, gen), at::randint(0, 3, {32}, gen)};
+}
+
+struct SgdCase {
+  double momentum, dampening, weight_decay;
+  bool nesterov, auto_dense;
+};
+
+class BitwiseSgd : public ::testing::TestWithParam<SgdCase> {};
+
+TEST_P(BitwiseSgd, Top1RatioOneEqualsTorchSgdFor50Steps) {
+  const SgdCase c = GetParam();
+  auto loader = build_tree_loader();
+  TinyMlp a(1), b = a.clone();
+  torch::optim::SGD reference(
+      a.tensors(),
+      torch::optim::SGDOptions(0.1).momentum(c.momentum).dampening(c.dampening).weight_decay(c.weight_decay).nesterov(c.nesterov));
+  cddp::CompressedSGD compressed(b.params, cddp::CompressedSGDOptions(0.1)
+                                               .momentum(c.momentum)
+                                               .dampening(c.dampening)
+                                               .weight_decay(c.weight_decay)
+                                               .nesterov(c.nesterov)
+                                               .auto_dense(c.auto_dense)
+                                               .compressor(loader.create("topk", {{"ratio", 1.0}})));
+  for (int64_t step = 0; step < 50; ++step) {
+    Batch d = batch(step);
+    reference.zero_grad();
+    a.loss(d.x, d.y).backward();
+    reference.step();
+    compressed.zero_grad();
+    b.loss(d.x, d.y).backward();
+    compressed.step();
+    for (size_t i = 0; i < a.params.size(); ++i)
+      ASSERT_TRUE(at::equal(a.params[i].second, b.params[i].second))
+          << "parameter " << a.params[i].first << " differs at step " << step;
+  }
+  // With auto_dense off every tensor really went through top-k, selection and scatter.
+  for (const auto& r : compressed.routing())
+    EXPECT_EQ(r.route, c.auto_dense ? cddp::Route::Dense : cddp::Route::Sparse) << r.name << ": " << r.reason;
+}
+
+INSTANTIATE_TEST_SUITE_P(Options, BitwiseSgd,
+                         ::testing::Values(SgdCase{0, 0, 0, false, false}, SgdCase{0.9, 0, 0, false, false},
+                                           SgdCase{0.9, 0, 0, true, false}, SgdCase{0.9, 0.1, 1e-3, false, false},
+                                           SgdCase{0.9, 0, 5e-4, true, false}, SgdCase{0.9, 0, 5e-4, true, true}));
+
+// decompress(sent) + residual_new == g + residual_old, exactly, at every step — through the
+// plugin's compress_with_feedback (whatever path it takes) and the generic base path.
+TEST(ErrorFeedback, ConservationIsExactAtEveryStep) {
+  auto loader = build_tree_loader();
+  for (std::string plugin : {"topk", "randomk"}) {
+    auto comp = loader.create(plugin, {{"ratio", 0.05}});
+    at::Tensor residual = at::zeros({40, 25});
+    for (int64_t step = 1; step <= 20; ++step) {
+      at::Tensor g = at::randn({40, 25}, at::make_generator<at::CPUGeneratorImpl>(step));
+      at::Tensor before = g + residual;
+      cddp::CompressContext ctx;
+      ctx.step = step;
+      cddp::Compressed sent = comp->compress_with_feedback(g, residual, ctx);
+      ASSERT_EQ(sent.count(), 50);
+      at::Tensor after = comp->decompress(sent) + residual;
+      ASSERT_TRUE(at::equal(after, before)) << plugin << " step " << step;
+    }
+  }
+}
+
+TEST(ErrorFeedback, BeatsNoFeedbackOnLinearRegressionAtOnePercent) {
+  auto loader = build_tree_loader();
+  auto run = [&](bool ef) {
+    at::manual_seed(3);
+    at::Tensor x = at::randn({256, 400}), w_true = at::randn({400, 1});
+    at::Tensor y = at::matmul(x, w_true);
+    at::Tensor w = at::zeros({400, 1}).set_requires_grad(true);
+    cddp::CompressedSGD opt({{"w", w}}, cddp::CompressedSGDOptions(0.02).error_feedback(ef).compressor(
+                                             loader.create("topk", {{"ratio", 0.01}})));
+    double loss = 0;
+    for (int step = 0; step < 400; ++step) {
+      opt.zero_grad();
+      at::Tensor l = at::mse_loss(at::matmul(x, w), y);
+      l.backward();
+      opt.step();
+      loss = l.item<double>();
+    }
+    return loss;
+  };
+  const double with_ef = run(true), without_ef = run(false);
+  EXPECT_LT(with_ef, without_ef);
+  EXPECT_LT(with_ef, 0.5 * without_ef) << "error feedback should help by a wide margin here";
+}
+
+TEST(RandomK, ReproducibleAcrossInstancesStandingInForRanks) {
+  auto loader = build_tree_loader();
+  auto run = [&](uint64_t data_seed) {
+    auto w = at::randn({50, 40}, at::make_generator<at::CPUGeneratorImpl>(data_seed)).set_requires_grad(true);
+    cddp::CompressedSGD opt({{"w", w}}, cddp::CompressedSGDOptions(0.1).seed(42).auto_dense(false).compressor(
+                                             loader.create("randomk", {{"ratio", 0.02}})));
+    std::vector<std::vector<int64_t>> picked;
+    for (int step = 0; step < 5; ++step) {
+      at::Tensor before = w.detach().clone();
+      opt.zero_grad();
+      (w * w).sum().backward();
+      opt.step();
+      picked.push_back(to_vec(at::nonzero((w.detach() != before).view(-1)).view(-1)));
+    }
+    return picked;
+  };
+  auto rank0 = run(1), rank1 = run(2), rerun = run(1);
+  EXPECT_EQ(rank0, rank1);  // different data, same indices: values can be summed directly
+  EXPECT_EQ(rank0, rerun);
+  EXPECT_NE(rank0[0], rank0[1]);  // a new selection each step
+  EXPECT_EQ(rank0[0].size(), 40u);
+}
+
+TEST(CompressedSGD, StatsCountRealBytes) {
+  auto loader = build_tree_loader();
+  at::Tensor w = at::randn({100, 100}).set_requires_grad(true);
+  at::Tensor b = at::randn({100}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"w", w}, {"b", b}}, cddp::CompressedSGDOptions(0.1).compress_1d(false).compressor(
+                                                        loader.create("topk", {{"ratio", 0.01}})));
+  (w.sum() + b.sum()).backward();
+  opt.step();
+  const auto& s = opt.last_step_stats();
+  EXPECT_EQ(s.elements_in, 10100);
+  EXPECT_EQ(s.elements_sent, 100 + 100);  // k = 100 of w, b dense
+  EXPECT_EQ(s.payload_bytes, 100 * (4 + 4) + 100 * 4);  // fp32 values + int32 indices, dense bias
+  EXPECT_EQ(s.bytes_dense_equivalent, 10100 * 4);
+  EXPECT_EQ(s.compressed_tensors, 1);
+  EXPECT_EQ(s.dense_tensors, 1);
+  EXPECT_EQ(opt.cumulative_stats().steps, 1);
+  EXPECT_GE(s.compress_ms, 0.0);
+}
+
+TEST(CompressedSGD, SkipsParametersWithoutGradient) {
+  auto loader = build_tree_loader();
+  at::Tensor used = at::ones({10}).set_requires_grad(true), unused = at::ones({10}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"used", used}, {"unused", unused}},
+                          cddp::CompressedSGDOptions(0.1).momentum(0.9).compressor(loader.create("topk")));
+  used.sum().backward();
+  opt.step();
+  EXPECT_TRUE(at::equal(unused, at::ones({10})));
+  EXPECT_FALSE(at::equal(used, at::ones({10})));
+}
+
+TEST(CompressedSGD, ScopeModelSelectsOverAllTensorsTogether) {
+  auto loader = build_tree_loader();
+  at::Tensor big = at::zeros({4}).set_requires_grad(true), small = at::zeros({4}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"big", big}, {"small", small}}, cddp::CompressedSGDOptions(1.0).scope("model").auto_dense(false).compressor(
+                                                                     loader.create("topk", {{"ratio", 0.5}})));
+  big.mutable_grad() = at::tensor({10.f, 20.f, 30.f, 40.f});
+  small.mutable_grad() = at::tensor({1.f, 2.f, 3.f, 4.f});
+  opt.step();
+  EXPECT_TRUE(at::equal(big, at::tensor({-10.f, -20.f, -30.f, -40.f})));  // all 4 of k = 4 from `big`
+  EXPECT_TRUE(at::equal(small, at::zeros({4})));
+  EXPECT_EQ(opt.last_step_stats().elements_sent, 4);
+}
+
+// Deep Gradient Compression momentum correction + factor masking, checked by hand:
+// u = m·u + g; v = v + u; send top-k of v; v, u zeroed where sent.
+TEST(CompressedSGD, DgcMomentumMatchesHandComputation) {
+  auto loader = build_tree_loader();
+  at::Tensor p = at::zeros({4}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"p", p}}, cddp::CompressedSGDOptions(1.0).momentum(0.5).momentum_mode("dgc").compressor(
+                                           loader.create("topk", {{"ratio", 0.25}})));
+  p.mutable_grad() = at::tensor({1.f, 2.f, 3.f, 4.f});
+  opt.step();  // u = g = [1,2,3,4]; v = [1,2,3,4]; send idx 3 (4); v = [1,2,3,0]; u = [1,2,3,0]
+  EXPECT_TRUE(at::equal(p, at::tensor({0.f, 0.f, 0.f, -4.f})));
+  p.mutable_grad() = at::tensor({1.f, 1.f, 1.f, 1.f});
+  opt.step();  // u = [1.5,2,2.5,1]; v = [2.5,4,5.5,1]; send idx 2 (5.5); u = [1.5,2,0,1]
+  EXPECT_TRUE(at::equal(p, at::tensor({0.f, 0.f, -5.5f, -4.f})));
+  auto& st = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
+  EXPECT_TRUE(at::equal(st.residual(), at::tensor({2.5f, 4.f, 0.f, 1.f})));
+  EXPECT_TRUE(at::equal(st.momentum_buffer(), at::tensor({1.5f, 2.f, 0.f, 1.f})));
+}
+
+TEST(CompressedSGD, SaveLoadContinuesBitwise) {
+  auto loader = build_tree_loader();
+  auto make = [&](TinyMlp& m) {
+    return std::make_unique<cddp::CompressedSGD>(
+        m.params, cddp::CompressedSGDOptions(0.05).momentum(0.9).compressor(loader.create("topk", {{"ratio", 0.1}})));
+  };
+  TinyMlp a(5);
+  auto opt_a = make(a);
+  for (int64_t s = 0; s < 5; ++s) {
+    Batch d = batch(s);
+    opt_a->zero_grad();
+    a.loss(d.x, d.y).backward();
+    opt_a->step();
+  }
+  std::stringstream saved;
+  torch::save(*opt_a, saved);
+  TinyMlp b = a.clone();
+  auto opt_b = make(b);
+  torch::load(*opt_b, saved);
+  EXPECT_EQ(opt_b->step_count(), 5);
+  for (int64_t s = 5; s < 10; ++s) {
+    Batch d = batch(s);
+    opt_a->zero_grad();
+    a.loss(d.x, d.y).backward();
+    opt_a->step();
+    opt_b->zero_grad();
+    b.loss(d.x, d.y).backward();
+    opt_b->step();
+  }
+  for (size_t i = 0; i < a.params.size(); ++i) EXPECT_TRUE(at::equal(a.params[i].second, b.params[i].second));
+}
+
+TEST(CompressedSGD, NonFiniteGradientNamesParameterAndStep) {
+  auto loader = build_tree_loader();
+  at::Tensor w = at::ones({8}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"layer3.weight", w}}, cddp::CompressedSGDOptions(0.1).compressor(loader.create("topk")));
+  w.mutable_grad() = at::ones({8});
+  opt.step();
+  w.mutable_grad() = at::tensor({1.f, 1.f, INFINITY, 1.f, 1.f, 1.f, 1.f, 1.f});
+  std::string msg = error_of([&] { opt.step(); });
+  EXPECT_NE(msg.find("non-finite gradient (NaN or Inf) in parameter 'layer3.weight' at step 2"), std::string::npos)
+      << msg;
+}
+
+TEST(CompressedSGD, SkipStepLeavesEveryStateUnchanged) {
+  auto loader = build_tree_loader();
+  at::Tensor w = at::randn({30}).set_requires_grad(true);
+  cddp::CompressedSGD opt({{"w", w}}, cddp::CompressedSGDOptions(0.1).momentum(0.9).nonfinite("skip_step").compressor(
+                                           loader.create("topk", {{"ratio", 0.1}})));
+  w.mutable_grad() = at::randn({30});
+  opt.step();
+  auto& st = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
+  at::Tensor p0 = w.detach().clone(), m0 = st.momentum_buffer().clone(), r0 = st.residual().clone();
+  w.mutable_grad() = at::full({30}, NAN);
+  opt.step();
+  EXPECT_TRUE(opt.last_step_stats().skipped);
+  EXPECT_EQ(opt.step_count(), 1);
+  EXPECT_TRUE(at::equal(w, p0));
+  EXPECT_TRUE(at::equal(st.momentum_buffer(), m0));
+  EXPECT_TRUE(at::equal(st.residual(), r0));
+}
+
+TEST(CompressedSGD, ConstructorRejectsBadOptions) {
+  at::Tensor w = at::ones({3}).set_requires_grad(true);
+  auto make = [&](cddp::CompressedSGDOptions o) { cddp::CompressedSGD opt(std::vector<at::Tensor>{w}, o); };
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(-0.1)); }).find("Invalid learning rate: -0.1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).momentum(-1)); }).find("Invalid momentum value: -1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).density(0)); })
+                .find("Invalid compression ratio (density): 0; expected 0 < ratio <= 1"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).density(1.5)); })
+                .find("Invalid compression ratio (density): 1.5"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).momentum_mode("adam")); })
+                .find("Invalid momentum_mode 'adam'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).nonfinite("ignore")); })
+                .find("Invalid nonfinite policy 'ignore'"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).nesterov(true)); })
+                .find("Nesterov momentum requires a momentum"),
+            std::string::npos);
+}
+
+TEST(CompressedSGD, RulesOverrideDensityAndRouteDense) {
+  auto loader = build_tree_loader();
+  at::Tensor a = at::randn({100}).set_requires_grad(true), b = at::randn({100}).set_requires_grad(true);
+  cddp::CompressionRule dense_rule;
+  dense_rule.match = "head.*";
+  dense_rule.dense = true;
+  cddp::CompressionRule half;
+  half.match = "body.*";
+  half.density = 0.5;
+  cddp::CompressedSGD opt({{"body.w", a}, {"head.w", b}}, cddp::CompressedSGDOptions(0.1).auto_dense(false).rules({dense_rule, half})
+                                                              .compressor(loader.create("topk", {{"ratio", 0.01}})));
+  (a.sum() + b.sum()).backward();
+  opt.step();
+  EXPECT_EQ(opt.last_step_stats().elements_sent, 50 + 100);
+  ASSERT_EQ(opt.routing().size(), 2u);
+  EXPECT_EQ(opt.routing()[1].route, cddp::Route::Dense);
+  EXPECT_EQ(opt.routing()[1].reason, "a rule marks it dense");
+}
+
+TEST(GlobMatch, StarsAndQuestionMarks) {
+  EXPECT_TRUE(cddp::glob_match("*.bias", "fc1.bias"));
+  EXPECT_TRUE(cddp::glob_match("layer?.*", "layer1.0.conv1.weight"));
+  EXPECT_FALSE(cddp::glob_match("layer?.*", "layer10.weight"));
+  EXPECT_TRUE(cddp::glob_match("*", ""));
+  EXPECT_FALSE(cddp::glob_match("fc", "fc1"));
+}
+
+}  // namespace

@@ -1,0 +1,159 @@
+// plugin_loader_test.cpp — search order, refusals, parameter validation, library lifetime
+// and the exception boundary of PluginLoader / PluginCompressor.
+#include <cddp/plugin_abi.h>
+#include <cddp/plugin_loader.h>
+
+#include "test_plugins.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+namespace fs = std::filesystem;
+using cddp::testing::build_tree_loader;
+using cddp::testing::error_of;
+
+TEST(PluginLoader, CreatesInTreePluginsByName) {
+  auto loader = build_tree_loader();
+  auto topk = loader.create("topk", {{"ratio", 0.5}});
+  EXPECT_EQ(topk->name(), "topk");
+  EXPECT_EQ(topk->description().version, "1.0.0");
+  EXPECT_FALSE(topk->shared_indices());
+  auto randomk = loader.create("randomk");
+  EXPECT_EQ(randomk->name(), "randomk");
+  EXPECT_TRUE(randomk->shared_indices());
+}
+
+TEST(PluginLoader, ExplicitPathWinsAndIsUsedAsIs) {
+  auto loader = build_tree_loader();
+  fs::path path = fs::path(CDDP_TEST_PLUGIN_DIR) / "cddp_topk.so";
+  EXPECT_EQ(loader.resolve(path.string()), path);
+  EXPECT_EQ(loader.create(path.string())->name(), "topk");
+}
+
+TEST(PluginLoader, ConfiguredDirectoriesComeFirst) {
+  fs::path dir = fs::temp_directory_path() / "cddp_loader_first";
+  fs::create_directories(dir);
+  fs::copy_file(fs::path(CDDP_TEST_PLUGIN_DIR) / "cddp_randomk.so", dir / "cddp_topk.so",
+                fs::copy_options::overwrite_existing);
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({dir}, CDDP_TEST_PLUGIN_DIR));
+  EXPECT_EQ(loader.resolve("topk"), dir / "cddp_topk.so");
+  EXPECT_EQ(loader.create("topk")->name(), "randomk");  // the impostor in the first dir wins
+  fs::remove_all(dir);
+}
+
+TEST(PluginLoader, EnvironmentPathComesAfterConfiguredDirs) {
+  auto sp = cddp::PluginSearchPath::standard({"/configured"}, "/env/a:/env/b");
+  ASSERT_GE(sp.dirs.size(), 4u);
+  EXPECT_EQ(sp.dirs[0], "/configured");
+  EXPECT_EQ(sp.dirs[1], "/env/a");
+  EXPECT_EQ(sp.origins[1], "CDDP_PLUGIN_PATH");
+  EXPECT_EQ(sp.dirs[2], "/env/b");
+  // Last: the install dir next to the executable, then the build tree (the two coincide
+  // for executables in the build tree, whose layout mirrors the install; listed once).
+  EXPECT_TRUE(sp.origins.back() == "build tree" || sp.origins.back() == "install") << sp.origins.back();
+  EXPECT_EQ(sp.dirs.back(), std::filesystem::path(CDDP_TEST_PLUGIN_DIR));
+}
+
+TEST(PluginLoader, UnknownNameListsEveryPlaceSearched) {
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({"/nonexistent/one"}, "/nonexistent/two"));
+  std::string msg = error_of([&] { loader.create("nosuch"); });
+  EXPECT_NE(msg.find("compressor plugin 'nosuch' not found"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("/nonexistent/one/cddp_nosuch.so (configured)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("/nonexistent/two/cddp_nosuch.so (CDDP_PLUGIN_PATH)"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(std::string(CDDP_TEST_PLUGIN_DIR) + "/cddp_nosuch.so"), std::string::npos) << msg;
+}
+
+TEST(PluginLoader, RefusesOtherAbiVersionNamingBoth) {
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  std::string msg = error_of([&] { loader.create("badabi"); });
+  EXPECT_NE(msg.find("plugin ABI version 999"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("host's ABI version " + std::to_string(CDDP_PLUGIN_ABI_VERSION)), std::string::npos) << msg;
+}
+
+TEST(PluginLoader, RefusesOtherTorchVersionNamingBoth) {
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  std::string msg = error_of([&] { loader.create("oldtorch"); });
+  EXPECT_NE(msg.find("LibTorch 0.4.1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find(std::string("host runs LibTorch ") + CDDP_TORCH_VERSION_STRING), std::string::npos) << msg;
+}
+
+TEST(PluginLoader, RefusesAFileThatIsNotALibrary) {
+  fs::path dir = fs::temp_directory_path() / "cddp_loader_bogus";
+  fs::create_directories(dir);
+  std::ofstream(dir / "cddp_bogus.so") << "not an ELF file";
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({dir}, nullptr));
+  std::string msg = error_of([&] { loader.create("bogus"); });
+  EXPECT_NE(msg.find("cannot load compressor plugin"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("cddp_bogus.so"), std::string::npos) << msg;
+  fs::remove_all(dir);
+}
+
+TEST(PluginLoader, ListShowsUsableAndRefusedPlugins) {
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  bool topk = false, badabi = false;
+  for (const auto& l : loader.list()) {
+    if (l.description.name == "topk") {
+      topk = l.usable;
+      ASSERT_FALSE(l.description.params.empty());
+      EXPECT_EQ(l.description.params[0].name, "ratio");  // owned copy, valid after unload
+      EXPECT_EQ(l.description.torch_version, CDDP_TORCH_VERSION_STRING);
+    }
+    if (l.path.filename() == "cddp_badabi.so") {
+      badabi = !l.usable;
+      EXPECT_NE(l.refusal.find("999"), std::string::npos) << l.refusal;
+    }
+  }
+  EXPECT_TRUE(topk);
+  EXPECT_TRUE(badabi);
+}
+
+TEST(PluginLoader, ParameterErrorsNameTheKey) {
+  auto loader = build_tree_loader();
+  std::string unknown = error_of([&] { loader.create("topk", {{"ratoi", 0.1}}); });
+  EXPECT_NE(unknown.find("unknown parameter 'ratoi'"), std::string::npos) << unknown;
+  EXPECT_NE(unknown.find("ratio"), std::string::npos) << unknown;
+  std::string type = error_of([&] { loader.create("topk", {{"ratio", std::string("high")}}); });
+  EXPECT_NE(type.find("parameter 'ratio' must be a float, got string"), std::string::npos) << type;
+  std::string zero = error_of([&] { loader.create("topk", {{"ratio", 0.0}}); });
+  EXPECT_NE(zero.find("parameter 'ratio' = 0 is out of range"), std::string::npos) << zero;
+  std::string big = error_of([&] { loader.create("randomk", {{"ratio", 1.5}}); });
+  EXPECT_NE(big.find("parameter 'ratio' = 1.5 is out of range"), std::string::npos) << big;
+  std::string flag = error_of([&] { loader.create("randomk", {{"scale", int64_t(1)}}); });
+  EXPECT_NE(flag.find("parameter 'scale' must be a bool"), std::string::npos) << flag;
+}
+
+TEST(PluginLoader, LibraryOutlivesTheLoaderWhileACompressorLives) {
+  std::shared_ptr<cddp::PluginCompressor> topk;
+  {
+    auto loader = build_tree_loader();
+    topk = loader.create("topk", {{"ratio", 0.5}});
+  }  // loader gone: the library must stay mapped for `topk`
+  at::Tensor x = at::tensor({1.0f, -4.0f, 2.0f, 3.0f});
+  cddp::Compressed c = topk->compress(x, {});
+  EXPECT_EQ(cddp::testing::to_vec(c.indices), (std::vector<int64_t>{1, 3}));
+}
+
+TEST(PluginLoader, PluginErrorsArriveAsHostExceptions) {
+  auto loader = build_tree_loader();
+  auto topk = loader.create("topk");
+  cddp::CompressContext ctx;
+  ctx.param_name = "fc1.weight";
+  ctx.step = 7;
+  std::string msg = error_of([&] { topk->compress(at::tensor({1.0f, NAN}), ctx); });
+  EXPECT_NE(msg.find("NaN in the gradient of parameter 'fc1.weight' at step 7"), std::string::npos) << msg;
+}
+
+TEST(PluginLoaderOutOfTree, LoadsAThirdPartyPluginBuiltAgainstTheInstall) {
+  const char* path = std::getenv("CDDP_OOT_PLUGIN");
+  if (!path) GTEST_SKIP() << "run by the out_of_tree_plugin ctest, which builds the plugin first";
+  auto loader = build_tree_loader();
+  auto threshold = loader.create(path, {{"tau", 2.5}});
+  EXPECT_EQ(threshold->name(), "threshold");
+  cddp::Compressed c = threshold->compress(at::tensor({1.0f, -3.0f, 2.0f, 4.0f}), {});
+  EXPECT_EQ(cddp::testing::to_vec(c.indices), (std::vector<int64_t>{1, 3}));
+  EXPECT_TRUE(at::equal(c.values, at::tensor({-3.0f, 4.0f})));
+}

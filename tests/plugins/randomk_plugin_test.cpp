@@ -1,0 +1,103 @@
+// randomk_plugin_test.cpp — the randomk plugin, loaded from cddp_randomk.so: seeded and
+// reproducible selection, distinct sorted indices, scaling, and no use of the global RNG.
+#include <cddp/plugin_loader.h>
+
+#include "philox.h"
+#include "test_plugins.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <set>
+
+using cddp::testing::error_of;
+using cddp::testing::to_vec;
+
+namespace {
+
+cddp::CompressContext ctx(int64_t step, int64_t param, uint64_t seed) {
+  cddp::CompressContext c;
+  c.step = step;
+  c.param_index = param;
+  c.seed = seed;
+  c.param_name = "w";
+  return c;
+}
+
+TEST(RandomK, PhiloxMatchesThePublishedKnownAnswer) {
+  // Random123 known-answer test for philox4x32-10, counter = key = 0.
+  cddp::philox::Block r = cddp::philox::philox4x32_10({{0, 0, 0, 0}}, {0, 0});
+  EXPECT_EQ(r.c[0], 0x6627e8d5u);
+  EXPECT_EQ(r.c[1], 0xe169c58du);
+  EXPECT_EQ(r.c[2], 0xbc57ac4cu);
+  EXPECT_EQ(r.c[3], 0x9b00dbd8u);
+}
+
+TEST(RandomK, DistinctSortedIndicesOfTheRightCount) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 0.1}});
+  at::Tensor x = at::randn({1003});
+  cddp::Compressed c = rk->compress(x, ctx(1, 0, 9));
+  auto idx = to_vec(c.indices);
+  ASSERT_EQ(idx.size(), 101u);
+  EXPECT_TRUE(std::is_sorted(idx.begin(), idx.end()));
+  EXPECT_EQ(std::set<int64_t>(idx.begin(), idx.end()).size(), idx.size());
+  EXPECT_TRUE(at::equal(c.values, x.index_select(0, c.indices.to(at::kLong))));
+}
+
+TEST(RandomK, SameSeedStepAndParameterGiveTheSameIndicesEverywhere) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto a = loader.create("randomk", {{"ratio", 0.05}});
+  auto b = loader.create("randomk", {{"ratio", 0.05}});
+  at::Tensor x = at::randn({2000}), y = at::randn({2000});  // different data on the two "ranks"
+  EXPECT_EQ(to_vec(a->compress(x, ctx(3, 1, 42)).indices), to_vec(b->compress(y, ctx(3, 1, 42)).indices));
+  EXPECT_NE(to_vec(a->compress(x, ctx(4, 1, 42)).indices), to_vec(a->compress(x, ctx(3, 1, 42)).indices));
+  EXPECT_NE(to_vec(a->compress(x, ctx(3, 2, 42)).indices), to_vec(a->compress(x, ctx(3, 1, 42)).indices));
+  EXPECT_NE(to_vec(a->compress(x, ctx(3, 1, 43)).indices), to_vec(a->compress(x, ctx(3, 1, 42)).indices));
+}
+
+TEST(RandomK, IndicesAreTheKSmallestPhiloxPriorities) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 0.01}});
+  const int64_t n = 4099, k = cddp::k_for_ratio(0.01, n);
+  std::vector<std::pair<uint32_t, int64_t>> pri;
+  for (int64_t i = 0; i < n; ++i) {
+    auto r = cddp::philox::philox4x32_10(cddp::philox::randomk_counter(i / 4, 5, 2), cddp::philox::randomk_key(77));
+    pri.push_back({r.c[i % 4], i});
+  }
+  std::sort(pri.begin(), pri.end());
+  std::vector<int64_t> expected;
+  for (int64_t j = 0; j < k; ++j) expected.push_back(pri[j].second);
+  std::sort(expected.begin(), expected.end());
+  EXPECT_EQ(to_vec(rk->compress(at::randn({n}), ctx(5, 2, 77)).indices), expected);
+}
+
+TEST(RandomK, UnbiasedScalingMultipliesByNumelOverK) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 0.25}, {"scale", true}});
+  at::Tensor x = at::ones({8});
+  cddp::Compressed c = rk->compress(x, ctx(1, 0, 0));
+  EXPECT_TRUE(at::equal(c.values, at::full({2}, 4.0f)));
+}
+
+TEST(RandomK, NeverTouchesTheGlobalGenerator) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 0.5}});
+  at::manual_seed(123);
+  at::Tensor x = at::randn({100});
+  rk->compress(x, ctx(1, 0, 0));
+  at::Tensor after = at::randn({4});
+  at::manual_seed(123);
+  at::randn({100});
+  EXPECT_TRUE(at::equal(at::randn({4}), after));  // compress consumed nothing from the global RNG
+}
+
+TEST(RandomK, NaNInAKeptValueNamesTheParameter) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 1.0}});
+  std::string msg = error_of([&] { rk->compress(at::tensor({1.f, NAN}), ctx(2, 0, 0)); });
+  EXPECT_NE(msg.find("randomk: NaN in the gradient of parameter 'w' at step 2"), std::string::npos) << msg;
+}
+
+}  // namespace
