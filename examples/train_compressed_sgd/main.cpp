@@ -1,6 +1,6 @@
 // train_compressed_sgd — the smallest complete use of the library: load the top-k plugin,
 // give it to CompressedSGD, and fit a noisy linear regression, printing the loss.
-//   build/release/bin/train_compressed_sgd [plugin=topk] [ratio=0.01] [steps=300]
+//   build/release/bin/train_compressed_sgd [plugin=topk] [ratio=0.01] [steps=300] [lr=0.005]
 #include <cddp/compressed_sgd.h>
 #include <cddp/plugin_loader.h>
 
@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   const std::string plugin = argc > 1 ? argv[1] : "topk";
   const double ratio = argc > 2 ? std::atof(argv[2]) : 0.01;
   const int steps = argc > 3 ? std::atoi(argv[3]) : 300;
+  const double lr = argc > 4 ? std::atof(argv[4]) : 0.005;
   try {
     cddp::PluginLoader loader(cddp::PluginSearchPath::standard({}, std::getenv("CDDP_PLUGIN_PATH")));
     auto compressor = loader.create(plugin, {{"ratio", ratio}});
@@ -25,7 +26,7 @@ int main(int argc, char** argv) {
     at::Tensor y = at::matmul(x, w_true) + 0.01 * at::randn({samples, 1});
     at::Tensor w = at::zeros({features, 1}).set_requires_grad(true);
 
-    cddp::CompressedSGD opt({{"w", w}}, cddp::CompressedSGDOptions(0.05).momentum(0.9).compressor(compressor));
+    cddp::CompressedSGD opt({{"w", w}}, cddp::CompressedSGDOptions(lr).compressor(compressor));
     for (int step = 1; step <= steps; ++step) {
       opt.zero_grad();
       at::Tensor loss = at::mse_loss(at::matmul(x, w), y);
