@@ -1,0 +1,184 @@
+// bench_compressors — CPU selection kernels against the obvious alternatives, in one run:
+//   radix_topk      RadixTopK::select_float (exact top-k of |x|, output sorted by index)
+//   radix_topk_ef   the same fused with error feedback (acc = x + residual, residual updated)
+//   torch_topk      at::topk(x.abs(), k)
+//   nth_element     std::nth_element of |x| on a preallocated copy (threshold only; 1 thread)
+//   read_sum        at::sum(x): one plain read pass, the floor
+//   random_k        RadixTopK::select_smallest_philox (seeded random-k, Philox priorities)
+// for N in {1M, 25M} (add --cddp_large for 100M), density in {10%, 1%, 0.1%}, threads 1 and 2
+// (at::set_num_threads). Items are elements of the input: items/s = N / time.
+// Names: <kernel>/<N>/<density>/t<threads>; select with --benchmark_filter=<regex>.
+// Results and the command used: docs/benchmarks.md.
+#include "radix_topk_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace {
+
+using cddp::kernels::RadixTopK;
+
+struct Data {
+  at::Tensor x;         // N(0, 1)
+  at::Tensor residual;  // 0.1 * N(0, 1), mutated by the fused benchmark
+};
+
+Data& data(int64_t n) {
+  static std::map<int64_t, Data> cache;
+  auto it = cache.find(n);
+  if (it == cache.end()) {
+    at::Generator gen = at::detail::createCPUGenerator(1234 + static_cast<uint64_t>(n));
+    Data d;
+    d.x = at::randn({n}, gen, at::kFloat);
+    d.residual = at::randn({n}, gen, at::kFloat).mul_(0.1);
+    it = cache.emplace(n, std::move(d)).first;
+  }
+  return it->second;
+}
+
+RadixTopK& workspace() {
+  static RadixTopK s;  // reused, as the plugin does: its buffers stay allocated
+  return s;
+}
+
+void finish(benchmark::State& st, int64_t n, int64_t k) {
+  st.SetItemsProcessed(st.iterations() * n);
+  st.counters["k"] = static_cast<double>(k);
+}
+
+void bm_radix(benchmark::State& st, int64_t n, int64_t k, bool fused) {
+  Data& d = data(n);
+  std::vector<float> ov(static_cast<std::size_t>(k));
+  std::vector<int32_t> oi(static_cast<std::size_t>(k));
+  const float* x = d.x.data_ptr<float>();
+  float* r = fused ? d.residual.data_ptr<float>() : nullptr;
+  RadixTopK& s = workspace();
+  s.select_float(x, r, n, k, ov.data(), oi.data());  // warm the workspace
+  for (auto _ : st) {
+    s.select_float(x, r, n, k, ov.data(), oi.data());
+    benchmark::DoNotOptimize(ov.data());
+    benchmark::DoNotOptimize(oi.data());
+    benchmark::ClobberMemory();
+  }
+  finish(st, n, k);
+}
+
+void bm_torch_topk(benchmark::State& st, int64_t n, int64_t k) {
+  Data& d = data(n);
+  for (auto _ : st) {
+    auto res = at::topk(d.x.abs(), k);
+    benchmark::DoNotOptimize(std::get<0>(res).data_ptr<float>());
+  }
+  finish(st, n, k);
+}
+
+void bm_nth_element(benchmark::State& st, int64_t n, int64_t k) {
+  Data& d = data(n);
+  std::vector<float> copy(static_cast<std::size_t>(n));
+  const float* x = d.x.data_ptr<float>();
+  for (auto _ : st) {
+    for (int64_t i = 0; i < n; ++i) copy[i] = std::fabs(x[i]);
+    std::nth_element(copy.begin(), copy.begin() + (k - 1), copy.end(), std::greater<float>());
+    benchmark::DoNotOptimize(copy[k - 1]);
+  }
+  finish(st, n, k);
+}
+
+void bm_read_sum(benchmark::State& st, int64_t n, int64_t k) {
+  Data& d = data(n);
+  for (auto _ : st) {
+    at::Tensor s = at::sum(d.x);
+    benchmark::DoNotOptimize(s.data_ptr<float>());
+  }
+  finish(st, n, k);
+}
+
+void bm_random_k(benchmark::State& st, int64_t n, int64_t k) {
+  std::vector<int32_t> oi(static_cast<std::size_t>(k));
+  RadixTopK& s = workspace();
+  int64_t step = 1;
+  s.select_smallest_philox(42, step, 0, n, k, oi.data());
+  for (auto _ : st) {
+    s.select_smallest_philox(42, ++step, 0, n, k, oi.data());
+    benchmark::DoNotOptimize(oi.data());
+    benchmark::ClobberMemory();
+  }
+  finish(st, n, k);
+}
+
+std::string n_name(int64_t n) {
+  return n % 1000000 == 0 ? std::to_string(n / 1000000) + "M" : std::to_string(n);
+}
+
+// Runs `body` with the ATen thread count set, restoring it afterwards.
+template <class F>
+void with_threads(benchmark::State& st, int threads, F body) {
+  const int old = at::get_num_threads();
+  at::set_num_threads(threads);
+  body(st);
+  at::set_num_threads(old);
+}
+
+void register_all(bool large) {
+  std::vector<int64_t> sizes{1000000, 25000000};
+  if (large) sizes.push_back(100000000);
+  const std::pair<const char*, double> densities[] = {{"10%", 0.1}, {"1%", 0.01}, {"0.1%", 0.001}};
+  for (int64_t n : sizes) {
+    for (const auto& [dname, dens] : densities) {
+      const int64_t k = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(dens * n)));
+      for (int threads : {1, 2}) {
+        const std::string suffix =
+            "/" + n_name(n) + "/" + dname + "/t" + std::to_string(threads);
+        auto add = [&](const std::string& name, std::function<void(benchmark::State&)> f) {
+          benchmark::RegisterBenchmark(
+              (name + suffix).c_str(),
+              [threads, f](benchmark::State& st) { with_threads(st, threads, f); })
+              ->Unit(benchmark::kMillisecond)
+              ->UseRealTime()
+              ->MinTime(0.3);
+        };
+        add("radix_topk", [n, k](benchmark::State& st) { bm_radix(st, n, k, false); });
+        add("radix_topk_ef", [n, k](benchmark::State& st) { bm_radix(st, n, k, true); });
+        add("torch_topk", [n, k](benchmark::State& st) { bm_torch_topk(st, n, k); });
+        if (threads == 1) {
+          add("nth_element", [n, k](benchmark::State& st) { bm_nth_element(st, n, k); });
+        }
+        add("read_sum", [n, k](benchmark::State& st) { bm_read_sum(st, n, k); });
+        add("random_k", [n, k](benchmark::State& st) { bm_random_k(st, n, k); });
+      }
+    }
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  bool large = false;
+  int out = 1;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--cddp_large") == 0) {
+      large = true;
+    } else {
+      argv[out++] = argv[i];
+    }
+  }
+  argc = out;
+  register_all(large);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::AddCustomContext("blas", "libopenblas0-openmp (not used by these kernels)");
+  benchmark::AddCustomContext("aten_parallel", at::get_parallel_info());
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
