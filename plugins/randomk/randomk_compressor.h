@@ -4,6 +4,8 @@
 // plugin's own counter-based generator (Philox4x32-10) keyed by (seed, step, parameter
 // index): every rank picks the same indices, so ranks may sum values directly
 // (shared_indices() is true). The global RNG is never touched. Output sorted by index.
+// Selection: the k smallest Philox priorities (ties: lower index) by the radix selection of
+// plugins/common — O(n), no permutation of n is ever built, identical to the GPU plugin's.
 //
 // Parameters: ratio (0 < ratio <= 1, default 0.01); scale (bool, default false): multiply
 // the kept values by numel/k, which makes the compressor unbiased, E[D(C(x))] = x.
@@ -12,14 +14,12 @@
 #include <cddp/compressor.h>
 #include <cddp/plugin_params.h>
 
+#include "radix_topk_cpu.h"
+
 #include <cstdint>
 #include <vector>
 
 namespace cddp::randomk {
-
-// The k indices (ascending) random-k selects from n elements for (seed, step, param_index):
-// the k smallest Philox priorities, ties to the lower index. No permutation of n is built.
-std::vector<int64_t> select_indices(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k);
 
 class RandomKCompressor final : public Compressor {
  public:
@@ -34,6 +34,7 @@ class RandomKCompressor final : public Compressor {
  private:
   double ratio_;
   bool scale_;
+  kernels::RadixTopK radix_;  // buffers reused between steps
 };
 
 }  // namespace cddp::randomk

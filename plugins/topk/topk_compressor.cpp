@@ -28,14 +28,44 @@ int64_t TopKCompressor::k_for(const at::Tensor& grad, const CompressContext& ctx
   return k_for_ratio(ratio, grad.numel());
 }
 
+namespace {
+bool radix_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+}  // namespace
+
 void TopKCompressor::check_input(const at::Tensor& grad, const CompressContext& ctx) const {
   TORCH_CHECK(grad.defined(), "topk: undefined tensor for parameter '", ctx.param_name, "'");
   TORCH_CHECK(grad.device().is_cpu(), "topk: parameter '", ctx.param_name, "' is on device ", grad.device(),
               ", which this build of the topk plugin does not support (supported: cpu)");
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "topk: parameter '", ctx.param_name, "' has dtype ",
               grad.scalar_type(), "; expected a floating-point tensor (float, double, half, bfloat16)");
-  TORCH_CHECK(!at::isnan(grad).any().item<bool>(), "topk: NaN in the gradient of parameter '", ctx.param_name,
-              "' at step ", ctx.step);
+}
+
+// Radix selection of `x` (contiguous float32/float64), optionally with fused error feedback.
+// The kernel reports NaN with std::invalid_argument; the message gains the parameter's name.
+static Compressed radix_select(kernels::RadixTopK& radix, const at::Tensor& x, at::Tensor* residual, int64_t k,
+                               const CompressContext& ctx) {
+  Compressed out;
+  out.numel = x.numel();
+  out.shape = x.sizes().vec();
+  out.dtype = x.scalar_type();
+  out.values = at::empty({k}, x.options());
+  out.indices = at::empty({k}, x.options().dtype(index_dtype_for(out.numel)));
+  const bool wide = out.indices.scalar_type() == at::kLong;
+  try {
+    if (out.dtype == at::kFloat) {
+      float* r = residual ? residual->data_ptr<float>() : nullptr;
+      if (wide) radix.select_float(x.data_ptr<float>(), r, out.numel, k, out.values.data_ptr<float>(), out.indices.data_ptr<int64_t>());
+      else radix.select_float(x.data_ptr<float>(), r, out.numel, k, out.values.data_ptr<float>(), out.indices.data_ptr<int32_t>());
+    } else {
+      double* r = residual ? residual->data_ptr<double>() : nullptr;
+      if (wide) radix.select_double(x.data_ptr<double>(), r, out.numel, k, out.values.data_ptr<double>(), out.indices.data_ptr<int64_t>());
+      else radix.select_double(x.data_ptr<double>(), r, out.numel, k, out.values.data_ptr<double>(), out.indices.data_ptr<int32_t>());
+    }
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "topk: NaN in the gradient of parameter '", ctx.param_name, "' at step ", ctx.step, " (",
+                e.what(), ")");
+  }
+  return out;
 }
 
 Compressed TopKCompressor::compress(const at::Tensor& grad, const CompressContext& ctx) {
@@ -50,6 +80,9 @@ Compressed TopKCompressor::compress(const at::Tensor& grad, const CompressContex
     out.indices = at::empty({0}, grad.options().dtype(index_type));
     return out;
   }
+  if (radix_dtype(out.dtype)) return radix_select(radix_, grad.contiguous(), nullptr, k_for(grad, ctx), ctx);
+  TORCH_CHECK(!at::isnan(grad).any().item<bool>(), "topk: NaN in the gradient of parameter '", ctx.param_name,
+              "' at step ", ctx.step);
   at::Tensor idx = topk_reference_indices(grad, k_for(grad, ctx));
   out.values = grad.reshape(-1).index_select(0, idx);
   out.indices = idx.to(index_type);
@@ -58,9 +91,18 @@ Compressed TopKCompressor::compress(const at::Tensor& grad, const CompressContex
 
 Compressed TopKCompressor::compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                                   const CompressContext& ctx) {
-  return Compressor::compress_with_feedback(grad, residual, ctx);
+  check_input(grad, ctx);
+  const bool fusable = radix_dtype(grad.scalar_type()) && residual.scalar_type() == grad.scalar_type() &&
+                       residual.is_contiguous() && residual.device().is_cpu() && residual.numel() == grad.numel() &&
+                       grad.numel() > 0;
+  if (!fusable) return Compressor::compress_with_feedback(grad, residual, ctx);
+  // One pass computes acc = g + residual into `residual` while histogramming |acc|; the
+  // selection then zeroes the chosen positions: residual = acc − D(C(acc)), bit for bit.
+  Compressed out = radix_select(radix_, grad.contiguous(), &residual, k_for(grad, ctx), ctx);
+  out.shape = residual.sizes().vec();
+  return out;
 }
 
-bool TopKCompressor::has_fused_feedback() const noexcept { return false; }
+bool TopKCompressor::has_fused_feedback() const noexcept { return true; }
 
 }  // namespace cddp::topk

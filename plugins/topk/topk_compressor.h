@@ -3,12 +3,17 @@
 // Stich et al. 2018, "Sparsified SGD with Memory"). Exact on the CPU; ties break by lower
 // index so that runs are reproducible; the output is sorted by index.
 //
+// float32/float64 CPU tensors go through the radix selection of plugins/common (near memory
+// bandwidth, error feedback fused into its passes); other dtypes use topk_reference.
+//
 // Parameters: ratio (0 < ratio <= 1, default 0.01).
 // It will not run on devices this build does not support: it refuses them by name.
 #pragma once
 
 #include <cddp/compressor.h>
 #include <cddp/plugin_params.h>
+
+#include "radix_topk_cpu.h"
 
 #include <memory>
 
@@ -33,6 +38,7 @@ class TopKCompressor final : public Compressor {
   void check_input(const at::Tensor& grad, const CompressContext& ctx) const;
 
   double ratio_;
+  kernels::RadixTopK radix_;  // its buffers are reused from step to step
 };
 
 }  // namespace cddp::topk

@@ -612,8 +612,9 @@ T* at_offset(void* base, size_t off) {
 
 // The passes K1..K4 over a read-only source (acc for top-k, Philox for random-k).
 template <class Src, typename IdxT, bool kZeroResidual>
-cudaError_t run_select_tail(const Src& src, int64_t n, const Layout& l, void* ws, float* out_values,
-                            IdxT* out_indices, float* residual, cudaStream_t stream) {
+cudaError_t run_select_tail(int stages, const Src& src, int64_t n, const Layout& l, void* ws,
+                            float* out_values, IdxT* out_indices, float* residual,
+                            cudaStream_t stream) {
   State* st = at_offset<State>(ws, l.state);
   auto* hist = at_offset<unsigned long long>(ws, l.hist);
   auto* tile_gt = at_offset<unsigned int>(ws, l.tile_gt);
@@ -626,23 +627,27 @@ cudaError_t run_select_tail(const Src& src, int64_t n, const Layout& l, void* ws
 
   const unsigned int g1 =
       static_cast<unsigned int>(std::min<int64_t>(l.num_tiles, int64_t{sm_count()} * kBlocksPerSM));
+  if (stages < 2) return cudaGetLastError();
   launch(&k1_hist<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, hist, tile_gt, tile_eq, cand_key,
          cand_idx, l.cand_cap);
   // K2/K3 grids are sized for the worst case (overflow: the whole array); in the usual
   // candidate mode the surplus blocks find no work and only take part in the last-block count.
   const unsigned int g2 = stream_grid(ngroups);
+  if (stages < 3) return cudaGetLastError();
   launch(&k2_hist<Src, IdxT>, g2, stream, src, n, st, hist, cand_key, l.cand_cap);
+  if (stages < 4) return cudaGetLastError();
   launch(&k3_tiles<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, tile_gt, tile_eq, tile_off,
          tile_eqb, cand_key, cand_idx, l.cand_cap);
+  if (stages < 5) return cudaGetLastError();
   launch(&k4_compact<Src, IdxT, kZeroResidual>, static_cast<unsigned int>(l.num_tiles), stream, src,
          n, st, tile_off, tile_eqb, out_values, out_indices, residual);
   return cudaGetLastError();
 }
 
 template <typename IdxT>
-cudaError_t topk_impl(const float* grad, float* residual, int64_t n, int64_t k, float* out_values,
-                      IdxT* out_indices, unsigned int* nan_flag, void* ws, const Layout& l,
-                      cudaStream_t stream) {
+cudaError_t topk_impl(int stages, const float* grad, float* residual, int64_t n, int64_t k,
+                      float* out_values, IdxT* out_indices, unsigned int* nan_flag, void* ws,
+                      const Layout& l, cudaStream_t stream) {
   State* st = at_offset<State>(ws, l.state);
   auto* hist = at_offset<unsigned long long>(ws, l.hist);
   const bool al = aligned16(grad) && (residual == nullptr || aligned16(residual));
@@ -666,16 +671,16 @@ cudaError_t topk_impl(const float* grad, float* residual, int64_t n, int64_t k, 
   const float* acc = residual != nullptr ? residual : grad;
   if (residual != nullptr) {
     if (al)
-      return run_select_tail<ReadSrc<true>, IdxT, true>(ReadSrc<true>{acc, n}, n, l, ws, out_values,
-                                                        out_indices, residual, stream);
-    return run_select_tail<ReadSrc<false>, IdxT, true>(ReadSrc<false>{acc, n}, n, l, ws, out_values,
-                                                       out_indices, residual, stream);
+      return run_select_tail<ReadSrc<true>, IdxT, true>(stages, ReadSrc<true>{acc, n}, n, l, ws,
+                                                        out_values, out_indices, residual, stream);
+    return run_select_tail<ReadSrc<false>, IdxT, true>(stages, ReadSrc<false>{acc, n}, n, l, ws,
+                                                       out_values, out_indices, residual, stream);
   }
   if (al)
-    return run_select_tail<ReadSrc<true>, IdxT, false>(ReadSrc<true>{acc, n}, n, l, ws, out_values,
-                                                       out_indices, nullptr, stream);
-  return run_select_tail<ReadSrc<false>, IdxT, false>(ReadSrc<false>{acc, n}, n, l, ws, out_values,
-                                                      out_indices, nullptr, stream);
+    return run_select_tail<ReadSrc<true>, IdxT, false>(stages, ReadSrc<true>{acc, n}, n, l, ws,
+                                                       out_values, out_indices, nullptr, stream);
+  return run_select_tail<ReadSrc<false>, IdxT, false>(stages, ReadSrc<false>{acc, n}, n, l, ws,
+                                                      out_values, out_indices, nullptr, stream);
 }
 
 template <typename IdxT>
@@ -686,7 +691,7 @@ cudaError_t randomk_impl(uint64_t seed, int64_t step, int64_t param_index, int64
   const RandkSrc src{seed, step, param_index, n};
   launch(&k0_hist<RandkSrc>, stream_grid((n + 3) / 4), stream, src, n,
          static_cast<unsigned long long>(k), st, hist, nullptr);
-  return run_select_tail<RandkSrc, IdxT, false>(src, n, l, ws, nullptr, out_indices, nullptr,
+  return run_select_tail<RandkSrc, IdxT, false>(5, src, n, l, ws, nullptr, out_indices, nullptr,
                                                 stream);
 }
 
@@ -706,6 +711,14 @@ size_t workspace_bytes(int64_t n, bool indices_int64) {
 cudaError_t launch_topk(const float* grad, float* residual, int64_t n, int64_t k, float* out_values,
                         void* out_indices, bool indices_int64, unsigned int* nan_flag,
                         void* workspace, size_t workspace_size, cudaStream_t stream) {
+  return launch_topk_stages(5, grad, residual, n, k, out_values, out_indices, indices_int64,
+                            nan_flag, workspace, workspace_size, stream);
+}
+
+cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, int64_t n, int64_t k,
+                               float* out_values, void* out_indices, bool indices_int64,
+                               unsigned int* nan_flag, void* workspace, size_t workspace_size,
+                               cudaStream_t stream) {
   if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
     return e;
   if (grad == nullptr || out_values == nullptr || out_indices == nullptr)
@@ -713,11 +726,12 @@ cudaError_t launch_topk(const float* grad, float* residual, int64_t n, int64_t k
   const Layout l = make_layout(n, indices_int64);
   // Zero the state and the histogram; the tile arrays are initialised by K1.
   if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
+  if (stages < 1) return cudaSuccess;
   if (indices_int64)
-    return topk_impl<int64_t>(grad, residual, n, k, out_values, static_cast<int64_t*>(out_indices),
-                              nan_flag, workspace, l, stream);
-  return topk_impl<int32_t>(grad, residual, n, k, out_values, static_cast<int32_t*>(out_indices),
-                            nan_flag, workspace, l, stream);
+    return topk_impl<int64_t>(stages, grad, residual, n, k, out_values,
+                              static_cast<int64_t*>(out_indices), nan_flag, workspace, l, stream);
+  return topk_impl<int32_t>(stages, grad, residual, n, k, out_values,
+                            static_cast<int32_t*>(out_indices), nan_flag, workspace, l, stream);
 }
 
 cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,

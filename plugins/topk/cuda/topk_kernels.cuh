@@ -65,6 +65,15 @@ cudaError_t launch_topk(const float* grad, float* residual, int64_t n, int64_t k
                         unsigned int* nan_flag, void* workspace, size_t workspace_size,
                         cudaStream_t stream);
 
+// Benchmarking aid: the same as launch_topk but stops after the first `stages` of its steps
+// (0: the workspace memset only; 1: + K0, the fused pass; 2: + K1; 3: + K2; 4: + K3; 5: all,
+// == launch_topk). Outputs are incomplete for stages < 5; times of successive stage counts,
+// differenced, give each kernel's share. Same arguments otherwise.
+cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, int64_t n,
+                               int64_t k, float* out_values, void* out_indices,
+                               bool indices_int64, unsigned int* nan_flag, void* workspace,
+                               size_t workspace_size, cudaStream_t stream);
+
 // Seeded random-k: the k indices of smallest Philox priority (see above), ascending.
 // 1 <= k <= n. out_indices as for launch_topk.
 cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n,
