@@ -1,0 +1,88 @@
+#!/usr/bin/python3
+"""plot_metrics_test.py — tools/plot_metrics.py on two small fake runs: the four PNGs are
+written, a resumed run's duplicate steps keep the last value, per-step bytes are integrated
+over logging gaps, and a missing metrics.jsonl or a label mismatch fails with exit 2 and a
+clear message. It does not look at the pictures."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SCRIPT = os.path.join(HERE, "..", "..", "tools", "plot_metrics.py")
+
+
+def load_module():
+    spec = importlib.util.spec_from_file_location("plot_metrics", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(path, rows, tail=""):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "metrics.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+        f.write(tail)
+
+
+class PlotMetricsTest(unittest.TestCase):
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def run_script(self, *args):
+        return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True)
+
+    def test_writes_four_pngs(self):
+        for name, density in (("dense", 1.0), ("topk", 0.01)):
+            rows = [{"step": s, "epoch": 0, "loss": 2.0 / s, "bytes_sent": 1e6 * density} for s in range(1, 41)]
+            rows[19]["test_acc"] = 0.7
+            rows[39]["test_acc"] = 0.8
+            write_run(os.path.join(self.dir, name), rows, tail='{"step": 41, "lo')
+        out = os.path.join(self.dir, "plots")
+        r = self.run_script(os.path.join(self.dir, "dense"), os.path.join(self.dir, "topk"), "--out", out,
+                            "--labels", "dense", "top-k", "--smooth", "3")
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("skipped 1 unparsable line", r.stderr)
+        for name in ("loss_vs_step", "test_acc_vs_step", "loss_vs_bytes", "test_acc_vs_bytes"):
+            with open(os.path.join(out, name + ".png"), "rb") as f:
+                self.assertEqual(f.read(8), b"\x89PNG\r\n\x1a\n", name)
+
+    def test_missing_metrics_file(self):
+        r = self.run_script(os.path.join(self.dir, "nothing-here"), "--out", os.path.join(self.dir, "o"))
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("metrics.jsonl: not found", r.stderr)
+
+    def test_label_count_mismatch(self):
+        write_run(os.path.join(self.dir, "a"), [{"step": 1, "loss": 1.0}])
+        r = self.run_script(os.path.join(self.dir, "a"), "--out", self.dir, "--labels", "x", "y")
+        self.assertEqual(r.returncode, 2)
+        self.assertIn("--labels", r.stderr)
+
+    def test_resume_duplicates_and_byte_integration(self):
+        m = load_module()
+        write_run(os.path.join(self.dir, "r"), [
+            {"step": 10, "loss": 1.0, "bytes_sent": 100},
+            {"step": 20, "loss": 0.9, "bytes_sent": 100},
+            {"step": 20, "loss": 0.8, "bytes_sent": 100},  # logged again after a resume: this one wins
+            {"step": 30, "loss": 0.7, "bytes_sent": 50},
+        ])
+        rows = m.load_run(os.path.join(self.dir, "r"))
+        self.assertEqual([r["step"] for r in rows], [10, 20, 30])
+        self.assertEqual(rows[1]["loss"], 0.8)
+        self.assertEqual(m.cumulative_bytes(rows), [1000.0, 2000.0, 2500.0])
+        rows = [{"step": 1, "bytes_sent_total": 7}, {"step": 2, "bytes_sent_total": 9}]
+        self.assertEqual(m.cumulative_bytes(rows), [7.0, 9.0])
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,208 @@
+#!/usr/bin/python3
+"""plot_metrics.py — overlay the metrics of one or more cddp-train runs as PNG charts.
+
+    plot_metrics.py RUN_DIR [RUN_DIR ...] --out DIR [--labels A B ...] [--smooth N]
+
+Reads RUN_DIR/metrics.jsonl (one JSON object per logged step, written by MetricsWriter)
+and writes into DIR:
+    loss_vs_step.png       training loss against the optimizer step
+    test_acc_vs_step.png   test accuracy against the step (rows that carry test_acc)
+    loss_vs_bytes.png      training loss against the cumulative bytes this rank sent
+    test_acc_vs_bytes.png  test accuracy against the cumulative bytes sent
+Cumulative bytes: the "bytes_sent_total" field when a run logs it; otherwise the per-step
+"bytes_sent" values integrated over the steps (a value logged every N steps stands for
+each of the N steps since the previous logged row).
+
+Unparsable lines (a line torn by a crash) are skipped with a warning; when a resumed run
+logged a step twice, the last occurrence wins. It will not read TensorBoard files, compute
+new metrics or show windows (matplotlib's Agg backend only). Exit status: 0 on success,
+2 for bad arguments or a missing/empty metrics.jsonl.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+except ImportError:  # pragma: no cover
+    sys.exit(f"plot_metrics: error: matplotlib is not available to {sys.executable}; "
+             "run it with /usr/bin/python3 after: apt-get install python3-matplotlib")
+
+
+class RunError(Exception):
+    pass
+
+
+def load_run(run_dir):
+    """Returns the run's rows (dicts), deduplicated by step and sorted by step."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise RunError(f"{path}: not found (is {run_dir} a run directory written by cddp-train "
+                       f"with metrics.jsonl enabled?)")
+    by_step = {}
+    no_step = []
+    bad = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                bad += 1
+                continue
+            if not isinstance(row, dict):
+                bad += 1
+                continue
+            step = row.get("step")
+            if isinstance(step, (int, float)):
+                by_step[int(step)] = row  # the last occurrence of a step wins (resume)
+            else:
+                no_step.append(row)
+    if bad:
+        print(f"plot_metrics: warning: {path}: skipped {bad} unparsable line(s)", file=sys.stderr)
+    if not by_step:
+        raise RunError(f"{path}: no rows with a \"step\" field")
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def number(value):
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def cumulative_bytes(rows):
+    """Cumulative bytes sent at each row (None where unknown)."""
+    out = []
+    total = 0.0
+    prev_step = None
+    have_total = any(number(r.get("bytes_sent_total")) is not None for r in rows)
+    for r in rows:
+        if have_total:
+            out.append(number(r.get("bytes_sent_total")))
+            continue
+        b = number(r.get("bytes_sent"))
+        step = int(r["step"])
+        span = step - prev_step if prev_step is not None else max(step, 1)
+        prev_step = step
+        if b is None:
+            out.append(None)
+            continue
+        total += b * max(span, 1)
+        out.append(total)
+    return out
+
+
+def series(rows, x_of, key, smooth=0):
+    xs, ys = [], []
+    for r, x in zip(rows, x_of):
+        y = number(r.get(key))
+        if x is None or y is None:
+            continue
+        xs.append(x)
+        ys.append(y)
+    if smooth > 1 and ys:
+        acc, window = [], []
+        for y in ys:
+            window.append(y)
+            if len(window) > smooth:
+                window.pop(0)
+            acc.append(sum(window) / len(window))
+        ys = acc
+    return xs, ys
+
+
+def byte_unit(max_bytes):
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if max_bytes >= 1024 ** power:
+            return 1024 ** power, unit
+    return 1, "B"
+
+
+def plot(runs, key, ylabel, x_kind, out_path, smooth):
+    """Draws one chart; returns False when no run has data for it."""
+    curves = []
+    for label, rows in runs:
+        if x_kind == "step":
+            xs_all = [float(r["step"]) for r in rows]
+        else:
+            xs_all = cumulative_bytes(rows)
+        xs, ys = series(rows, xs_all, key, smooth if key == "loss" else 0)
+        if xs:
+            curves.append((label, xs, ys))
+    if not curves:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    if x_kind == "bytes":
+        scale, unit = byte_unit(max(max(xs) for _, xs, _ in curves))
+        positive = [x for _, xs, _ in curves for x in xs if x > 0]
+        for label, xs, ys in curves:
+            ax.plot([x / scale for x in xs], ys, label=label, linewidth=1.4, marker="o" if len(xs) <= 50 else None,
+                    markersize=3)
+        ax.set_xlabel(f"cumulative bytes sent per rank ({unit})")
+        if positive and max(positive) / min(positive) > 1000:
+            ax.set_xscale("log")
+    else:
+        for label, xs, ys in curves:
+            ax.plot(xs, ys, label=label, linewidth=1.4, marker="o" if len(xs) <= 50 else None, markersize=3)
+        ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if len(curves) > 1 or curves[0][0]:
+        ax.legend()
+    title = f"{ylabel} vs {'step' if x_kind == 'step' else 'bytes sent'}"
+    ax.set_title(title + (f" (moving average {smooth})" if smooth > 1 and key == "loss" else ""))
+    fig.tight_layout()
+    fig.savefig(out_path)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Overlay cddp-train runs: loss and test accuracy vs step and vs cumulative bytes sent.")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories containing metrics.jsonl")
+    parser.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files (created)")
+    parser.add_argument("--labels", nargs="+", metavar="LABEL", help="one legend label per run (default: dir name)")
+    parser.add_argument("--smooth", type=int, default=0, metavar="N",
+                        help="moving average of N logged points for the loss curves (default: none)")
+    args = parser.parse_args(argv)
+    if args.labels and len(args.labels) != len(args.runs):
+        parser.error(f"--labels has {len(args.labels)} label(s) for {len(args.runs)} run(s)")
+    if args.smooth < 0:
+        parser.error("--smooth must be >= 0")
+    labels = args.labels or [os.path.basename(os.path.normpath(r)) for r in args.runs]
+
+    runs = []
+    for label, run_dir in zip(labels, args.runs):
+        try:
+            runs.append((label, load_run(run_dir)))
+        except RunError as e:
+            print(f"plot_metrics: error: {e}", file=sys.stderr)
+            return 2
+
+    os.makedirs(args.out, exist_ok=True)
+    charts = [
+        ("loss", "training loss", "step", "loss_vs_step.png"),
+        ("test_acc", "test accuracy", "step", "test_acc_vs_step.png"),
+        ("loss", "training loss", "bytes", "loss_vs_bytes.png"),
+        ("test_acc", "test accuracy", "bytes", "test_acc_vs_bytes.png"),
+    ]
+    for key, ylabel, x_kind, name in charts:
+        path = os.path.join(args.out, name)
+        if plot(runs, key, ylabel, x_kind, path, args.smooth):
+            print(path)
+        else:
+            what = "bytes_sent and " if x_kind == "bytes" else ""
+            print(f"plot_metrics: note: no run has {what}{key}; {name} not written", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
