@@ -189,3 +189,27 @@ TEST(TopkKernelsEmu, RejectsBadArguments) {
   EXPECT_TRUE(ct::needs_int64_indices(int64_t{1} << 31));
   EXPECT_FALSE(ct::needs_int64_indices((int64_t{1} << 31) - 1));
 }
+
+// The benchmark's stage-limited launcher: every prefix of the sequence runs; all five stages
+// are launch_topk.
+TEST(TopkKernelsEmu, StageLimitedLaunches) {
+  const int64_t n = 12345, k = 123;
+  const auto g = normal(n, 21);
+  const auto r0 = normal(n, 22);
+  const auto want = cddp::testing::topk_reference(g, r0, k);
+  std::vector<unsigned char> ws(ct::workspace_bytes(n, false));
+  for (int stages = 0; stages <= 5; ++stages) {
+    std::vector<float> r = r0, v(k);
+    std::vector<int32_t> idx(k);
+    ASSERT_EQ(ct::launch_topk_stages(stages, g.data(), r.data(), n, k, v.data(), idx.data(), false,
+                                     nullptr, ws.data(), ws.size(), nullptr),
+              cudaSuccess);
+    if (stages >= 1) {  // K0 wrote acc; K4 zeroes the selected positions
+      const auto& expect = stages == 5 ? want.residual_after : want.acc;
+      for (int64_t i = 0; i < n; ++i) ASSERT_TRUE(same_bits(r[i], expect[i])) << "at " << i;
+    }
+    if (stages == 5) {
+      EXPECT_EQ(std::vector<int64_t>(idx.begin(), idx.end()), want.indices);
+    }
+  }
+}

@@ -82,6 +82,11 @@ int main(int argc, char** argv) {
      << "| N | k | fused ms | chain ms | plain kernel ms | at::add_out ms | chain/fused | "
         "fused/plain | fused GB/s (12 B/elem) | random-k ms | fused idx == chain idx |\n"
      << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::ostringstream stages_md;
+  stages_md << "\n### fused, by stage (cumulative ms: stop after stage s; raw launcher, "
+               "preallocated workspace)\n\n"
+            << "| N | memset | +K0 fused pass | +K1 | +K2 | +K3 | +K4 (all) | plain kernel |\n"
+            << "|---|---|---|---|---|---|---|---|\n";
   bool ok25 = true;
   std::string verdict;
   for (int64_t n : {int64_t{1} << 20, int64_t{25000000}, int64_t{100000000}}) {
@@ -127,6 +132,27 @@ int main(int argc, char** argv) {
     const double randk = time_ms(
         [&] { (void)ct::randomk_cuda_indices(42, 1, 0, n, k, g.device()); }, 5, iters);
 
+    // Stage breakdown: launch_topk_stages(s) for s = 0..5 on preallocated buffers.
+    {
+      const size_t wsb = ct::workspace_bytes(n, false);
+      at::Tensor ws = at::empty({static_cast<int64_t>(wsb)}, opts.dtype(at::kByte));
+      at::Tensor v = at::empty({k}, opts);
+      at::Tensor ix = at::empty({k}, opts.dtype(at::kInt));
+      at::Tensor rr = r0.clone();
+      stages_md << "| " << n;
+      for (int st = 0; st <= 5; ++st) {
+        const double ms = time_ms(
+            [&] {
+              BENCH_CUDA(ct::launch_topk_stages(st, g.data_ptr<float>(), rr.data_ptr<float>(), n,
+                                                k, v.data_ptr<float>(), ix.data_ptr(), false,
+                                                nullptr, ws.data_ptr(), wsb, stream));
+            },
+            3, iters);
+        stages_md << " | " << fmt(ms);
+      }
+      stages_md << " | " << fmt(plain) << " |\n";
+    }
+
     const double gbs = 12.0 * static_cast<double>(n) / (fused * 1e-3) / 1e9;
     md << "| " << n << " | " << k << " | " << fmt(fused) << " | " << fmt(chain) << " | "
        << fmt(plain) << " | " << fmt(addout) << " | " << fmt(chain / fused, 2) << "x | "
@@ -142,6 +168,7 @@ int main(int argc, char** argv) {
     }
     std::cout << "bench_topk_cuda: N=" << n << " done\n" << std::flush;
   }
+  md << stages_md.str();
   md << "\n" << verdict << "\n"
      << "\nchain = at::add_out(r, g, r); at::topk(r.abs(), k) (sorted by value, default); "
         "r.gather; r.index_fill_(0, idx, 0). fused = one call of "
