@@ -26,7 +26,13 @@ class RandomKCompressor final : public Compressor {
   explicit RandomKCompressor(const ParamMap& params);
 
   std::string name() const override { return "randomk"; }
-  std::vector<c10::DeviceType> supported_devices() const override { return {c10::DeviceType::CPU}; }
+  std::vector<c10::DeviceType> supported_devices() const override {
+#if defined(CDDP_TOPK_WITH_CUDA)
+    return {c10::DeviceType::CPU, c10::DeviceType::CUDA};
+#else
+    return {c10::DeviceType::CPU};
+#endif
+  }
   Compressed compress(const at::Tensor& grad, const CompressContext& ctx) override;
   bool shared_indices() const noexcept override { return true; }
   double default_density() const noexcept override { return ratio_; }

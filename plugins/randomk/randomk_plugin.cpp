@@ -13,4 +13,10 @@ extern const size_t kRandomKParamCount = sizeof(kRandomKParams) / sizeof(kRandom
 
 CDDP_DEFINE_COMPRESSOR_PLUGIN(cddp::randomk::RandomKCompressor, "randomk", "1.0.0",
                               "k indices from a seeded Philox stream, identical on every rank",
-                              cddp::randomk::kRandomKParams, "cpu")
+                              cddp::randomk::kRandomKParams,
+#if defined(CDDP_TOPK_WITH_CUDA)
+                              "cpu,cuda"
+#else
+                              "cpu"
+#endif
+)

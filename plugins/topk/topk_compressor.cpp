@@ -2,6 +2,9 @@
 #include "topk_compressor.h"
 
 #include "topk_reference.h"
+#if defined(CDDP_TOPK_WITH_CUDA)
+#include "topk_cuda_bridge.h"
+#endif
 
 #include <ATen/ATen.h>
 
@@ -16,10 +19,19 @@ TopKCompressor::TopKCompressor(const ParamMap& params) {
   extern const size_t kTopKParamCount;
   ParamReader reader(kPlugin, kTopKParams, kTopKParamCount, params);
   ratio_ = reader.get_double("ratio", 0.01);
+  impl_ = reader.get_string("impl", "auto");
+  if (impl_ != "auto" && impl_ != "cpu" && impl_ != "cuda")
+    reader.fail("parameter 'impl' must be \"auto\", \"cpu\" or \"cuda\", got \"" + impl_ + "\"");
   if (!(ratio_ > 0 && ratio_ <= 1)) reader.fail("parameter 'ratio' must be in (0, 1], got " + std::to_string(ratio_));
 }
 
-std::vector<c10::DeviceType> TopKCompressor::supported_devices() const { return {c10::DeviceType::CPU}; }
+std::vector<c10::DeviceType> TopKCompressor::supported_devices() const {
+#if defined(CDDP_TOPK_WITH_CUDA)
+  return {c10::DeviceType::CPU, c10::DeviceType::CUDA};
+#else
+  return {c10::DeviceType::CPU};
+#endif
+}
 
 int64_t TopKCompressor::k_for(const at::Tensor& grad, const CompressContext& ctx) const {
   double ratio = ctx.ratio > 0 ? ctx.ratio : ratio_;
@@ -34,8 +46,16 @@ bool radix_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kDouble;
 
 void TopKCompressor::check_input(const at::Tensor& grad, const CompressContext& ctx) const {
   TORCH_CHECK(grad.defined(), "topk: undefined tensor for parameter '", ctx.param_name, "'");
+#if defined(CDDP_TOPK_WITH_CUDA)
+  TORCH_CHECK(grad.device().is_cpu() || grad.device().is_cuda(), "topk: parameter '", ctx.param_name,
+              "' is on device ", grad.device(), ", which the topk plugin does not support (supported: cpu, cuda)");
+#else
   TORCH_CHECK(grad.device().is_cpu(), "topk: parameter '", ctx.param_name, "' is on device ", grad.device(),
-              ", which this build of the topk plugin does not support (supported: cpu)");
+              ", which this build of the topk plugin does not support (supported: cpu; rebuild against a "
+              "CUDA LibTorch for cuda)");
+#endif
+  TORCH_CHECK(impl_ == "auto" || grad.device().type() == c10::Device(impl_).type(), "topk: parameter '",
+              ctx.param_name, "' is on ", grad.device(), " but the plugin was configured with impl = \"", impl_, "\"");
   TORCH_CHECK(at::isFloatingType(grad.scalar_type()), "topk: parameter '", ctx.param_name, "' has dtype ",
               grad.scalar_type(), "; expected a floating-point tensor (float, double, half, bfloat16)");
 }
@@ -80,7 +100,12 @@ Compressed TopKCompressor::compress(const at::Tensor& grad, const CompressContex
     out.indices = at::empty({0}, grad.options().dtype(index_type));
     return out;
   }
-  if (radix_dtype(out.dtype)) return radix_select(radix_, grad.contiguous(), nullptr, k_for(grad, ctx), ctx);
+#if defined(CDDP_TOPK_WITH_CUDA)
+  if (grad.is_cuda() && out.dtype == at::kFloat)  // fused radix select on the current stream, no host sync
+    return topk_cuda::topk_cuda_compress_with_feedback(grad.contiguous(), nullptr, k_for(grad, ctx));
+#endif
+  if (radix_dtype(out.dtype) && grad.is_cpu())
+    return radix_select(radix_, grad.contiguous(), nullptr, k_for(grad, ctx), ctx);
   TORCH_CHECK(!at::isnan(grad).any().item<bool>(), "topk: NaN in the gradient of parameter '", ctx.param_name,
               "' at step ", ctx.step);
   at::Tensor idx = topk_reference_indices(grad, k_for(grad, ctx));
@@ -92,7 +117,15 @@ Compressed TopKCompressor::compress(const at::Tensor& grad, const CompressContex
 Compressed TopKCompressor::compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                                   const CompressContext& ctx) {
   check_input(grad, ctx);
-  const bool fusable = radix_dtype(grad.scalar_type()) && residual.scalar_type() == grad.scalar_type() &&
+#if defined(CDDP_TOPK_WITH_CUDA)
+  if (grad.is_cuda() && grad.scalar_type() == at::kFloat && residual.scalar_type() == at::kFloat &&
+      residual.is_cuda() && residual.is_contiguous() && residual.numel() == grad.numel() && grad.numel() > 0) {
+    Compressed out = topk_cuda::topk_cuda_compress_with_feedback(grad.contiguous(), &residual, k_for(grad, ctx));
+    out.shape = residual.sizes().vec();
+    return out;
+  }
+#endif
+  const bool fusable = grad.is_cpu() && radix_dtype(grad.scalar_type()) && residual.scalar_type() == grad.scalar_type() &&
                        residual.is_contiguous() && residual.device().is_cpu() && residual.numel() == grad.numel() &&
                        grad.numel() > 0;
   if (!fusable) return Compressor::compress_with_feedback(grad, residual, ctx);

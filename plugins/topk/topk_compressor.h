@@ -6,7 +6,10 @@
 // float32/float64 CPU tensors go through the radix selection of plugins/common (near memory
 // bandwidth, error feedback fused into its passes); other dtypes use topk_reference.
 //
-// Parameters: ratio (0 < ratio <= 1, default 0.01).
+// Parameters: ratio (0 < ratio <= 1, default 0.01); impl ("auto" | "cpu" | "cuda"):
+// "auto" runs the implementation of the tensor's device, the others insist on theirs.
+// CUDA tensors (when built against a CUDA LibTorch) use plugins/topk/cuda: a fused radix
+// select on the current stream, bitwise equal to the CPU selection.
 // It will not run on devices this build does not support: it refuses them by name.
 #pragma once
 
@@ -38,6 +41,7 @@ class TopKCompressor final : public Compressor {
   void check_input(const at::Tensor& grad, const CompressContext& ctx) const;
 
   double ratio_;
+  std::string impl_;  // "auto" (follow the tensor's device), "cpu" or "cuda"
   kernels::RadixTopK radix_;  // its buffers are reused from step to step
 };
 

@@ -3,12 +3,19 @@
 
 #include "topk_compressor.h"
 
+#if defined(CDDP_TOPK_WITH_CUDA)
+#define CDDP_TOPK_DEVICES "cpu,cuda"
+#else
+#define CDDP_TOPK_DEVICES "cpu"
+#endif
+
 namespace cddp::topk {
 extern const ParamSpec kTopKParams[] = {
     {"ratio", ParamType::Double, "0.01", 1e-12, 1.0, "density: fraction of entries kept, k = ceil(ratio*numel)"},
+    {"impl", ParamType::String, "auto", 0, 0, "auto | cpu | cuda: which implementation; auto follows the tensor"},
 };
 extern const size_t kTopKParamCount = sizeof(kTopKParams) / sizeof(kTopKParams[0]);
 }  // namespace cddp::topk
 
 CDDP_DEFINE_COMPRESSOR_PLUGIN(cddp::topk::TopKCompressor, "topk", "1.0.0",
-                              "exact top-k by magnitude, ties to the lower index", cddp::topk::kTopKParams, "cpu")
+                              "exact top-k by magnitude, ties to the lower index", cddp::topk::kTopKParams, CDDP_TOPK_DEVICES)
