@@ -241,7 +241,7 @@ fi
 # ---------------------------------------------------------------------------------------------
 step "4/6 build (gpu tests, bench_topk_cuda, plugins)"
 mapfile -t ninja_targets < <(ninja -C "$BUILD" -t targets all 2>/dev/null | cut -d: -f1 | sort -u)
-have_target() { printf '%s\n' "${ninja_targets[@]}" | grep -qx "$1"; }
+have_target() { printf '%s\n' "${ninja_targets[@]}" | grep -qx "$1" || ninja -C "$BUILD" -t query "$1" >/dev/null 2>&1; }
 targets=()
 while read -r exe; do
   [[ -n "$exe" ]] && have_target "$exe" && targets+=("$exe")
@@ -251,7 +251,7 @@ for t in json.load(sys.stdin).get("tests", []):
     cmd = t.get("command") or []
     if cmd: print(os.path.basename(cmd[0]))
 ' || true)
-for t in bench_topk_cuda cddp_topk_cuda; do have_target "$t" && targets+=("$t"); done
+for t in topk_cuda_test bench_topk_cuda cddp_topk_cuda cddp_core; do have_target "$t" && targets+=("$t"); done
 while read -r t; do targets+=("$t"); done < <(printf '%s\n' "${ninja_targets[@]}" | grep -E '^cddp_plugin_[a-z0-9_]+$' || true)
 mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -v '^$' | sort -u)
 echo "targets: ${targets[*]:-none}"

@@ -4,10 +4,10 @@
 #include <cddp/local_communicator.h>
 
 #include <ATen/ATen.h>
-#include <c10/util/string_utils.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
+#include <sstream>
 #include <cmath>
 #include <type_traits>
 #include <unordered_map>
@@ -145,8 +145,13 @@ const CompressedSGDOptions& CompressedSGD::defaults_options() const {
 namespace {
 template <class Key>
 Key state_key(const at::Tensor& p) {
-  if constexpr (std::is_same_v<Key, std::string>) return c10::guts::to_string(p.unsafeGetTensorImpl());
-  else return p.unsafeGetTensorImpl();
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // what 1.13's c10::guts::to_string(TensorImpl*) writes
+    os << p.unsafeGetTensorImpl();
+    return os.str();
+  } else {
+    return p.unsafeGetTensorImpl();
+  }
 }
 }  // namespace
 
