@@ -251,7 +251,7 @@ for t in json.load(sys.stdin).get("tests", []):
     cmd = t.get("command") or []
     if cmd: print(os.path.basename(cmd[0]))
 ' || true)
-for t in topk_cuda_test bench_topk_cuda cddp_topk_cuda cddp_core; do have_target "$t" && targets+=("$t"); done
+for t in topk_cuda_test compressed_sgd_cuda_test bench_topk_cuda cddp_topk_cuda cddp_core; do have_target "$t" && targets+=("$t"); done
 while read -r t; do targets+=("$t"); done < <(printf '%s\n' "${ninja_targets[@]}" | grep -E '^cddp_plugin_[a-z0-9_]+$' || true)
 mapfile -t targets < <(printf '%s\n' "${targets[@]}" | grep -v '^$' | sort -u)
 echo "targets: ${targets[*]:-none}"
