@@ -11,10 +11,12 @@ and writes into DIR:
     test_acc_vs_bytes.png  test accuracy against the cumulative bytes sent
 Cumulative bytes: the "bytes_sent_total" field when a run logs it; otherwise the per-step
 "bytes_sent" values integrated over the steps (a value logged every N steps stands for
-each of the N steps since the previous logged row).
+each of the N steps since the previous logged row; a row without it, such as an
+evaluation row, uses the last known value).
 
-Unparsable lines (a line torn by a crash) are skipped with a warning; when a resumed run
-logged a step twice, the last occurrence wins. It will not read TensorBoard files, compute
+Unparsable lines (a line torn by a crash) are skipped with a warning. Rows of the same step
+are merged (the trainer logs evaluation as its own row); when a resumed run logged a step
+twice, the later values win. It will not read TensorBoard files, compute
 new metrics or show windows (matplotlib's Agg backend only). Exit status: 0 on success,
 2 for bad arguments or a missing/empty metrics.jsonl.
 """
@@ -63,7 +65,9 @@ def load_run(run_dir):
                 continue
             step = row.get("step")
             if isinstance(step, (int, float)):
-                by_step[int(step)] = row  # the last occurrence of a step wins (resume)
+                # Rows of one step are merged (a training row and an eval row); when a resumed
+                # run logged a step again, its later values win.
+                by_step.setdefault(int(step), {}).update(row)
             else:
                 no_step.append(row)
     if bad:
@@ -78,24 +82,25 @@ def number(value):
 
 
 def cumulative_bytes(rows):
-    """Cumulative bytes sent at each row (None where unknown)."""
+    """Cumulative bytes sent at each row (None where unknown). A row without bytes_sent (an
+    evaluation row) gets the total so far plus the last known per-step rate over its gap."""
     out = []
+    if any(number(r.get("bytes_sent_total")) is not None for r in rows):
+        return [number(r.get("bytes_sent_total")) for r in rows]
     total = 0.0
-    prev_step = None
-    have_total = any(number(r.get("bytes_sent_total")) is not None for r in rows)
+    rate = None
+    prev_step = 0
     for r in rows:
-        if have_total:
-            out.append(number(r.get("bytes_sent_total")))
-            continue
-        b = number(r.get("bytes_sent"))
         step = int(r["step"])
-        span = step - prev_step if prev_step is not None else max(step, 1)
-        prev_step = step
-        if b is None:
+        b = number(r.get("bytes_sent"))
+        if b is not None:
+            rate = b
+        if rate is None:
             out.append(None)
-            continue
-        total += b * max(span, 1)
-        out.append(total)
+        else:
+            total += rate * max(step - prev_step, 0)
+            out.append(total)
+        prev_step = step
     return out
 
 

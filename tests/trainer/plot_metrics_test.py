@@ -80,6 +80,17 @@ class PlotMetricsTest(unittest.TestCase):
         self.assertEqual([r["step"] for r in rows], [10, 20, 30])
         self.assertEqual(rows[1]["loss"], 0.8)
         self.assertEqual(m.cumulative_bytes(rows), [1000.0, 2000.0, 2500.0])
+        # An eval row of its own at a training step is merged; one between steps gets the
+        # running total at the last known rate.
+        write_run(os.path.join(self.dir, "e"), [
+            {"step": 10, "loss": 1.0, "bytes_sent": 100},
+            {"step": 10, "test_acc": 0.5},
+            {"step": 15, "test_acc": 0.6},
+            {"step": 20, "loss": 0.5, "bytes_sent": 100},
+        ])
+        rows = m.load_run(os.path.join(self.dir, "e"))
+        self.assertEqual(rows[0], {"step": 10, "loss": 1.0, "bytes_sent": 100, "test_acc": 0.5})
+        self.assertEqual(m.cumulative_bytes(rows), [1000.0, 1500.0, 2000.0])
         rows = [{"step": 1, "bytes_sent_total": 7}, {"step": 2, "bytes_sent_total": 9}]
         self.assertEqual(m.cumulative_bytes(rows), [7.0, 9.0])
 
