@@ -25,6 +25,7 @@ packages=(
   # The trainer: toml++, fmt, spdlog, CLI11, zlib.
   libtomlplusplus-dev libtomlplusplus3
   libfmt-dev libfmt9
+  libgloo-dev        # c10d's ProcessGroupGloo.hpp includes gloo headers the torch wheel does not ship
   libspdlog-dev libspdlog1.10
   libcli11-dev
   zlib1g-dev zlib1g

@@ -5,6 +5,7 @@
 #include <cddp/startup_sync.h>
 
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
