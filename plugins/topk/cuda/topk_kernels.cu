@@ -695,6 +695,14 @@ cudaError_t randomk_impl(uint64_t seed, int64_t step, int64_t param_index, int64
                                                 stream);
 }
 
+// The launchers report launch failures through cudaGetLastError(), which returns (and clears)
+// the last error of ANY runtime call on this thread. A non-sticky error left behind by someone
+// else (a LibTorch call, or cudart unregistering the fatbinary of a dlclose'd plugin .so that
+// carried these same kernels: the compressed-SGD test unloads the topk plugin, then loads
+// randomk) would otherwise surface here as "invalid argument" from perfectly valid launches.
+// Consume it on entry; a sticky error still fails the memset / the launches themselves.
+void clear_stale_error() { (void)cudaGetLastError(); }
+
 cudaError_t check_args(int64_t n, int64_t k, bool idx64, void* ws, size_t ws_size) {
   if (n <= 0 || k < 1 || k > n) return cudaErrorInvalidValue;
   if (!idx64 && needs_int64_indices(n)) return cudaErrorInvalidValue;
@@ -723,6 +731,7 @@ cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, i
     return e;
   if (grad == nullptr || out_values == nullptr || out_indices == nullptr)
     return cudaErrorInvalidValue;
+  clear_stale_error();
   const Layout l = make_layout(n, indices_int64);
   // Zero the state and the histogram; the tile arrays are initialised by K1.
   if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
@@ -740,6 +749,7 @@ cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int
   if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
     return e;
   if (out_indices == nullptr) return cudaErrorInvalidValue;
+  clear_stale_error();
   const Layout l = make_layout(n, indices_int64);
   if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
   if (indices_int64)
@@ -752,6 +762,7 @@ cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int
 cudaError_t launch_plain_add(const float* a, const float* b, float* out, int64_t n,
                              cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
+  clear_stale_error();
   const bool al = aligned16(a) && aligned16(b) && aligned16(out);
   launch(&k_plain_add, stream_grid((n + 3) / 4), stream, a, b, out, n, al);
   return cudaGetLastError();
