@@ -395,7 +395,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   std::vector<at::Tensor> dense_grads;
   for (Item* it : dense) {
     // Averaged in place: never in the user's .grad itself.
-    if (W > 1 && it->g.is_same(it->p.grad())) it->g = it->g.clone();
+    if (W > 1 && it->g.is_alias_of(it->p.grad())) it->g = it->g.clone();  // .data() is a new TensorImpl: compare storage
     dense_grads.push_back(it->g);
   }
   exchange.average_dense(dense_grads, st);
