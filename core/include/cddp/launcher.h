@@ -52,6 +52,7 @@ struct WorkerExit {
   int signal = 0;             // killed by this signal
   bool stopped_by_launcher = false;  // the launcher sent it SIGTERM/SIGKILL (after another failure)
   std::string start_error;    // could not be started (exec failed)
+  double seconds = 0;         // when it was reaped, in seconds since launch_local started
   std::string describe() const;  // "rank 1 exited with code 3", "rank 0 killed by signal 9 (Killed)"
 };
 

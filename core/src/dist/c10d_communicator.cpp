@@ -299,11 +299,12 @@ std::string C10dCommunicator::Impl::diagnose(double waited_s) {
     return "every other rank is still alive (heartbeats advance): a rank is slow, stuck outside the collective, "
            "or called a different collective";
   const bool timed_out = waited_s >= 0.9 * (opt.timeout.count() / 1000.0);
+  const bool one = silent.size() == 1;
   std::string s = ranks_text(silent) + " did not respond";
   if (timed_out) s += " within " + fmt_seconds(opt.timeout) + " s";
-  else s += " (connection lost after " + fmt_seconds(waited_s) + " s)";
-  s += silent.size() == 1 ? "; its heartbeat has stopped (process dead or stopped)"
-                          : "; their heartbeats have stopped (processes dead or stopped)";
+  else s += ": the connection failed after " + fmt_seconds(waited_s) + " s";
+  s += one ? " and its heartbeat has stopped (the process died or is stopped)"
+           : " and their heartbeats have stopped (the processes died or are stopped)";
   return s;
 }
 

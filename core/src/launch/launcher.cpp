@@ -123,6 +123,7 @@ struct Worker {
 
 struct Launch {
   const LaunchOptions& o;
+  Clock::time_point t0;
   std::vector<Worker> workers;
   std::string summary;
   int exit_code = 0;
@@ -197,6 +198,7 @@ struct Launch {
 
   void on_exit(Worker& w, int status) {
     w.running = false;
+    w.exit.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     if (WIFEXITED(status)) {
       w.exit.exited = true;
       w.exit.code = WEXITSTATUS(status);
@@ -331,7 +333,7 @@ int launch_local(const LaunchOptions& o, LaunchReport* report) {
   const int port = o.master_port ? o.master_port : pick_free_port(o.master_addr);
 
   SignalScope signals(o.forward_signals);
-  Launch L{o};
+  Launch L{o, t0};
   L.workers.resize(o.nproc);
   for (int r = 0; r < o.nproc; ++r) {
     Worker& w = L.workers[r];

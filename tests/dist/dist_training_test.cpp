@@ -1,0 +1,247 @@
+// dist_training_test.cpp — multi-process training over C10dCommunicator (Gloo on 127.0.0.1),
+// checked against single-process references written out plainly below:
+//   - top-k (error feedback) and random-k at W = 2 and 4: after 20 steps every rank holds
+//     bitwise identical parameters, equal (1e-6 relative) to W simulated workers;
+//   - dense (no compressor): equal (1e-5) to plain SGD on the concatenated batch;
+//   - StepStats.bytes_received within 5% of (W−1)·k·(value + index bytes);
+//   - a non-finite gradient on one rank: all ranks skip, or all ranks error;
+//   - a configuration mismatch: every rank stops, naming the differing field.
+// It will not test failures of peers (dist_failure_test) or the launcher (dist_launcher_test).
+#include "dist_common.h"
+#include "dist_launch.h"
+
+#include <cddp/plugin_loader.h>
+
+#include <torch/optim/sgd.h>
+#include <torch/serialize.h>
+
+#include <regex>
+
+namespace cddp::disttest {
+namespace {
+
+constexpr int kSteps = 20;
+constexpr double kLr = 0.1;
+
+std::vector<at::Tensor> load_params(const std::filesystem::path& dir, int rank) {
+  std::vector<at::Tensor> p;
+  torch::load(p, (dir / ("params_rank" + std::to_string(rank) + ".pt")).string());
+  return p;
+}
+
+double max_rel_diff(const std::vector<at::Tensor>& a, const std::vector<at::Tensor>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double worst = 0;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    double scale = std::max(b[i].abs().max().item<double>(), 1e-12);
+    worst = std::max(worst, (a[i] - b[i]).abs().max().item<double>() / scale);
+  }
+  return worst;
+}
+
+// W simulated workers, each with its own data and residual, exchanging exactly what the
+// multi-process run exchanges: per parameter, every rank compresses acc = g + e, keeps
+// e = acc − D(C(acc)), and all ranks apply the mean over ranks of D(C(acc)), summed in rank
+// order. Momentum ("global") on that mean, as torch::optim::SGD does.
+std::vector<at::Tensor> compressed_reference(const std::string& name, double ratio, int W, double momentum) {
+  at::set_num_threads(1);
+  PluginLoader loader(PluginSearchPath::standard({CDDP_TEST_PLUGIN_DIR}, nullptr));
+  std::shared_ptr<Compressor> comp = loader.create(name, {{"ratio", ratio}});
+  auto named = make_params(7);  // rank 0's initial values: the ones broadcast to everyone
+  std::vector<at::Tensor> p;
+  std::vector<std::string> names;
+  for (auto& [n, t] : named) {
+    p.push_back(t.detach().clone());
+    names.push_back(n);
+  }
+  const size_t P = p.size();
+  std::vector<std::vector<at::Tensor>> residual(W);
+  for (auto& e : residual)
+    for (auto& t : p) e.push_back(at::zeros_like(t));
+  std::vector<at::Tensor> buf(P);
+  for (int64_t step = 1; step <= kSteps; ++step) {
+    std::vector<at::Tensor> mean(P);
+    for (size_t i = 0; i < P; ++i) mean[i] = at::zeros({p[i].numel()});
+    for (int r = 0; r < W; ++r) {
+      std::vector<at::Tensor> g = grads_of(p, make_batch(r, step));
+      for (size_t i = 0; i < P; ++i) {
+        CompressContext ctx;
+        ctx.step = step;
+        ctx.param_index = static_cast<int64_t>(i);
+        ctx.param_name = names[i];
+        ctx.seed = 42;
+        ctx.ratio = ratio;
+        at::Tensor acc = g[i] + residual[r][i];
+        Compressed sent = comp->compress(acc, ctx);
+        residual[r][i] = acc - comp->decompress(sent);
+        comp->decompress_add_(sent, mean[i]);
+      }
+    }
+    for (size_t i = 0; i < P; ++i) {
+      at::Tensor d = mean[i].div_(W).view(p[i].sizes());
+      if (momentum != 0) {
+        buf[i] = buf[i].defined() ? buf[i].mul_(momentum).add_(d) : d.clone();
+        d = buf[i];
+      }
+      p[i].add_(d, -kLr);
+    }
+  }
+  return p;
+}
+
+// Plain SGD (LibTorch's own) on the W ranks' batches concatenated into one.
+std::vector<at::Tensor> dense_reference(int W, double momentum) {
+  at::set_num_threads(1);
+  std::vector<at::Tensor> p = tensors_of(make_params(7));
+  torch::optim::SGD sgd(p, torch::optim::SGDOptions(kLr).momentum(momentum));
+  for (int64_t step = 1; step <= kSteps; ++step) {
+    std::vector<at::Tensor> xs, ys;
+    for (int r = 0; r < W; ++r) {
+      Batch b = make_batch(r, step);
+      xs.push_back(b.x);
+      ys.push_back(b.y);
+    }
+    sgd.zero_grad();
+    loss_of(p, Batch{at::cat(xs), at::cat(ys)}).backward();
+    sgd.step();
+  }
+  std::vector<at::Tensor> out;
+  for (auto& t : p) out.push_back(t.detach().clone());
+  return out;
+}
+
+struct Case {
+  std::string compressor;  // topk, randomk, none
+  int world;
+  double momentum;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.compressor + "_W" + std::to_string(info.param.world);
+}
+
+class MultiProcessTraining : public ::testing::TestWithParam<Case> {};
+
+TEST_P(MultiProcessTraining, RanksBitwiseIdenticalAndMatchReference) {
+  const Case c = GetParam();
+  const auto dir = scratch_dir("train_" + c.compressor + "_" + std::to_string(c.world));
+  JobRun run = run_workers(c.world, {"train", "--compressor", c.compressor, "--ratio", "0.01", "--steps",
+                                  std::to_string(kSteps), "--lr", std::to_string(kLr), "--momentum",
+                                  std::to_string(c.momentum), "--out", dir.string(), "--plugin-dir",
+                                  CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+  ASSERT_EQ(run.code, 0) << run.all();
+  const std::string expected_route = c.compressor == "topk"      ? "sparse-allgather"
+                                     : c.compressor == "randomk" ? "shared-indices-allreduce"
+                                                                 : "dense-allreduce";
+  for (int r = 0; r < c.world; ++r) {
+    EXPECT_EQ(run.count(r, "STEP "), kSteps) << run.all();
+    EXPECT_EQ(run.count(r, "ROUTE "), 4) << run.all();
+    for (const char* p : {"w1", "b1", "w2", "b2"})
+      EXPECT_NE(run.text(r).find(std::string("ROUTE ") + p + " " + expected_route), std::string::npos)
+          << "rank " << r << " " << p << "\n" << run.all();
+    EXPECT_NE(run.text(r).find("BACKEND gloo"), std::string::npos) << run.all();
+  }
+
+  // 1. Bitwise identical on every rank.
+  std::vector<at::Tensor> p0 = load_params(dir, 0);
+  ASSERT_EQ(p0.size(), 4u);
+  for (int r = 1; r < c.world; ++r) {
+    std::vector<at::Tensor> pr = load_params(dir, r);
+    ASSERT_EQ(pr.size(), p0.size());
+    for (size_t i = 0; i < p0.size(); ++i) EXPECT_TRUE(at::equal(p0[i], pr[i])) << "rank " << r << " tensor " << i;
+  }
+  // Training moved the parameters away from rank 0's initial values.
+  EXPECT_FALSE(at::equal(p0[0], tensors_of(make_params(7))[0].detach()));
+
+  // 2. Equal to the single-process reference.
+  if (c.compressor == "none") {
+    const double diff = max_rel_diff(p0, dense_reference(c.world, c.momentum));
+    EXPECT_LE(diff, 1e-5) << "dense W=" << c.world;
+    std::printf("dense W=%d: max relative difference to SGD on the concatenated batch %.3g\n", c.world, diff);
+  } else {
+    const double diff = max_rel_diff(p0, compressed_reference(c.compressor, 0.01, c.world, c.momentum));
+    EXPECT_LE(diff, 1e-6) << c.compressor << " W=" << c.world;
+    std::printf("%s W=%d: max relative difference to the simulated reference %.3g\n", c.compressor.c_str(), c.world,
+                diff);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dist, MultiProcessTraining,
+                         ::testing::Values(Case{"topk", 2, 0.9}, Case{"topk", 4, 0.9}, Case{"randomk", 2, 0.0},
+                                           Case{"randomk", 4, 0.0}, Case{"none", 2, 0.9}, Case{"none", 4, 0.9}),
+                         case_name);
+
+TEST(MultiProcessBytes, ReceivedBytesMatchFormula) {
+  for (int W : {2, 4}) {
+    const int64_t numel = 1000000, k = 10000;  // ratio 0.01
+    JobRun run = run_workers(W, {"bytes", "--numel", std::to_string(numel), "--ratio", "0.01", "--plugin-dir",
+                              CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+    ASSERT_EQ(run.code, 0) << run.all();
+    const double expected = double(W - 1) * double(k) * (4 + 4);  // fp32 values + int32 indices
+    for (int r = 0; r < W; ++r) {
+      std::smatch m;
+      const std::string text = run.text(r);
+      ASSERT_TRUE(std::regex_search(text, m, std::regex("BYTES received=(\\d+) sent=(\\d+) payload=(\\d+) k=(\\d+) route=(\\S+)")))
+          << run.all();
+      const double received = std::stod(m[1]);
+      EXPECT_EQ(std::stoll(m[4]), k);
+      EXPECT_EQ(m[5].str(), "sparse-allgather");
+      EXPECT_NEAR(received / expected, 1.0, 0.05) << "W=" << W << " rank " << r << ": " << received << " vs " << expected;
+      std::printf("W=%d rank %d: bytes_received %.0f, formula (W-1)*k*8 = %.0f (ratio %.4f)\n", W, r, received, expected,
+                  received / expected);
+    }
+  }
+}
+
+TEST(MultiProcessNonFinite, AllRanksSkipTogether) {
+  const auto dir = scratch_dir("nonfinite_skip");
+  JobRun run = run_workers(2, {"train", "--compressor", "topk", "--steps", "6", "--nan-rank", "1", "--nan-step", "3",
+                            "--nonfinite", "skip_step", "--out", dir.string(), "--plugin-dir", CDDP_TEST_PLUGIN_DIR,
+                            "--timeout", "30"});
+  ASSERT_EQ(run.code, 0) << run.all();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_NE(run.text(r).find("STEP 3 skipped=1 count=2"), std::string::npos) << run.all();
+    EXPECT_NE(run.text(r).find("STEP 6 skipped=0 count=5"), std::string::npos) << run.all();
+    EXPECT_EQ(run.count(r, "STEP 4 skipped=0"), 1) << run.all();
+  }
+  auto p0 = load_params(dir, 0), p1 = load_params(dir, 1);
+  for (size_t i = 0; i < p0.size(); ++i) {
+    EXPECT_TRUE(at::equal(p0[i], p1[i])) << "tensor " << i;
+    EXPECT_TRUE(at::isfinite(p0[i]).all().item<bool>());
+  }
+}
+
+TEST(MultiProcessNonFinite, AllRanksErrorTogether) {
+  JobRun run = run_workers(2, {"train", "--compressor", "topk", "--steps", "6", "--nan-rank", "1", "--nan-step", "3",
+                            "--nonfinite", "error", "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "30"},
+                        [](LaunchOptions& o) { o.terminate_on_failure = false; });
+  EXPECT_NE(run.code, 0) << run.all();
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_TRUE(run.report.workers[r].exited && run.report.workers[r].code == 1) << run.all();
+    EXPECT_EQ(run.count(r, "STEP 3"), 0) << run.all();
+    EXPECT_EQ(run.count(r, "STEP 2 skipped=0"), 1) << run.all();
+  }
+  EXPECT_NE(run.text(1).find("non-finite gradient (NaN or Inf) in parameter 'w1' at step 3 on rank 1"),
+            std::string::npos)
+      << run.all();
+  EXPECT_NE(run.text(0).find("non-finite gradient (NaN or Inf) on another rank at step 3"), std::string::npos)
+      << run.all();
+}
+
+TEST(MultiProcessConfig, MismatchStopsEveryRankNamingTheField) {
+  JobRun run = run_workers(2, {"train", "--compressor", "topk", "--ratio", "0.01", "--ratio-rank1", "0.02", "--steps",
+                            "3", "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "30"},
+                        [](LaunchOptions& o) { o.terminate_on_failure = false; });
+  EXPECT_NE(run.code, 0) << run.all();
+  for (int r = 0; r < 2; ++r) {
+    const std::string t = run.text(r);
+    EXPECT_EQ(run.report.workers[r].code, 1) << run.all();
+    EXPECT_NE(t.find("configuration differs between ranks"), std::string::npos) << run.all();
+    EXPECT_NE(t.find("compressor.ratio: rank 0 = '0.010000'; rank 1 = '0.020000'"), std::string::npos) << run.all();
+    EXPECT_EQ(t.find("  lr:"), std::string::npos) << "only differing fields are listed\n" << run.all();
+    EXPECT_EQ(run.count(r, "STEP "), 0) << run.all();
+  }
+}
+
+}  // namespace
+}  // namespace cddp::disttest
