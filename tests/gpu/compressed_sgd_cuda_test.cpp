@@ -10,8 +10,7 @@
 
 namespace {
 
-at::Tensor train(c10::Device device, const std::string& plugin) {
-  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_PLUGIN_DIR}, nullptr));
+at::Tensor train(cddp::PluginLoader& loader, c10::Device device, const std::string& plugin) {
   at::manual_seed(0);
   at::Tensor x = at::randn({256, 2000}), w_true = at::randn({2000, 1});
   at::Tensor y = at::matmul(x, w_true);
@@ -31,8 +30,11 @@ at::Tensor train(c10::Device device, const std::string& plugin) {
 
 TEST(CompressedSgdCuda, FiftyStepsOnTheGpuMatchTheCpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device visible to LibTorch";
+  // One loader for the whole run, as the trainer uses it: libraries stay loaded.
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_PLUGIN_DIR}, nullptr));
   for (std::string plugin : {"topk", "randomk"}) {
-    at::Tensor cpu = train(c10::Device(c10::kCPU), plugin), gpu = train(c10::Device(c10::kCUDA, 0), plugin);
+    at::Tensor cpu = train(loader, c10::Device(c10::kCPU), plugin);
+    at::Tensor gpu = train(loader, c10::Device(c10::kCUDA, 0), plugin);
     ASSERT_GT(cpu.abs().sum().item<double>(), 0.0);
     // Same selections; only the matmul's summation order differs between devices.
     EXPECT_TRUE(at::allclose(cpu, gpu, /*rtol=*/1e-3, /*atol=*/1e-5))
