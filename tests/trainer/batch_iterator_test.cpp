@@ -1,5 +1,5 @@
 // batch_iterator_test.cpp — BatchIterator batching, drop_last, resuming mid-epoch by batch
-// index, and gather_batch's rows and errors.
+// index, and gather_batch's rows and errors. It loads no real dataset.
 #include <cddp/data/batch_iterator.h>
 
 #include <ATen/ops/arange.h>

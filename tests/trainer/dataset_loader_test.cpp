@@ -1,6 +1,7 @@
 // dataset_loader_test.cpp — load_dataset: real Fashion-MNIST (when installed), MNIST and
 // CIFAR-10 from small files written here, normalization, class-balanced seeded subsets,
-// synthetic determinism and learnability, and the error messages.
+// synthetic determinism and learnability, and the error messages. It never downloads;
+// the Fashion-MNIST cases are skipped when the Debian package is absent.
 #include <cddp/data/dataset_loader.h>
 #include <cddp/data/idx_reader.h>
 

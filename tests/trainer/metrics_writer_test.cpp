@@ -1,5 +1,6 @@
 // metrics_writer_test.cpp — metrics.jsonl lines (key order, integers, null for NaN) and
 // summary.csv (header, rows, widening), append mode and truncate_after on resume.
+// It writes only under a scratch directory in the system temp dir.
 #include <cddp/metrics/metrics_writer.h>
 
 #include "data_test_util.h"

@@ -1,5 +1,6 @@
 // progress_reporter_test.cpp — ProgressReporter's plain lines (every N steps, through the
-// sink), the redrawn TTY line, and the human-readable units. Time is injected.
+// sink), the redrawn TTY line, and the human-readable units. Time is injected; it does
+// not need a real terminal.
 #include <cddp/metrics/progress_reporter.h>
 
 #include <gtest/gtest.h>

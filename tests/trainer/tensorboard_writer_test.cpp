@@ -1,5 +1,6 @@
 // tensorboard_writer_test.cpp — CRC-32C test vectors, the TFRecord/Event round trip through
 // TensorBoardWriter and EventFileReader, and the reader's errors on a corrupted file.
+// It does not run TensorBoard itself.
 #include <cddp/metrics/crc32c.h>
 #include <cddp/metrics/event_file_reader.h>
 #include <cddp/metrics/tensorboard_writer.h>
