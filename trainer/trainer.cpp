@@ -16,6 +16,7 @@
 #include <cddp/launcher.h>
 #include <cddp/local_communicator.h>
 #include <cddp/metrics/metrics_writer.h>
+#include <cddp/metrics/progress_reporter.h>
 #include <cddp/metrics/tensorboard_writer.h>
 #include <cddp/models/model_factory.h>
 #include <cddp/plugin_loader.h>
@@ -313,8 +314,7 @@ class Run {
   void do_eval(bool epoch_end);
   bool stop_requested();
   void log_routing();
-  void progress(double loss, double accuracy, double lr, double density, double ms_per_step,
-                const BatchIterator& batches);
+  void quiet_progress();  // clears the redrawn progress line before a log line
 
   const TrainConfig& cfg_;
   const RunContext& ctx_;
@@ -345,7 +345,8 @@ class Run {
 
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tb_;
-  bool progress_bar_ = false;
+  std::unique_ptr<ProgressReporter> progress_;
+  double last_acc_ = 0, last_lr_ = 0, last_density_ = 0;  // shown with the plain progress lines
   std::optional<EvalStats> last_eval_;
   int64_t last_eval_step_ = -1;
   double epoch_loss_ = 0, epoch_correct_ = 0, epoch_samples_ = 0;
@@ -537,6 +538,7 @@ void Run::save_checkpoint(const char* why) {
   }
   last_saved_step_ = step_;
   last_checkpoint_ = path.string();
+  quiet_progress();
   log_->info("checkpoint ({}) step {} -> {} ({:.2f} s)", why, step_, path.string(), seconds_since(t));
 }
 
@@ -551,6 +553,7 @@ bool Run::stop_requested() {
 void Run::log_routing() {
   const auto& routing = opt_->routing();
   if (routing_logged_ == routing.size()) return;
+  quiet_progress();
   for (size_t i = routing_logged_; i < routing.size(); ++i) {
     const auto& r = routing[i];
     log_->info("routing{}: {} -> {} ({})", routing_logged_ ? " change" : "", r.name, route_name(r.route), r.reason);
@@ -558,15 +561,8 @@ void Run::log_routing() {
   routing_logged_ = routing.size();
 }
 
-void Run::progress(double loss, double accuracy, double lr, double density, double ms_per_step,
-                   const BatchIterator& batches) {
-  if (cfg_.metrics.progress == "off") return;
-  const double frac = double(batch_in_epoch_) / double(std::max<int64_t>(1, batches.num_batches()));
-  const double eta = double(total_steps_ - step_) * ms_per_step / 1000.0;
-  log_->info("epoch {}/{} [{:3.0f}%] step {}/{}  loss {:.4f}  acc {:.2f}%  lr {:.4g}  density {:.4f}  "
-             "{:.1f} ms/step  eta {:.0f} s",
-             epoch_ + 1, cfg_.run.epochs, 100.0 * frac, step_, total_steps_, loss, 100.0 * accuracy, lr, density,
-             ms_per_step, eta);
+void Run::quiet_progress() {
+  if (progress_) progress_->clear();
 }
 
 void Run::do_eval(bool epoch_end) {
@@ -575,6 +571,7 @@ void Run::do_eval(bool epoch_end) {
   EvalStats s = evaluate(*model_, test_, cfg_.data.test_batch_size, device_, *comm_);
   last_eval_ = s;
   last_eval_step_ = step_;
+  quiet_progress();
   log_->info("eval at step {}{}: test loss {:.4f}, test accuracy {:.2f}% ({} samples, {:.1f} s)", step_,
              epoch_end ? " (end of epoch)" : "", s.loss, 100.0 * s.accuracy, s.samples, seconds_since(t));
   if (rank_ != 0) return;
@@ -601,7 +598,16 @@ TrainResult Run::go() {
       if (!fresh) metrics_->truncate_after(step_, epoch_);
     }
     if (cfg_.metrics.tensorboard) tb_ = std::make_unique<TensorBoardWriter>(fs::path(cfg_.metrics.dir) / "tb");
-    progress_bar_ = cfg_.metrics.progress == "bar" || (cfg_.metrics.progress == "auto" && ::isatty(2));
+    if (cfg_.metrics.progress != "off") {
+      ProgressOptions po;
+      po.tty = cfg_.metrics.progress == "bar" ? 1 : cfg_.metrics.progress == "log" ? 0 : -1;
+      po.log_every = cfg_.run.log_every;
+      progress_ = std::make_unique<ProgressReporter>(total_steps_, po, [this](const std::string& line) {
+        log_->info("{} | acc {:.2f}% | lr {:.4g} | density {:.4g}", line, 100.0 * last_acc_, last_lr_,
+                   last_density_);
+      });
+      progress_->start(step_);
+    }
   }
 
   TrainResult result;
@@ -663,6 +669,7 @@ TrainResult Run::go() {
         bytes_received_ += st.bytes_received;
         bytes_dense_ += st.bytes_dense_equivalent;
         if (rank_ == 0) log_routing();
+        double shown_loss = samples > 0 ? loss_sum / samples : std::nan("");
         const double step_ms = seconds_since(step_t0) * 1000.0;
         window_loss += loss_sum, window_correct += correct, window_samples += samples, window_ms += step_ms;
         ++window_steps;
@@ -690,10 +697,20 @@ TrainResult Run::go() {
                                                {"residual_norm", st.residual_norm}};
             if (metrics_) metrics_->log_step(f);
             if (tb_) tb_->add_scalars(f, step_, "train/");
-            progress(loss, accuracy, lr, st.density(), window_ms / double(window_steps), batches);
+            last_acc_ = accuracy, last_lr_ = lr, last_density_ = st.density();
+            shown_loss = loss;
           }
           window_loss = window_correct = window_samples = window_ms = 0;
           window_steps = 0;
+        }
+        if (progress_) {
+          ProgressUpdate u;
+          u.step = step_;
+          u.epoch = epoch_ + 1;
+          u.loss = shown_loss;
+          u.bytes_sent_total = double(bytes_sent_);
+          u.bytes_dense_equivalent_total = double(bytes_dense_);
+          progress_->update(u);
         }
         if (cfg_.run.eval_every > 0 && step_ % cfg_.run.eval_every == 0) do_eval(false);
         if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0) save_checkpoint("periodic");
@@ -735,11 +752,16 @@ TrainResult Run::go() {
   }
   if (metrics_) metrics_->flush();
   if (tb_) tb_->flush();
+  if (progress_) progress_->finish();
 
   result.steps = step_;
   result.epochs = std::min(epoch_, cfg_.run.epochs);
   result.interrupted = interrupted;
-  if (last_eval_) result.test_loss = last_eval_->loss, result.test_accuracy = last_eval_->accuracy;
+  if (last_eval_) {
+    result.evaluated = true;
+    result.test_loss = last_eval_->loss;
+    result.test_accuracy = last_eval_->accuracy;
+  }
   result.bytes_sent = bytes_sent_;
   result.bytes_received = bytes_received_;
   result.bytes_dense_equivalent = bytes_dense_;

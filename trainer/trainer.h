@@ -70,6 +70,7 @@ struct TrainResult {
   int64_t steps = 0;
   int64_t epochs = 0;
   bool interrupted = false;
+  bool evaluated = false;  // test_loss/test_accuracy hold the last evaluation
   double test_loss = 0, test_accuracy = 0;
   int64_t bytes_sent = 0, bytes_received = 0, bytes_dense_equivalent = 0;
   double wall_s = 0;

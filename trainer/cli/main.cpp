@@ -51,7 +51,12 @@ void install_signal_handlers() {
 
 std::string version_text() {
   return std::string("cddp-train ") + CDDP_VERSION_STRING + " (LibTorch " + std::to_string(TORCH_VERSION_MAJOR) +
-         "." + std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) + ")";
+         "." + std::to_string(TORCH_VERSION_MINOR) + "." + std::to_string(TORCH_VERSION_PATCH) +
+#ifdef CDDP_WITH_CUDA
+         ", CUDA build)";
+#else
+         ", CPU-only build)";
+#endif
 }
 
 int env_rank(const EnvMap& env) {
@@ -64,10 +69,11 @@ int env_rank(const EnvMap& env) {
 
 // Rank 0 logs at the configured level; other ranks only warnings and errors, unless the
 // configured level is debug or trace.
-std::shared_ptr<spdlog::logger> make_logger(const std::string& level_name, int rank, bool worker) {
+// `rank_tag`: say the rank in each line (not needed under our launcher, which prefixes it).
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level_name, int rank, bool rank_tag) {
   auto log = std::make_shared<spdlog::logger>("cddp-train", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
-  log->set_pattern(worker ? "[%H:%M:%S.%e] [rank " + std::to_string(rank) + "] [%^%l%$] %v"
-                          : "[%H:%M:%S.%e] [%^%l%$] %v");
+  log->set_pattern(rank_tag ? "[%H:%M:%S.%e] [rank " + std::to_string(rank) + "] [%^%l%$] %v"
+                            : "[%H:%M:%S.%e] [%^%l%$] %v");
   auto level = spdlog::level::from_str(level_name);
   if (rank > 0 && level > spdlog::level::debug && level < spdlog::level::warn) level = spdlog::level::warn;
   log->set_level(level);
@@ -114,28 +120,31 @@ int run_train(const std::string& config_path, std::vector<std::string> sets, int
   }
   const bool worker = is_distributed_worker(ctx.env);
   const int rank = env_rank(ctx.env);
-  ctx.log = make_logger(cfg.run.log_level, rank, worker);
+  const bool launched_by_us = ctx.env.count("CDDP_LAUNCHED_BY") != 0;
+  ctx.log = make_logger(cfg.run.log_level, rank, worker && !launched_by_us);
   try {
     preflight(cfg, ctx);
   } catch (const ConfigError& e) {
     print_config_error(e);
     return kExitUsage;
   }
-  // The launcher's parent (or a single process) shows the effective config; workers only
-  // save it (rank 0).
-  const bool launched_by_us = ctx.env.count("CDDP_LAUNCHED_BY") != 0;
-  if (!worker || (rank == 0 && !launched_by_us)) std::cout << render_config(cfg) << std::flush;
-  if (rank == 0) save_config_copy(cfg, ctx.log);
+  // The launcher's parent (or a single process, or rank 0 of a torchrun/Slurm job) shows
+  // and saves the effective config.
+  if (!worker || (rank == 0 && !launched_by_us)) {
+    std::cout << render_config(cfg) << std::flush;
+    save_config_copy(cfg, ctx.log);
+  }
   if (dry_run) return kExitOk;
 
   if (!worker && cfg.distributed.nproc_per_node > 1) return launch_workers(cfg, ctx);
 
   TrainResult r = run_training(cfg, ctx);
   if (r.rank == 0) {
-    std::printf("\n%s after %lld steps (%lld epochs, %.1f s, world size %d)\n",
-                r.interrupted ? "interrupted" : "finished", (long long)r.steps, (long long)r.epochs, r.wall_s,
-                r.world_size);
-    std::printf("test accuracy %.2f%%  test loss %.4f\n", 100.0 * r.test_accuracy, r.test_loss);
+    std::printf("\n%s after %lld steps (%lld epoch%s, %.1f s, world size %d)\n",
+                r.interrupted ? "interrupted" : "finished", (long long)r.steps, (long long)r.epochs,
+                r.epochs == 1 ? "" : "s", r.wall_s, r.world_size);
+    if (r.evaluated) std::printf("test accuracy %.2f%%  test loss %.4f\n", 100.0 * r.test_accuracy, r.test_loss);
+    else std::printf("test accuracy: not evaluated\n");
     const double ratio = r.bytes_sent > 0 ? double(r.bytes_dense_equivalent) / double(r.bytes_sent) : 0.0;
     std::printf("bytes sent (rank 0): %s vs %s dense (%.1fx fewer); received %s\n",
                 human_bytes(double(r.bytes_sent)).c_str(), human_bytes(double(r.bytes_dense_equivalent)).c_str(),

@@ -315,7 +315,8 @@ const char* node_type_name(const toml::node& n) {
 
 std::string node_text(const toml::node& n) {
   std::ostringstream os;
-  n.visit([&](const auto& x) { os << x; });
+  if (n.is_string()) os << quote(*n.value<std::string>());
+  else n.visit([&](const auto& x) { os << x; });
   std::string s = os.str();
   if (s.size() > 60) s = s.substr(0, 57) + "...";
   return s;
@@ -409,7 +410,8 @@ class Reader {
   }
   std::string override_for(const std::string& path) const {
     for (const auto& [p, origin] : overrides_)
-      if (path == p || path.rfind(p + ".", 0) == 0 || path.rfind(p + "[", 0) == 0) return origin;
+      if (path == p || path.rfind(p + ".", 0) == 0 || path.rfind(p + "[", 0) == 0 || p.rfind(path + ".", 0) == 0)
+        return origin;
     return "";
   }
   std::string where(const std::string& path, const toml::node& n) {
@@ -543,6 +545,7 @@ class Reader {
     bool ok = true;
     for (auto&& [k, v] : *n.as_table()) {
       const std::string key(k.str()), p = path + "." + key;
+      where(p, v);  // remember the location for later checks
       if (v.is_boolean()) out[key] = *v.value<bool>();
       else if (v.is_integer()) out[key] = *v.value<int64_t>();
       else if (v.is_floating_point()) out[key] = *v.value<double>();
