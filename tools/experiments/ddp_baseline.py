@@ -31,6 +31,7 @@ use torch's RNG, not cddp's SeededRng, so the same seed picks different (equally
 equally balanced) samples; weight initialization is torch's default, as in LibTorch.
 """
 import argparse
+import faulthandler
 import gzip
 import json
 import math
@@ -334,8 +335,17 @@ def train(a):
         with open(os.path.join(a.output_dir, "result.json"), "w") as f:
             json.dump(dict(wall_s=wall, train_s=train_s, steps=step), f)
         out.close()
+    if rank == 0:
+        print("ddp_baseline: done", flush=True)
     dist.barrier()
-    dist.destroy_process_group()
+    # No destroy_process_group(): with torch 1.13 + gloo it (or interpreter teardown) hung now
+    # and then after the last barrier in the namespace study. Leave without destructors; rank 0
+    # hosts the TCPStore, so it goes last.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if rank == 0:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def spawn_local(a, argv):
@@ -353,6 +363,7 @@ def spawn_local(a, argv):
 
 
 def main():
+    faulthandler.register(__import__("signal").SIGUSR1)  # `kill -USR1 PID`: dump the stacks
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mlp", choices=["mlp", "simple_cnn"])
     p.add_argument("--hidden", default="2048,2048", type=lambda s: [int(v) for v in s.split(",") if v])

@@ -128,6 +128,11 @@ if [ "$SELFTEST" = 0 ]; then
   [ -r /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] \
     || skip "Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
 fi
+# A Python for the connectivity probe and the rate check (standard library only).
+if [ ! -x "$PY" ]; then
+  PY="$(command -v python3 || true)"
+  [ -n "$PY" ] || skip "no python3 (needed for the namespace connectivity probe)"
+fi
 HAVE_TORCH_PY=0
 [ -x "$PY" ] && timeout 60 "$PY" -c "import torch.distributed as d; assert d.is_gloo_available()" 2>/dev/null && HAVE_TORCH_PY=1
 
