@@ -1,20 +1,23 @@
 // radix_topk_cpu.cpp — see radix_topk_cpu.h.
 //
 // Top-k of |x| (T = float or double, Key = the unsigned magnitude bits, kBits = 31 or 63):
-//   pass 1  per chunk: [acc = x + r; r = acc;] key = bits(acc) & mask; ++hist_c[key >> (kBits-12)];
-//           max key (NaN check: key > bits(+inf)).
+//   pass 1  per chunk: [acc = x + r; r = acc;] key = bits(acc) & mask; ++hist_c[key >> (kBits-12)].
+//           NaN: a key above +inf's, i.e. a count in the buckets above inf's (or, only when
+//           inf's own bucket is not empty, a scan).
 //   select  merge the chunk histograms; from the top bucket down find the bucket B holding the
 //           k-th largest key: `above` elements lie in buckets > B, `need` = k - above of the
 //           hist[B] boundary candidates are to be taken.
 //   pass 2  per chunk, at the offset given by the prefix sum of its own histogram: copy every
 //           element with bucket >= B (value, index) in index order into a buffer — the output
 //           itself when the whole boundary bucket is taken — and its boundary candidates
-//           (key, index) into a candidate list. Fused: positions in buckets > B are certainly
+//           (bits, index) into a candidate list. Fused: positions in buckets > B are certainly
 //           selected and are zeroed in the residual right away, while their cache line is hot.
 //   resolve radix levels (12, 7 bits for float) over the candidates find the exact threshold
 //           key T and the last index I taken among the keys equal to T (ties: lower index).
-//   filter  per chunk: keep key > T || (key == T && index <= I); zero the selected
-//           candidates' residual positions.
+//   filter  per chunk: keep key > T || (key == T && index <= I); set each candidate's
+//           residual to +0 (taken) or acc (not taken).
+// The float compactions have AVX2 kernels (left-packing with a permutation table), chosen at
+// run time; SSE2/scalar paths elsewhere. Random-k computes Philox eight blocks at a time there.
 // Everything is written in index order at offsets computed from counts, so the output does not
 // depend on the chunking, hence not on the number of threads.
 #include "radix_topk_cpu.h"
@@ -24,6 +27,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -35,6 +39,11 @@
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
+#endif
+// AVX2 kernels for the float compactions, chosen at run time (the build targets baseline x86-64).
+#if defined(__x86_64__) && defined(__GNUC__)
+#define CDDP_RADIX_AVX2 1
+#include <immintrin.h>
 #endif
 
 #if defined(CDDP_RADIX_PROFILE)  // phase timings on stderr, for development only
@@ -138,7 +147,7 @@ inline typename KeyTraits<T>::Key mag_key(T v) {
 constexpr int kDigitBits = 12;
 constexpr int64_t kBuckets = int64_t{1} << kDigitBits;
 constexpr int64_t kMinChunk = int64_t{1} << 16;  // elements; smaller arrays run on one thread
-constexpr int64_t kStage = 1024;                 // staging block of the compactions
+constexpr int64_t kStage = 1024;                 // block of the compactions (cache-hot post-scan)
 
 // ---------------------------------------------------------------------------------------------
 // Chunking: at most at::get_num_threads() chunks of >= kMinChunk elements, each < 2^31 elements
@@ -236,17 +245,15 @@ Threshold resolve(const Key* keys, const Index* idx, int64_t m, int64_t need, Ke
 
 // ---------------------------------------------------------------------------------------------
 // Pass 1: histogram of the top 12 magnitude bits (+ fused acc). NaN needs no separate test:
-// NaN keys lie above +inf's, in the top buckets (see nan_buckets). kSub interleaved
-// sub-histograms break the store-to-load dependency between equal consecutive buckets.
-#ifndef CDDP_RADIX_SUB
-#define CDDP_RADIX_SUB 2
-#endif
+// NaN keys lie above +inf's, in the top buckets. kSub interleaved sub-histograms (summed at
+// the end) break the store-to-load dependency between equal consecutive buckets.
+constexpr int kSub = 4;
+
 template <class T, bool kFused>
 void hist_pass(const T* __restrict x, T* __restrict r, int64_t lo, int64_t hi,
                uint32_t* __restrict h, uint32_t* __restrict sub) {
   using Key = typename KeyTraits<T>::Key;
   constexpr int shift = KeyTraits<T>::kBits - kDigitBits;
-  constexpr int kSub = CDDP_RADIX_SUB;
   uint32_t* hs = kSub == 1 ? h : sub;
   std::memset(hs, 0, sizeof(uint32_t) * kBuckets * kSub);
   int64_t i = lo;
@@ -324,17 +331,137 @@ bool has_nan(const T* x, int64_t n, int64_t nchunks) {
   return std::find(found.begin(), found.end(), 1) != found.end();
 }
 
+#if defined(CDDP_RADIX_AVX2)
+// Left-packing table: row m lists the lanes whose bit is set in m, first.
+struct PackTable {
+  alignas(32) int32_t lane[256][8];
+  PackTable() : lane{} {
+    for (int m = 0; m < 256; ++m) {
+      int p = 0;
+      for (int l = 0; l < 8; ++l) {
+        if (m & (1 << l)) lane[m][p++] = l;
+      }
+      for (; p < 8; ++p) lane[m][p] = 0;
+    }
+  }
+};
+const PackTable kPack;
+
+std::atomic<bool> g_avx2_allowed{true};
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt");
+  return has && g_avx2_allowed.load(std::memory_order_relaxed);
+}
+
+// One 8-lane group of compact_avx2: left-pack the selected lanes (values and indices) to d/x.
+template <class Index>
+__attribute__((target("avx2,popcnt"), always_inline)) inline void pack8(
+    int64_t at, __m256 v, __m256i sel, float*& d, Index*& x) {
+  const int m = _mm256_movemask_ps(_mm256_castsi256_ps(sel));
+  const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lane[m]));
+  _mm256_storeu_ps(d, _mm256_permutevar8x32_ps(v, perm));
+  if constexpr (std::is_same_v<Index, int32_t>) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x),
+                        _mm256_add_epi32(perm, _mm256_set1_epi32(static_cast<int32_t>(at))));
+  } else {
+    const __m256i base = _mm256_set1_epi64x(at);
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(x),
+        _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(perm)), base));
+    _mm256_storeu_si256(
+        reinterpret_cast<__m256i*>(x + 4),
+        _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(perm, 1)), base));
+  }
+  const int c = _mm_popcnt_u32(static_cast<unsigned>(m));
+  d += c;
+  x += c;
+}
+
+// Branch-free compaction of src[i..e) (|x| bits >= thr kept), 8 lanes at a time, while the
+// destination has room for a full 8-lane store; returns where it stopped. kSkip: groups of 32
+// with nothing kept are skipped with one test (very sparse selections).
+template <class Index, bool kSkip>
+__attribute__((target("avx2,popcnt"))) int64_t compact_avx2(const float* src, int64_t i,
+                                                             int64_t e, uint32_t thr,
+                                                             float*& dv, Index*& di,
+                                                             const float* dv_end) {
+  const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+  const __m256i tv = _mm256_set1_epi32(static_cast<int32_t>(thr) - 1);  // keys < 2^31
+  float* d = dv;
+  Index* x = di;
+  if constexpr (kSkip) {
+    for (; i + 32 <= e && d + 32 <= dv_end; i += 32) {
+      const __m256 v0 = _mm256_loadu_ps(src + i), v1 = _mm256_loadu_ps(src + i + 8);
+      const __m256 v2 = _mm256_loadu_ps(src + i + 16), v3 = _mm256_loadu_ps(src + i + 24);
+      const __m256i k0 = _mm256_and_si256(_mm256_castps_si256(v0), mask);
+      const __m256i k1 = _mm256_and_si256(_mm256_castps_si256(v1), mask);
+      const __m256i k2 = _mm256_and_si256(_mm256_castps_si256(v2), mask);
+      const __m256i k3 = _mm256_and_si256(_mm256_castps_si256(v3), mask);
+      const __m256i s0 = _mm256_cmpgt_epi32(k0, tv), s1 = _mm256_cmpgt_epi32(k1, tv);
+      const __m256i s2 = _mm256_cmpgt_epi32(k2, tv), s3 = _mm256_cmpgt_epi32(k3, tv);
+      const __m256i any = _mm256_or_si256(_mm256_or_si256(s0, s1), _mm256_or_si256(s2, s3));
+      if (_mm256_testz_si256(any, any)) continue;
+      pack8<Index>(i, v0, s0, d, x);
+      pack8<Index>(i + 8, v1, s1, d, x);
+      pack8<Index>(i + 16, v2, s2, d, x);
+      pack8<Index>(i + 24, v3, s3, d, x);
+    }
+  }
+  for (; i + 8 <= e && d + 8 <= dv_end; i += 8) {
+    const __m256 v = _mm256_loadu_ps(src + i);
+    const __m256i key = _mm256_and_si256(_mm256_castps_si256(v), mask);
+    pack8<Index>(i, v, _mm256_cmpgt_epi32(key, tv), d, x);
+  }
+  dv = d;
+  di = x;
+  return i;
+}
+
+// The final filter, int32 indices: keep key > T || (key == T && index <= I).
+__attribute__((target("avx2,popcnt"))) int64_t filter_avx2(const float* __restrict bv,
+                                                            const int32_t* __restrict bi,
+                                                            int64_t j, int64_t e, uint32_t T,
+                                                            int64_t I, float*& ov, int32_t*& oi,
+                                                            const float* ov_end) {
+  const __m256i mask = _mm256_set1_epi32(0x7fffffff);
+  const __m256i tv = _mm256_set1_epi32(static_cast<int32_t>(T));  // keys < 2^31
+  const __m256i iv = _mm256_set1_epi32(static_cast<int32_t>(I));  // 0 <= I < 2^31
+  float* d = ov;
+  int32_t* x = oi;
+  for (; j + 8 <= e && d + 8 <= ov_end; j += 8) {
+    const __m256 v = _mm256_loadu_ps(bv + j);
+    const __m256i ix = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bi + j));
+    const __m256i key = _mm256_and_si256(_mm256_castps_si256(v), mask);
+    const __m256i gt = _mm256_cmpgt_epi32(key, tv);
+    const __m256i tie = _mm256_andnot_si256(_mm256_cmpgt_epi32(ix, iv), _mm256_cmpeq_epi32(key, tv));
+    const int m = _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_or_si256(gt, tie)));
+    const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lane[m]));
+    _mm256_storeu_ps(d, _mm256_permutevar8x32_ps(v, perm));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(x), _mm256_permutevar8x32_epi32(ix, perm));
+    const int c = _mm_popcnt_u32(static_cast<unsigned>(m));
+    d += c;
+    x += c;
+  }
+  ov = d;
+  oi = x;
+  return j;
+}
+#endif
+
 // Pass 2: copy every element with key >= thr (value, index) in order to dv/di; of those, the
 // ones with key < thr_hi (the boundary bucket) also go, as raw bits, to ck/ci when `cand`. The
-// others are certainly selected and are zeroed in `zero` (the residual) when it is non-null —
-// and so are the candidates when `zero_cand` (the caller restores those not taken).
+// others are certainly selected and are zeroed in `zero` (the residual) when it is non-null;
+// so are the candidates with key >= zthr, a guess of the threshold (the caller fixes the
+// guesses that were wrong once the threshold is known).
 // The destination holds exactly the kept elements: the branch-free stores run up to the last
 // kept element only, so they never step past it.
 template <class T, class Index>
 void compact_pass(const T* __restrict src, int64_t lo, int64_t hi, typename KeyTraits<T>::Key thr,
-                  typename KeyTraits<T>::Key thr_hi, T* __restrict dv, Index* __restrict di,
+                  typename KeyTraits<T>::Key thr_hi, T* dv, Index* di,
                   bool cand, typename KeyTraits<T>::Key* __restrict ck, Index* __restrict ci,
-                  T* __restrict zero, bool zero_cand, bool sparse) {
+                  T* __restrict zero, typename KeyTraits<T>::Key zthr, bool sparse,
+                  const T* dv_end) {
   using Key = typename KeyTraits<T>::Key;
   int64_t end = hi;  // one past the last kept element; the caller ensures there is one
   while (mag_key(src[end - 1]) < thr) --end;
@@ -343,9 +470,17 @@ void compact_pass(const T* __restrict src, int64_t lo, int64_t hi, typename KeyT
     T* const v0 = dv;
     const Index* const i0 = di;
     int64_t i = b;
+#if defined(CDDP_RADIX_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      if (cpu_has_avx2()) {
+        i = sparse ? compact_avx2<Index, true>(src, i, e, thr, dv, di, dv_end)
+                   : compact_avx2<Index, false>(src, i, e, thr, dv, di, dv_end);
+      }
+    }
+#endif
 #if defined(__SSE2__)
     if constexpr (std::is_same_v<T, float>) {
-      if (sparse) {
+      if (sparse && i == b) {
         const __m128i mask = _mm_set1_epi32(0x7fffffff);
         const __m128i tv = _mm_set1_epi32(static_cast<int32_t>(thr) - 1);  // keys < 2^31
         for (; i + 16 <= e; i += 16) {
@@ -387,7 +522,7 @@ void compact_pass(const T* __restrict src, int64_t lo, int64_t hi, typename KeyT
             std::memcpy(ck++, &v0[j], sizeof(Key));
             *ci++ = i0[j];
           }
-          if (zero_cand) zero[i0[j]] = T(0);
+          if (zero != nullptr && key >= zthr) zero[i0[j]] = T(0);
         } else if (zero != nullptr) {
           zero[i0[j]] = T(0);
         }
@@ -445,7 +580,6 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
     throw std::invalid_argument("RadixTopK::select: null pointer");
   }
   const int64_t nchunks = plan_chunks(n);
-  constexpr int64_t kSub = CDDP_RADIX_SUB;
   const int64_t hist_words = nchunks * kBuckets * (1 + (kSub > 1 ? kSub : 0));
   uint32_t* H = hist.get<uint32_t>(static_cast<std::size_t>(hist_words));
 
@@ -515,11 +649,14 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
     ck = cand_k.get<Key>(static_cast<std::size_t>(total[B]));
     ci = cand_i.get<Index>(static_cast<std::size_t>(total[B]));
   }
-  const bool sparse = M * 16 < n;
-  // Fused: zero the candidates in pass 2 as well, while their lines are in cache, when more
-  // of them are taken than left (those left are restored afterwards); else zero the taken
-  // ones afterwards. Either way at most half the candidates are written at random.
-  const bool zero_cand = residual != nullptr && !whole && 2 * need > total[B];
+  const bool sparse = M * 256 < n;  // under 0.4% kept: skip empty groups of 32 with one test
+  // Fused: a guess of the threshold key, interpolating linearly in the boundary bucket. Pass 2
+  // zeroes the residual of the candidates above it while their lines are in cache; the filter
+  // then rewrites only the candidates guessed wrong (few: they lie near the threshold) instead
+  // of writing to a random line per candidate.
+  const Key zthr = static_cast<Key>(
+      thr_hi - static_cast<Key>(static_cast<double>(thr_hi - thr) * static_cast<double>(need) /
+                                static_cast<double>(total[B])));
 
   CDDP_PROF_T(t2);
   // Pass 2.
@@ -529,7 +666,8 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
     T* zero = residual;
     compact_pass<T, Index>(src, lo, hi, thr, whole ? Key{0} : thr_hi, dv + moff[c],
                            di + moff[c], !whole, whole ? nullptr : ck + coff[c],
-                           whole ? nullptr : ci + coff[c], zero, zero_cand, sparse);
+                           whole ? nullptr : ci + coff[c], zero, zthr, sparse,
+                           dv + moff[c + 1]);
   });
   CDDP_PROF_T(t3);
   if (whole) return;
@@ -556,18 +694,15 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
   }
   // Filter.
   run_chunks(nchunks, [&](int64_t c) {
-    if (residual != nullptr) {  // scattered writes: prefetch a few candidates ahead
-      constexpr int64_t kAhead = 16;
-      const int64_t e = coff[c + 1];
-      for (int64_t j = coff[c]; j < e; ++j) {
-        if (j + kAhead < e && (keep(ck[j + kAhead] & kMask, ci[j + kAhead]) != 0) != zero_cand) {
-          __builtin_prefetch(residual + ci[j + kAhead], 1);
-        }
-        const bool taken = keep(ck[j] & kMask, ci[j]) != 0;
-        if (zero_cand && !taken) {
-          std::memcpy(residual + ci[j], &ck[j], sizeof(Key));  // restore acc
-        } else if (!zero_cand && taken) {
-          residual[ci[j]] = T(0);
+    if (residual != nullptr) {
+      // A candidate's residual must be +0 if taken, else acc; pass 2 zeroed those with
+      // key >= zthr. Fix the others.
+      for (int64_t j = coff[c]; j < coff[c + 1]; ++j) {
+        const Key key = ck[j] & kMask;
+        const bool taken = keep(key, ci[j]) != 0;
+        if (taken != (key >= zthr)) {
+          const Key w = taken ? Key{0} : ck[j];
+          std::memcpy(residual + ci[j], &w, sizeof(Key));
         }
       }
     }
@@ -578,7 +713,13 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
     const Index* __restrict bi = di;
     int64_t end = moff[c + 1];  // one past the last kept element: stores never pass it
     while (keep(mag_key(bv[end - 1]), static_cast<int64_t>(bi[end - 1])) == 0) --end;
-    for (int64_t j = moff[c]; j < end; ++j) {
+    int64_t j = moff[c];
+#if defined(CDDP_RADIX_AVX2)
+    if constexpr (std::is_same_v<T, float> && std::is_same_v<Index, int32_t>) {
+      if (cpu_has_avx2()) j = filter_avx2(bv, bi, j, end, T_, I_, ov, oi, out_v + ooff[c + 1]);
+    }
+#endif
+    for (; j < end; ++j) {
       const T v = bv[j];
       const Index i = bi[j];
       *ov = v;
@@ -600,46 +741,141 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
 // Random-k.
 namespace {
 
+// Appends (~priority, index) for the elements of [i, e) whose priority is < t64 to sk/si at p
+// (scalar; any alignment).
 template <class Index>
-int64_t philox_collect(uint64_t seed, int64_t step, int64_t param_index, int64_t lo, int64_t hi,
-                       uint64_t t64, RawBuf& kb, RawBuf& ib) {
-  const philox::Key key = philox::randomk_key(seed);
-  alignas(64) uint32_t sk[kStage + 4];
-  alignas(64) Index si[kStage + 4];
-  int64_t count = 0;
-  int64_t i = lo;
-  while (i < hi) {
-    const int64_t e = std::min(hi, i + kStage);
-    int64_t p = 0;
-    // Leading partial Philox block.
-    while (i < e && (i & 3) != 0) {
-      const philox::Block r = philox::philox4x32_10(
-          philox::randomk_counter(static_cast<uint64_t>(i >> 2), step, param_index), key);
+int64_t philox_scalar(const philox::Key& key, int64_t step, int64_t param_index, int64_t i,
+                      int64_t e, uint64_t t64, uint32_t* sk, Index* si, int64_t p) {
+  while (i < e) {
+    const philox::Block r = philox::philox4x32_10(
+        philox::randomk_counter(static_cast<uint64_t>(i >> 2), step, param_index), key);
+    const int64_t block_end = std::min(e, (i | 3) + 1);
+    for (; i < block_end; ++i) {
       const uint32_t pr = r.c[i & 3];
       sk[p] = ~pr;
       si[p] = static_cast<Index>(i);
       p += static_cast<uint64_t>(pr) < t64 ? 1 : 0;
-      ++i;
     }
-    for (; i + 4 <= e; i += 4) {
-      const philox::Block r = philox::philox4x32_10(
-          philox::randomk_counter(static_cast<uint64_t>(i >> 2), step, param_index), key);
-      for (int l = 0; l < 4; ++l) {
-        sk[p] = ~r.c[l];
-        si[p] = static_cast<Index>(i + l);
-        p += static_cast<uint64_t>(r.c[l]) < t64 ? 1 : 0;
+  }
+  return p;
+}
+
+#if defined(CDDP_RADIX_AVX2)
+// Philox4x32-10 on eight consecutive blocks at once (blocks b..b+7, b % 8 == 0, no carry into
+// the counter's high word), then the 32 priorities in element order, the kept ones left-packed.
+template <class Index>
+__attribute__((target("avx2,popcnt"))) int64_t philox_avx2(const philox::Key& key, int64_t step,
+                                                            int64_t param_index, int64_t i,
+                                                            int64_t e, uint64_t t64, uint32_t* sk,
+                                                            Index* si, int64_t p) {
+  constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;
+  constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;
+  const __m256i m0 = _mm256_set1_epi64x(M0), m1 = _mm256_set1_epi64x(M1);
+  __m256i rk0[10], rk1[10];
+  for (int r = 0; r < 10; ++r) {
+    rk0[r] = _mm256_set1_epi32(static_cast<int32_t>(key.k0 + static_cast<uint32_t>(r) * W0));
+    rk1[r] = _mm256_set1_epi32(static_cast<int32_t>(key.k1 + static_cast<uint32_t>(r) * W1));
+  }
+  const __m256i c2 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(step)));
+  const __m256i c3 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(param_index)));
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i flip = _mm256_set1_epi32(static_cast<int32_t>(0x80000000u));
+  const bool all = t64 > 0xffffffffull;
+  const __m256i tv = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(t64) ^ 0x80000000u));
+  const __m256i ones = _mm256_set1_epi32(-1);
+  // mulhilo of eight 32-bit lanes by a constant (held in the low half of each 64-bit lane).
+  auto mulhilo = [](__m256i a, __m256i m, __m256i& hi, __m256i& lo)
+      __attribute__((target("avx2"))) {
+    const __m256i even = _mm256_mul_epu32(a, m);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  };
+  for (; i + 32 <= e; i += 32) {
+    const uint64_t b = static_cast<uint64_t>(i) >> 2;
+    if (static_cast<uint32_t>(b) > 0xfffffff8u) {  // the low counter word would wrap
+      p = philox_scalar<Index>(key, step, param_index, i, i + 32, t64, sk, si, p);
+      continue;
+    }
+    __m256i x0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(b))), iota);
+    __m256i x1 = _mm256_set1_epi32(static_cast<int32_t>(static_cast<uint32_t>(b >> 32)));
+    __m256i x2 = c2, x3 = c3;
+    for (int r = 0; r < 10; ++r) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo(x0, m0, hi0, lo0);
+      mulhilo(x2, m1, hi1, lo1);
+      x0 = _mm256_xor_si256(_mm256_xor_si256(hi1, x1), rk0[r]);
+      x1 = lo1;
+      x2 = _mm256_xor_si256(_mm256_xor_si256(hi0, x3), rk1[r]);
+      x3 = lo0;
+    }
+    // Lane j of x_l is lane l of block b + j; element order is block-major.
+    const __m256i t0 = _mm256_unpacklo_epi32(x0, x1), t1 = _mm256_unpackhi_epi32(x0, x1);
+    const __m256i t2 = _mm256_unpacklo_epi32(x2, x3), t3 = _mm256_unpackhi_epi32(x2, x3);
+    const __m256i u0 = _mm256_unpacklo_epi64(t0, t2), u1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i u2 = _mm256_unpacklo_epi64(t1, t3), u3 = _mm256_unpackhi_epi64(t1, t3);
+    const __m256i pv[4] = {_mm256_permute2x128_si256(u0, u1, 0x20),
+                           _mm256_permute2x128_si256(u2, u3, 0x20),
+                           _mm256_permute2x128_si256(u0, u1, 0x31),
+                           _mm256_permute2x128_si256(u2, u3, 0x31)};
+    __m256i sel[4];
+    for (int q = 0; q < 4; ++q) {  // priority < t, unsigned
+      sel[q] = all ? ones : _mm256_cmpgt_epi32(tv, _mm256_xor_si256(pv[q], flip));
+    }
+    const __m256i any = _mm256_or_si256(_mm256_or_si256(sel[0], sel[1]),
+                                        _mm256_or_si256(sel[2], sel[3]));
+    if (_mm256_testz_si256(any, any)) continue;
+    for (int q = 0; q < 4; ++q) {
+      const int m = _mm256_movemask_ps(_mm256_castsi256_ps(sel[q]));
+      const __m256i perm = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lane[m]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sk + p),
+                          _mm256_permutevar8x32_epi32(_mm256_xor_si256(pv[q], ones), perm));
+      const int64_t at = i + 8 * q;
+      if constexpr (std::is_same_v<Index, int32_t>) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(si + p),
+                            _mm256_add_epi32(perm, _mm256_set1_epi32(static_cast<int32_t>(at))));
+      } else {
+        const __m256i base = _mm256_set1_epi64x(at);
+        _mm256_storeu_si256(
+            reinterpret_cast<__m256i*>(si + p),
+            _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(perm)), base));
+        _mm256_storeu_si256(
+            reinterpret_cast<__m256i*>(si + p + 4),
+            _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(perm, 1)), base));
       }
+      p += _mm_popcnt_u32(static_cast<unsigned>(m));
     }
-    if (i < e) {  // trailing partial block
-      const philox::Block r = philox::philox4x32_10(
-          philox::randomk_counter(static_cast<uint64_t>(i >> 2), step, param_index), key);
-      for (; i < e; ++i) {
-        const uint32_t pr = r.c[i & 3];
-        sk[p] = ~pr;
-        si[p] = static_cast<Index>(i);
-        p += static_cast<uint64_t>(pr) < t64 ? 1 : 0;
-      }
+  }
+  return philox_scalar<Index>(key, step, param_index, i, e, t64, sk, si, p);
+}
+#endif
+
+// One chunk of random-k's single pass: the (~priority, index) of the elements of [lo, hi)
+// with priority < t64, in index order, appended to kb/ib (grown as needed). Returns the count.
+template <class Index>
+int64_t philox_collect(uint64_t seed, int64_t step, int64_t param_index, int64_t lo, int64_t hi,
+                       uint64_t t64, RawBuf& kb, RawBuf& ib) {
+  const philox::Key key = philox::randomk_key(seed);
+  alignas(64) uint32_t sk[kStage + 8];
+  alignas(64) Index si[kStage + 8];
+  int64_t count = 0;
+  int64_t i = lo;
+  while (i < hi) {
+    // Blocks of kStage elements, aligned to multiples of 32 after the first.
+    const int64_t e = std::min(hi, (i / kStage + 1) * kStage);
+    int64_t p = 0;
+#if defined(CDDP_RADIX_AVX2)
+    if (cpu_has_avx2()) {
+      const int64_t a = std::min(e, (i + 31) / 32 * 32);
+      p = philox_scalar<Index>(key, step, param_index, i, a, t64, sk, si, p);
+      p = philox_avx2<Index>(key, step, param_index, a, e, t64, sk, si, p);
+    } else {
+      p = philox_scalar<Index>(key, step, param_index, i, e, t64, sk, si, p);
     }
+#else
+    p = philox_scalar<Index>(key, step, param_index, i, e, t64, sk, si, p);
+#endif
+    i = e;
     uint32_t* dk = kb.grow_keep<uint32_t>(static_cast<std::size_t>(count + p));
     Index* dx = ib.grow_keep<Index>(static_cast<std::size_t>(count + p));
     std::memcpy(dk + count, sk, sizeof(uint32_t) * static_cast<std::size_t>(p));
@@ -747,6 +983,24 @@ std::size_t RadixTopK::workspace_bytes() const noexcept { return impl_ ? impl_->
 void RadixTopK::release() noexcept {
   if (impl_) impl_->release();
 }
+
+namespace detail {
+bool set_avx2_allowed(bool allowed) noexcept {
+#if defined(CDDP_RADIX_AVX2)
+  return g_avx2_allowed.exchange(allowed);
+#else
+  (void)allowed;
+  return false;
+#endif
+}
+bool avx2_in_use() noexcept {
+#if defined(CDDP_RADIX_AVX2)
+  return cpu_has_avx2();
+#else
+  return false;
+#endif
+}
+}  // namespace detail
 
 uint32_t philox_priority(uint64_t seed, int64_t step, int64_t param_index, int64_t i) {
   const philox::Block r = philox::philox4x32_10(

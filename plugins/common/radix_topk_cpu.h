@@ -82,4 +82,12 @@ class RadixTopK {
 // randomk_key(seed) — the priority random-k gives element i (see philox.h).
 uint32_t philox_priority(uint64_t seed, int64_t step, int64_t param_index, int64_t i);
 
+namespace detail {
+// For tests: the AVX2 kernels (chosen at run time on x86-64) can be switched off, so that the
+// portable SSE2/scalar paths are exercised too. Returns the previous setting. Results are
+// identical either way.
+bool set_avx2_allowed(bool allowed) noexcept;
+bool avx2_in_use() noexcept;
+}  // namespace detail
+
 }  // namespace cddp::kernels
