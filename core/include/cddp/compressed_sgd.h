@@ -135,6 +135,7 @@ class CompressedSGD : public torch::optim::Optimizer {
   CumulativeStats total_;
   int64_t step_ = 0;
   double density_override_ = -1;
+  std::map<std::string, at::Tensor> average_buffers_;  // per compressed tensor, reused each step
 };
 
 // Shell-style glob match ('*' any run, '?' one character), used for rules and skip lists.
