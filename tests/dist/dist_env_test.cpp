@@ -4,11 +4,13 @@
 // It will not test failures of peers or training.
 #include <cddp/c10d_communicator.h>
 #include <cddp/compressed_sgd.h>
+#include <cddp/gradient_exchange.h>
 #include <cddp/launcher.h>
 #include <cddp/rendezvous.h>
 #include <cddp/startup_sync.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
 #include <future>
@@ -227,6 +229,76 @@ TEST(C10dCommunicator, DenseStepLeavesLocalGradAlone) {
     opt.step();
     EXPECT_TRUE(at::equal(p, at::full({4}, -1.5f)));  // mean of 1 and 2
     EXPECT_TRUE(at::equal(p.grad(), at::full({4}, float(r + 1)))) << "rank " << r << ": " << p.grad();
+  });
+  EXPECT_EQ(errors[0], "");
+  EXPECT_EQ(errors[1], "");
+}
+
+// GradientExchange decodes CPU float/double selections with its own loop and divides only the
+// touched entries: the result must be bitwise what decompress_add_ in rank order + div_ give.
+// Three "ranks" that all sent the same selection: every index arrives three times.
+class MirrorCommunicator final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int world_size() const override { return 3; }
+  std::string backend_name() const override { return "mirror"; }
+  void allreduce_sum_(at::Tensor& t) override { t.mul_(3); }
+  std::vector<at::Tensor> allgather(const at::Tensor& t) override { return {t.clone(), t.clone(), t.clone()}; }
+  void broadcast_(at::Tensor&, int) override {}
+  void barrier() override {}
+};
+
+Compressed selection(const at::Tensor& dense, int64_t k) {
+  Compressed c;
+  c.numel = dense.numel();
+  c.shape = dense.sizes().vec();
+  c.dtype = dense.scalar_type();
+  at::Tensor idx = std::get<0>(std::get<1>(dense.abs().topk(k)).sort());
+  c.indices = idx.to(at::kInt);
+  c.values = dense.index_select(0, idx);
+  return c;
+}
+
+struct PlainCodec final : Compressor {
+  std::string name() const override { return "plain"; }
+  std::vector<c10::DeviceType> supported_devices() const override { return {c10::DeviceType::CPU}; }
+  Compressed compress(const at::Tensor&, const CompressContext&) override { return {}; }
+};
+
+TEST(GradientExchangeFastPath, SameBitsAsCodecAndDiv) {
+  PlainCodec codec;
+  for (auto dtype : {at::kFloat, at::kDouble})
+    for (int64_t k : {5, 300}) {  // few touched entries (sparse division) and many (full div_)
+      at::Tensor g = at::randn({1000}, at::TensorOptions(dtype)) * 1.37;
+      Compressed c = selection(g, k);
+      at::Tensor out = at::empty({1000}, at::TensorOptions(dtype));
+      std::vector<SparseSlot> slots{{&c, &codec, &out}};
+      MirrorCommunicator comm;
+      GradientExchange ex(comm);
+      StepStats st;
+      ex.average_sparse(slots, st);
+      at::Tensor expected = at::zeros({1000}, at::TensorOptions(dtype));
+      for (int r = 0; r < 3; ++r) codec.decompress_add_(c, expected);
+      expected.div_(3);
+      EXPECT_TRUE(at::equal(out, expected)) << dtype << " k=" << k;
+      EXPECT_EQ(st.bytes_received, 2 * (((k * int64_t(at::elementSize(dtype)) + 7) / 8 * 8) + (k * 4 + 7) / 8 * 8 + 8));
+    }
+}
+
+TEST(GradientExchangeFastPath, TwoRanksOverlappingSelections) {
+  auto errors = two_ranks([](C10dCommunicator& comm) {
+    PlainCodec codec;
+    auto gen = [](int r) { return at::randn({4096}, at::detail::createCPUGenerator(50 + r)); };
+    Compressed mine = selection(gen(comm.rank()), 40);
+    at::Tensor out = at::empty({4096});
+    std::vector<SparseSlot> slots{{&mine, &codec, &out}};
+    GradientExchange ex(comm);
+    StepStats st;
+    ex.average_sparse(slots, st);
+    at::Tensor expected = at::zeros({4096});
+    for (int r = 0; r < 2; ++r) codec.decompress_add_(selection(gen(r), 40), expected);
+    expected.div_(2);
+    EXPECT_TRUE(at::equal(out, expected));
   });
   EXPECT_EQ(errors[0], "");
   EXPECT_EQ(errors[1], "");
