@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
+#include <torch/cuda.h>
 
 #include <future>
 #include <thread>
@@ -302,6 +303,26 @@ TEST(GradientExchangeFastPath, TwoRanksOverlappingSelections) {
   });
   EXPECT_EQ(errors[0], "");
   EXPECT_EQ(errors[1], "");
+}
+
+// CUDA tensors go through NCCL (one rank: a GPU machine has one GPU here). Skipped without
+// CUDA or without NCCL in the build.
+TEST(C10dCommunicator, CudaTensorsUseNccl) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  if (!C10dCommunicator::nccl_available()) GTEST_SKIP() << "cddp built without USE_C10D_NCCL";
+  C10dOptions o;
+  o.master_port = pick_free_port();
+  o.timeout = std::chrono::seconds(30);
+  C10dCommunicator comm(o);
+  at::Tensor t = at::arange(8, at::TensorOptions(at::kFloat).device(at::kCUDA));
+  comm.allreduce_sum_(t);
+  EXPECT_TRUE(at::equal(t.cpu(), at::arange(8, at::kFloat)));
+  auto g = comm.allgather(t);
+  ASSERT_EQ(g.size(), 1u);
+  EXPECT_TRUE(g[0].is_cuda());
+  comm.broadcast_(t, 0);
+  EXPECT_EQ(comm.backend_name(), "gloo+nccl");
+  std::printf("%s, backend %s\n", C10dCommunicator::torch_api().c_str(), comm.backend_name().c_str());
 }
 
 TEST(C10dCommunicator, BadOptions) {

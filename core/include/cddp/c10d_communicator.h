@@ -66,6 +66,8 @@ class C10dCommunicator final : public Communicator {
   bool broken() const;
   // Which version of the c10d API this build uses, for logs.
   static std::string torch_api();
+  // True when this build can move CUDA tensors (compiled with USE_C10D_NCCL).
+  static bool nccl_available();
 
  private:
   struct Impl;

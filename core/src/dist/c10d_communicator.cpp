@@ -220,7 +220,7 @@ void C10dCommunicator::Impl::rendezvous() {
   } catch (const std::exception& e) {
     const std::string what = short_what(e);
     if (me == 0) {
-      const bool in_use = what.find("Address already in use") != std::string::npos ||
+      const bool in_use = what.find("already in use") != std::string::npos ||  // 1.13 and libuv (2.x)
                           what.find("errno: 98") != std::string::npos || what.find("EADDRINUSE") != std::string::npos;
       if (in_use)
         TORCH_CHECK(false, "rendezvous: rank 0 could not host the store on ", where, ": port ", opt.master_port,
@@ -370,6 +370,14 @@ int C10dCommunicator::world_size() const { return impl_->opt.world_size; }
 const C10dOptions& C10dCommunicator::options() const { return impl_->opt; }
 bool C10dCommunicator::broken() const { return impl_->broken; }
 std::string C10dCommunicator::torch_api() { return compat::torch_api_name(); }
+
+bool C10dCommunicator::nccl_available() {
+#ifdef USE_C10D_NCCL
+  return true;
+#else
+  return false;
+#endif
+}
 
 std::string C10dCommunicator::backend_name() const {
 #ifdef USE_C10D_NCCL

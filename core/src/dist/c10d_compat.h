@@ -26,6 +26,16 @@
 #error "cddp needs LibTorch built with Gloo (USE_C10D_GLOO) and the gloo headers installed"
 #endif
 
+// USE_C10D_NCCL (from LibTorch's CUDA targets, or from core/CMakeLists.txt when it finds
+// nccl.h) pulls in ProcessGroupNCCL.hpp, which includes <nccl.h>: without that header, build
+// without NCCL (CUDA tensors then get a clear error) rather than fail to compile.
+#if defined(USE_C10D_NCCL) && defined(__has_include)
+#if !__has_include(<nccl.h>)
+#pragma message("cddp: USE_C10D_NCCL is defined but nccl.h is not on the include path; building without NCCL")
+#undef USE_C10D_NCCL
+#endif
+#endif
+
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
