@@ -24,7 +24,9 @@
 #include <cddp/startup_sync.h>
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+#include <c10/util/string_utils.h>
 #include <torch/version.h>
 
 #include <spdlog/sinks/null_sink.h>
@@ -269,6 +271,30 @@ std::shared_ptr<Classifier> build_model(const TrainConfig& cfg, const Dataset& s
   } catch (const std::invalid_argument& e) {
     throw ConfigError(cfg.source + ": error: model: " + e.what());
   }
+}
+
+std::shared_ptr<Classifier> build_model(const TrainConfig& cfg, const std::vector<int64_t>& shape) {
+  if (shape.size() != 4) throw CheckpointError("checkpoint does not record its model's input shape");
+  ModelSpec spec;
+  spec.name = cfg.model.name;
+  spec.hidden = cfg.model.hidden;
+  spec.in_channels = shape[0];
+  spec.height = shape[1];
+  spec.width = shape[2];
+  spec.num_classes = shape[3];
+  return make_model(spec);
+}
+
+// The optimizer state of `p` (LibTorch 1.13 keys it by the TensorImpl address as a string,
+// 2.x by the address itself).
+template <class StateMap>
+const torch::optim::OptimizerParamState* state_of(const StateMap& state, const at::Tensor& p) {
+  using Key = typename StateMap::key_type;
+  Key key;
+  if constexpr (std::is_same_v<Key, std::string>) key = c10::guts::to_string(p.unsafeGetTensorImpl());
+  else key = p.unsafeGetTensorImpl();
+  auto it = state.find(key);
+  return it == state.end() ? nullptr : it->second.get();
 }
 
 std::vector<std::pair<std::string, at::Tensor>> named_parameters(Classifier& model) {
@@ -527,6 +553,7 @@ void Run::save_checkpoint(const char* why) {
   meta.bytes_received = bytes_received_;
   meta.bytes_dense_equivalent = bytes_dense_;
   meta.elapsed_s = elapsed_before_ + seconds_since(t0_);
+  meta.input_shape = {train_.channels(), train_.height(), train_.width(), train_.num_classes};
   const fs::path path = fs::path(cfg_.checkpoint.dir) / checkpoint_file_name(step_, rank_);
   try {
     auto gen = at::detail::getDefaultCPUGenerator();
@@ -656,9 +683,18 @@ TrainResult Run::go() {
         const double density = density_at(cfg_.compression, step_);
         if (density != current_density_) {
           opt_->set_density(density);
+          // Info at the phase changes (dense, decaying, configured), debug for each step.
+          const auto& k = cfg_.compression;
+          const bool phase = step_ == 0 || step_ == k.warmup_dense_steps ||
+                             step_ == k.warmup_dense_steps + k.warmup_decay_steps || current_density_ == -2;
           if (density > 0 || current_density_ > 0)
-            log_->info("density warm-up: step {} uses {}", step_ + 1,
-                       density > 0 ? fmt::format("density {:.6g}", density) : std::string("the configured density"));
+            log_->log(phase ? spdlog::level::info : spdlog::level::debug, "density warm-up: step {} uses {}{}",
+                      step_ + 1,
+                      density > 0 ? fmt::format("density {:.6g}", density) : std::string("the configured density"),
+                      phase && density > 0 && density < 1
+                          ? fmt::format(", decaying to {:.6g} by step {}", k.ratio,
+                                        k.warmup_dense_steps + k.warmup_decay_steps)
+                          : std::string());
           current_density_ = density;
         }
         opt_->step();
@@ -778,6 +814,32 @@ TrainResult Run::go() {
 }  // namespace
 
 // ---------------------------------------------------------------- public API
+
+std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const fs::path& path) {
+  std::string payload;
+  CheckpointMeta meta = read_checkpoint_file(path, &payload);
+  TrainConfig cfg;
+  try {
+    cfg = load_config_string(meta.config_toml, path.string() + " (saved config)", {}, config_choices());
+  } catch (const ConfigError& e) {
+    throw CheckpointError(path.string() + ": its saved config does not load: " + e.what());
+  }
+  std::shared_ptr<Classifier> model = build_model(cfg, meta.input_shape);
+  CompressedSGD opt(named_parameters(*model), CompressedSGDOptions(cfg.optimizer.lr));
+  at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
+  load_training_state(payload, *model, &opt, &gen);
+  std::vector<std::pair<std::string, at::Tensor>> out;
+  for (const auto& p : model->named_parameters()) out.emplace_back("model/" + p.key(), p.value());
+  for (const auto& b : model->named_buffers()) out.emplace_back("model/" + b.key(), b.value());
+  for (const auto& p : model->named_parameters()) {
+    const auto* st = static_cast<const CompressedSGDParamState*>(state_of(opt.state(), p.value()));
+    if (!st) continue;
+    if (st->momentum_buffer().defined()) out.emplace_back("momentum/" + p.key(), st->momentum_buffer());
+    if (st->residual().defined()) out.emplace_back("residual/" + p.key(), st->residual());
+  }
+  out.emplace_back("rng_state", gen.get_state());
+  return out;
+}
 
 EnvMap env_from(char** envp) { return environment_map(envp); }
 

@@ -79,7 +79,12 @@ std::map<std::string, std::string> meta_fields(const CheckpointMeta& m) {
           {"bytes_sent", std::to_string(m.bytes_sent)},
           {"bytes_received", std::to_string(m.bytes_received)},
           {"bytes_dense_equivalent", std::to_string(m.bytes_dense_equivalent)},
-          {"elapsed_s", std::to_string(m.elapsed_s)}};
+          {"elapsed_s", std::to_string(m.elapsed_s)},
+          {"input_shape", [&] {
+             std::string out;
+             for (size_t i = 0; i < m.input_shape.size(); ++i) out += (i ? "," : "") + std::to_string(m.input_shape[i]);
+             return out;
+           }()}};
 }
 
 int64_t to_i64(const std::map<std::string, std::string>& f, const char* key, const fs::path& path) {
@@ -226,6 +231,10 @@ CheckpointMeta read_checkpoint_file(const fs::path& path, std::string* payload) 
   m.bytes_received = to_i64(f, "bytes_received", path);
   m.bytes_dense_equivalent = to_i64(f, "bytes_dense_equivalent", path);
   m.elapsed_s = f.count("elapsed_s") ? std::atof(f["elapsed_s"].c_str()) : 0.0;
+  {
+    std::stringstream ss(f["input_shape"]);
+    for (std::string x; std::getline(ss, x, ',');) m.input_shape.push_back(std::atoll(x.c_str()));
+  }
   if (payload) *payload = data.substr(payload_at, pl);
   return m;
 }

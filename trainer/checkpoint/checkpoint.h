@@ -48,6 +48,7 @@ struct CheckpointMeta {
   uint64_t config_hash = 0;
   std::string model_fingerprint, compressor_fingerprint;
   std::string config_toml;     // the effective config of the run that wrote it
+  std::vector<int64_t> input_shape;  // channels, height, width, classes of the model's data
   std::string torch_version, cddp_version;
   // Running totals carried across a resume.
   int64_t bytes_sent = 0, bytes_received = 0, bytes_dense_equivalent = 0;
@@ -104,5 +105,11 @@ struct ResumeChoice {
 // model or compressor.
 ResumeChoice choose_resume(const std::string& resume, const std::filesystem::path& dir,
                            const ResumeExpectation& expect);
+
+// Every tensor a checkpoint holds, by name: "model/<parameter or buffer>",
+// "momentum/<parameter>", "residual/<parameter>" (when the optimizer has one) and
+// "rng_state" — for comparing checkpoints bit by bit. Implemented in trainer.cpp (it needs
+// the model factory). Throws CheckpointError.
+std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const std::filesystem::path& path);
 
 }  // namespace cddp::train
