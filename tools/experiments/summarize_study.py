@@ -72,6 +72,16 @@ def analyze(run_dir, meta, targets):
         keys = [k for k in table if k <= s]
         return table[max(keys)] if keys else 0.0
 
+    # steps after the last log row (the run ended between log_every multiples): extend the
+    # time and bytes at that row's per-step rates
+    last_eval = int(evals[-1]["step"]) if evals else 0
+    if steps and last_eval > prev and "train_s" not in steps[-1]:
+        n = last_eval - prev
+        cum_t += steps[-1]["step_ms"] * n / 1000.0
+        cum_b += max(steps[-1].get("bytes_sent", 0.0), steps[-1].get("bytes_received", 0.0)) * n
+        t_at[last_eval], b_at[last_eval] = cum_t, cum_b
+        prev = last_eval
+
     curve = []
     for e in evals:
         s = int(e["step"])
@@ -84,7 +94,7 @@ def analyze(run_dir, meta, targets):
             if a >= target:
                 ttt = (s, t)
                 break
-    total_steps = steps[-1]["step"] if steps else 0
+    total_steps = max(int(steps[-1]["step"]) if steps else 0, last_eval)
     late = [r for r in steps if r["step"] > 0.1 * total_steps] or steps
 
     def mean(key, rs=late):
