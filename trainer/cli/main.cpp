@@ -14,7 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
-#include <torch/csrc/api/include/torch/version.h>
+#include <torch/version.h>
 
 #include <unistd.h>
 
