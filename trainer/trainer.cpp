@@ -26,7 +26,6 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
-#include <c10/util/string_utils.h>
 #include <torch/version.h>
 
 #include <spdlog/sinks/null_sink.h>
@@ -291,8 +290,13 @@ template <class StateMap>
 const torch::optim::OptimizerParamState* state_of(const StateMap& state, const at::Tensor& p) {
   using Key = typename StateMap::key_type;
   Key key;
-  if constexpr (std::is_same_v<Key, std::string>) key = c10::guts::to_string(p.unsafeGetTensorImpl());
-  else key = p.unsafeGetTensorImpl();
+  if constexpr (std::is_same_v<Key, std::string>) {
+    std::ostringstream os;  // what c10::guts::to_string(TensorImpl*) writes
+    os << static_cast<const void*>(p.unsafeGetTensorImpl());
+    key = os.str();
+  } else {
+    key = p.unsafeGetTensorImpl();
+  }
   auto it = state.find(key);
   return it == state.end() ? nullptr : it->second.get();
 }
@@ -392,7 +396,9 @@ void Run::connect() {
   }
   rank_ = comm_->rank();
   world_ = comm_->world_size();
-  if (world_ > 1) log_->info("connected: {} over {}", denv_.describe(), comm_->backend_name());
+  if (world_ > 1)
+    log_->info("connected: {} over {} (distributed.backend = \"{}\")", denv_.describe(), comm_->backend_name(),
+               cfg_.distributed.backend);
 }
 
 void Run::setup() {

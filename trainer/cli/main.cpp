@@ -32,12 +32,16 @@ namespace {
 namespace fs = std::filesystem;
 using namespace cddp::train;
 
-// Set by the signal handler, read by the training loop between steps. A second SIGINT
-// while the first is being handled ends the process at once.
+// Set by the signal handler, read by the training loop between steps. Repeated SIGINTs end
+// the process at once: the second one for a user's process, the third one for a worker
+// (which may get the terminal's SIGINT and its launcher's forwarded copy).
 std::atomic<int> g_stop{0};
+std::atomic<int> g_signals{0};
+std::atomic<int> g_hard_exit_at{2};
 
 extern "C" void on_stop_signal(int sig) {
-  if (g_stop.exchange(sig) != 0 && sig == SIGINT) _exit(kExitInterrupted);
+  g_stop.store(sig);
+  if (sig == SIGINT && g_signals.fetch_add(1) + 1 >= g_hard_exit_at.load()) _exit(kExitInterrupted);
 }
 
 void install_signal_handlers() {
@@ -121,6 +125,7 @@ int run_train(const std::string& config_path, std::vector<std::string> sets, int
   const bool worker = is_distributed_worker(ctx.env);
   const int rank = env_rank(ctx.env);
   const bool launched_by_us = ctx.env.count("CDDP_LAUNCHED_BY") != 0;
+  if (worker) g_hard_exit_at.store(3);
   ctx.log = make_logger(cfg.run.log_level, rank, worker && !launched_by_us);
   try {
     preflight(cfg, ctx);
