@@ -861,7 +861,9 @@ void preflight(const TrainConfig& cfg, const RunContext& ctx) {
 }
 
 bool is_distributed_worker(const EnvMap& env) {
-  return env.count("WORLD_SIZE") || env.count("SLURM_NTASKS");
+  // torchrun/our launcher set WORLD_SIZE; srun sets SLURM_PROCID for each task (an salloc
+  // shell alone does not, so `--nproc-per-node` still launches there).
+  return env.count("WORLD_SIZE") || env.count("SLURM_PROCID");
 }
 
 int64_t local_world_size(const TrainConfig& cfg, const EnvMap& env) {
