@@ -88,26 +88,27 @@ void heartbeat_loop(std::shared_ptr<HeartbeatState> hb, compat::StorePtr store, 
   hb->cv.notify_all();
 }
 
-// Store reads for the diagnosis, bounded in time: a stopped store host would block them.
-struct CounterRead {
-  std::mutex m;
-  std::condition_variable cv;
-  bool done = false, ok = false;
-  std::vector<int64_t> values;
-};
+std::string failure_key(int r) { return "cddp/failed/" + std::to_string(r); }
 
-bool read_counters(const compat::StorePtr& store, int world, milliseconds limit, std::vector<int64_t>& out) {
-  auto state = std::make_shared<CounterRead>();
-  std::thread reader([state, store, world] {
-    std::vector<int64_t> v(world, -1);
+// Runs `f(store)` on a helper thread and waits at most `limit`: a stopped store host would block
+// a store call forever. On timeout the thread is detached (it holds its own references and ends
+// when the call returns) and false is returned; false too when `f` throws.
+template <class F>
+bool bounded_store_call(const compat::StorePtr& store, milliseconds limit, F f) {
+  struct State {
+    std::mutex m;
+    std::condition_variable cv;
+    bool done = false, ok = false;
+  };
+  auto state = std::make_shared<State>();
+  std::thread worker([state, store, f]() mutable {
     bool ok = true;
     try {
-      for (int r = 0; r < world; ++r) v[r] = store->add(heartbeat_key(r), 0);
+      f(*store);
     } catch (...) {
       ok = false;
     }
     std::lock_guard<std::mutex> lock(state->m);
-    state->values = std::move(v);
     state->ok = ok;
     state->done = true;
     state->cv.notify_all();
@@ -115,13 +116,22 @@ bool read_counters(const compat::StorePtr& store, int world, milliseconds limit,
   std::unique_lock<std::mutex> lock(state->m);
   if (!state->cv.wait_for(lock, limit, [&] { return state->done; })) {
     lock.unlock();
-    reader.detach();  // it holds its own references; it ends when the store call returns
+    worker.detach();
     return false;
   }
   lock.unlock();
-  reader.join();
-  out = state->values;
+  worker.join();
   return state->ok;
+}
+
+bool read_counters(const compat::StorePtr& store, int world, milliseconds limit, std::vector<int64_t>& out) {
+  auto values = std::make_shared<std::vector<int64_t>>(world, -1);
+  if (!bounded_store_call(store, limit, [values, world](c10d::Store& s) {
+        for (int r = 0; r < world; ++r) (*values)[r] = s.add(heartbeat_key(r), 0);
+      }))
+    return false;
+  out = *values;
+  return true;
 }
 
 }  // namespace
@@ -138,6 +148,7 @@ struct C10dCommunicator::Impl {
   std::thread heartbeat_thread;
   bool broken = false;
   std::string broken_reason;
+  std::vector<int> silent;  // ranks the last diagnosis found without a heartbeat
   int64_t op_count = 0;
 
   explicit Impl(const C10dOptions& o);
@@ -146,10 +157,11 @@ struct C10dCommunicator::Impl {
   void rendezvous();
   void start_heartbeat();
   void stop_heartbeat();
-  std::string diagnose(double waited_s);
+  bool diagnose();
   void check_usable(const char* op) const;
   template <class Start>
   void run(const char* op, Start&& start);
+  void linger_for_peers();
   [[noreturn]] void fail(const std::string& what, Clock::time_point t0, const std::string& cause);
   compat::Collectives& backend_for(const at::Tensor& t);
 };
@@ -186,6 +198,10 @@ C10dCommunicator::Impl::Impl(const C10dOptions& o) : opt(o) {
 }
 
 C10dCommunicator::Impl::~Impl() {
+  try {
+    linger_for_peers();
+  } catch (...) {
+  }
   stop_heartbeat();
 #ifdef USE_C10D_NCCL
   nccl.reset();
@@ -279,8 +295,9 @@ void C10dCommunicator::Impl::start_heartbeat() {
   heartbeat_thread = std::thread(heartbeat_loop, heartbeat, hb_store, heartbeat_key(opt.rank), opt.heartbeat_interval);
 }
 
-// Which ranks stopped beating: counters read twice, three heartbeat intervals apart.
-std::string C10dCommunicator::Impl::diagnose(double waited_s) {
+// Which ranks stopped beating: counters read twice, three heartbeat intervals apart. Fills
+// `silent`; false when the store itself does not answer (rank 0 gone or stopped).
+bool C10dCommunicator::Impl::diagnose() {
   const int W = opt.world_size;
   const milliseconds limit = std::max(milliseconds(2000), opt.heartbeat_interval * 4);
   std::vector<int64_t> before, after;
@@ -289,23 +306,14 @@ std::string C10dCommunicator::Impl::diagnose(double waited_s) {
     std::this_thread::sleep_for(opt.heartbeat_interval * 3);
     ok = read_counters(store, W, limit, after);
   }
-  if (!ok)
-    return "rank 0 did not respond: the rendezvous store it hosts at " + where +
-           " does not answer (rank 0 exited or is stopped)";
-  std::vector<int> silent;
+  silent.clear();
+  if (!ok) {
+    silent = {0};
+    return false;
+  }
   for (int r = 0; r < W; ++r)
     if (r != opt.rank && after[r] == before[r]) silent.push_back(r);
-  if (silent.empty())
-    return "every other rank is still alive (heartbeats advance): a rank is slow, stuck outside the collective, "
-           "or called a different collective";
-  const bool timed_out = waited_s >= 0.9 * (opt.timeout.count() / 1000.0);
-  const bool one = silent.size() == 1;
-  std::string s = ranks_text(silent) + " did not respond";
-  if (timed_out) s += " within " + fmt_seconds(opt.timeout) + " s";
-  else s += ": the connection failed after " + fmt_seconds(waited_s) + " s";
-  s += one ? " and its heartbeat has stopped (the process died or is stopped)"
-           : " and their heartbeats have stopped (the processes died or are stopped)";
-  return s;
+  return true;
 }
 
 void C10dCommunicator::Impl::check_usable(const char* op) const {
@@ -315,13 +323,78 @@ void C10dCommunicator::Impl::check_usable(const char* op) const {
 
 void C10dCommunicator::Impl::fail(const std::string& what, Clock::time_point t0, const std::string& cause) {
   const double waited = seconds_since(t0);
-  std::string who = opt.world_size > 1 ? diagnose(waited) : std::string("single rank");
+  const int W = opt.world_size, me = opt.rank;
+  std::string who = "single rank";
+  if (W > 1) {
+    const bool store_ok = diagnose();
+    // Ranks that failed before us posted what they found: a rank that only saw the fallout (a
+    // live peer gave up and closed its connections) names the root cause through them.
+    auto reports = std::make_shared<std::vector<std::pair<int, std::string>>>();
+    if (store_ok)
+      bounded_store_call(store, milliseconds(2000), [reports, W, me](c10d::Store& s) {
+        for (int r = 0; r < W; ++r)
+          if (r != me && s.check({failure_key(r)})) {
+            auto v = s.get(failure_key(r));
+            reports->emplace_back(r, std::string(v.begin(), v.end()));
+          }
+      });
+    std::vector<int> root, gave_up;
+    for (int r : silent) {
+      bool reported = false;
+      for (auto& [who_r, text] : *reports) reported = reported || who_r == r;
+      (reported ? gave_up : root).push_back(r);
+    }
+    const bool timed_out = waited >= 0.9 * (opt.timeout.count() / 1000.0);
+    if (!store_ok) {
+      who = "rank 0 did not respond: the rendezvous store it hosts at " + where +
+            " does not answer (rank 0 exited or is stopped)";
+    } else if (!root.empty()) {
+      who = ranks_text(root) + " did not respond";
+      who += timed_out ? " within " + fmt_seconds(opt.timeout) + " s"
+                       : " (the collective failed after " + fmt_seconds(waited) + " s)";
+      who += root.size() == 1 ? " and its heartbeat has stopped (the process died or is stopped)"
+                              : " and their heartbeats have stopped (the processes died or are stopped)";
+    } else if (gave_up.empty()) {
+      who = "every other rank is still alive (heartbeats advance): a rank is slow, stuck outside the collective, "
+            "or called a different collective";
+    } else {
+      who = "no rank died of its own";
+    }
+    if (!gave_up.empty()) who += "; " + ranks_text(gave_up) + " stopped after failing themselves";
+    auto mine = std::make_shared<std::string>(what + " failed: " + who);  // without others' reports
+    for (auto& [r, text] : *reports) who += "; rank " + std::to_string(r) + " reported: " + text;
+    const std::string key = failure_key(me);
+    if (store_ok)
+      bounded_store_call(store, milliseconds(2000), [mine, key](c10d::Store& s) { s.set(key, bytes_of(*mine)); });
+  }
   std::ostringstream os;
-  os << "rank " << opt.rank << ": " << what << " failed after " << fmt_seconds(waited) << " s (timeout "
+  os << "rank " << me << ": " << what << " failed after " << fmt_seconds(waited) << " s (timeout "
      << fmt_seconds(opt.timeout) << " s): " << who << ". [c10d: " << cause << "]";
   broken = true;
   broken_reason = os.str();
   TORCH_CHECK(false, "C10dCommunicator: ", broken_reason);
+}
+
+// Rank 0 hosts the store: after a failure it stays a little while (bounded) so that the other
+// live ranks can still read heartbeats and post their findings before the store goes away.
+void C10dCommunicator::Impl::linger_for_peers() {
+  if (!broken || opt.rank != 0 || opt.world_size < 2 || !store) return;
+  const auto deadline = Clock::now() + opt.heartbeat_interval * 4 + milliseconds(3000);
+  std::vector<int> waiting;
+  for (int r = 1; r < opt.world_size; ++r)
+    if (std::find(silent.begin(), silent.end(), r) == silent.end()) waiting.push_back(r);
+  while (!waiting.empty() && Clock::now() < deadline) {
+    auto left = std::make_shared<std::vector<int>>(waiting);
+    if (!bounded_store_call(store, milliseconds(1000), [left](c10d::Store& s) {
+          std::vector<int> still;
+          for (int r : *left)
+            if (!s.check({failure_key(r)})) still.push_back(r);
+          *left = still;
+        }))
+      return;
+    waiting = *left;
+    if (!waiting.empty()) std::this_thread::sleep_for(milliseconds(50));
+  }
 }
 
 template <class Start>

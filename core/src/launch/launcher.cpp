@@ -206,6 +206,7 @@ struct Launch {
       w.exit.signal = WTERMSIG(status);
     }
     ::kill(-w.pid, SIGKILL);  // leftovers in its process group (ESRCH when none)
+    if (!w.exit.start_error.empty()) return;  // reported when it failed to start
     const bool failed = !w.exit.start_error.empty() || !w.exit.exited || w.exit.code != 0;
     if (o.verbose || (failed && !w.exit.stopped_by_launcher)) event(w.exit.describe());
     if (!failed || w.exit.stopped_by_launcher) return;
@@ -302,6 +303,7 @@ std::string WorkerExit::describe() const {
   if (!start_error.empty()) return r + " " + start_error;
   if (exited) return r + " exited with code " + std::to_string(code);
   if (signal) return r + " killed by " + signal_text(signal);
+  if (pid <= 0) return r + " was not started";
   return r + " did not finish";
 }
 
@@ -335,23 +337,21 @@ int launch_local(const LaunchOptions& o, LaunchReport* report) {
   SignalScope signals(o.forward_signals);
   Launch L{o, t0};
   L.workers.resize(o.nproc);
+  for (int r = 0; r < o.nproc; ++r) L.workers[r].rank = L.workers[r].exit.rank = r;
   for (int r = 0; r < o.nproc; ++r) {
     Worker& w = L.workers[r];
-    w.rank = r;
-    w.exit.rank = r;
     std::string error;
     w.pid = spawn(o, r, port, w, error);
     w.exit.pid = w.pid;
     w.running = w.pid > 0;
     if (!error.empty()) {
+      // fork or exec failed: the other ranks would fail the same way, so start no more, and
+      // stop those already started. An exec'd-and-failed child exits 127 and is reaped below.
       w.exit.start_error = error;
-      if (w.pid <= 0) {  // fork itself failed: nothing to reap
-        L.event(w.exit.describe());
-        L.record_failure(r, w.exit.describe(), 127);
-        L.stop_all(SIGTERM);
-        break;
-      }
-      // exec failed: the child exits 127 and is reaped below, reporting start_error.
+      L.event(w.exit.describe());
+      L.record_failure(r, w.exit.describe(), 127);
+      L.stop_all(SIGTERM);
+      break;
     }
   }
   if (o.verbose) {
