@@ -38,8 +38,8 @@ struct C10dOptions {
   // address (single node), else this machine's hostname.
   std::string gloo_interface;
   std::string gloo_hostname;
-  // How often each rank bumps its heartbeat counter; a rank whose counter stands still for
-  // three intervals is reported as not responding.
+  // How often each rank bumps its heartbeat counter (at most timeout/4); a rank whose counter
+  // stands still for three intervals is reported as not responding.
   std::chrono::milliseconds heartbeat_interval{500};
 };
 

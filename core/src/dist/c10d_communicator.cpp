@@ -175,8 +175,9 @@ C10dCommunicator::Impl::Impl(const C10dOptions& o) : opt(o) {
   TORCH_CHECK(!opt.master_addr.empty(), "C10dCommunicator: master_addr is empty");
   TORCH_CHECK(opt.timeout >= milliseconds(1000), "C10dCommunicator: timeout must be at least 1 s, got ",
               opt.timeout.count(), " ms");
-  TORCH_CHECK(opt.heartbeat_interval >= milliseconds(10) && opt.heartbeat_interval * 3 < opt.timeout,
-              "C10dCommunicator: heartbeat_interval must be >= 10 ms and under a third of the timeout");
+  TORCH_CHECK(opt.heartbeat_interval >= milliseconds(10), "C10dCommunicator: heartbeat_interval must be >= 10 ms");
+  // A diagnosis waits three intervals: keep that well inside the timeout.
+  opt.heartbeat_interval = std::min(opt.heartbeat_interval, opt.timeout / 4);
   where = opt.master_addr + ":" + std::to_string(opt.master_port);
   rendezvous();
   start_heartbeat();
@@ -230,9 +231,25 @@ void C10dCommunicator::Impl::rendezvous() {
   const auto t0 = Clock::now();
   const int me = opt.rank, W = opt.world_size;
   const std::string T = fmt_seconds(opt.timeout);
-  // 1. The store: rank 0 hosts it, everyone (rank 0 included) connects as a client.
+  // 1. The store: rank 0 hosts it, everyone (rank 0 included) connects as a client. A client
+  //    retries until the whole timeout has passed (rank 0 may start later; c10d's own connect
+  //    loop gives up up to a second early), then keeps the full timeout for store calls.
   try {
-    store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), me == 0, opt.timeout);
+    if (me == 0) {
+      store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), true, opt.timeout);
+    } else {
+      while (!store) {
+        const auto left = std::chrono::duration_cast<milliseconds>(opt.timeout - (Clock::now() - t0));
+        try {
+          store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), false,
+                                         std::max(left, milliseconds(1000)));
+        } catch (const std::exception&) {
+          if (Clock::now() - t0 + milliseconds(100) >= opt.timeout) throw;
+          std::this_thread::sleep_for(milliseconds(100));
+        }
+      }
+      store->setTimeout(opt.timeout);
+    }
   } catch (const std::exception& e) {
     const std::string what = short_what(e);
     if (me == 0) {
