@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <regex>
 
@@ -109,7 +110,11 @@ TEST(Launcher, ProgramThatCannotStart) {
 }
 
 TEST(Launcher, NoProcessLeftBehind) {
-  JobRun run = run_workers(2, {"echo", "--grandchild", "--exit-rank", "1", "--code", "2", "--sleep", "60"});
+  char dir_template[] = "/tmp/cddp-ready-XXXXXX";  // rank 1 fails only once both ranks forked
+  const std::string ready_dir = ::mkdtemp(dir_template);
+  JobRun run = run_workers(2, {"echo", "--grandchild", "--exit-rank", "1", "--code", "2", "--sleep", "60",
+                               "--ready-dir", ready_dir});
+  std::filesystem::remove_all(ready_dir);
   EXPECT_EQ(run.code, 2) << run.all();
   std::vector<int> pids;
   std::regex re("GRANDCHILD (\\d+)");

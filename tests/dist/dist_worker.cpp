@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstdio>
 #include <limits>
 #include <map>
 #include <string>
@@ -192,6 +193,18 @@ int role_echo(const Args& a) {
   if (a.kv.count("--partial")) {
     std::printf("no newline at the end");
     std::fflush(stdout);
+  }
+  if (a.kv.count("--ready-dir")) {  // a file barrier: the failing rank waits until every rank is READY
+    const std::string dir = a.kv.at("--ready-dir");
+    std::FILE* f = std::fopen((dir + "/ready-" + std::to_string(rank)).c_str(), "w");
+    if (f) std::fclose(f);
+    const int world = std::atoi(var("WORLD_SIZE").c_str());
+    for (int waited_ms = 0; rank == a.integer("--exit-rank", -1) && waited_ms < 30000; waited_ms += 20) {
+      int ready = 0;
+      for (int r = 0; r < world; ++r) ready += ::access((dir + "/ready-" + std::to_string(r)).c_str(), F_OK) == 0;
+      if (ready == world) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
   if (rank == a.integer("--exit-rank", -1)) return a.integer("--code", 3);
   if (rank == a.integer("--signal-rank", -1)) ::raise(a.integer("--signal", SIGKILL));
