@@ -1,6 +1,8 @@
 // compressed_sgd_test.cpp — CompressedSGD against torch::optim::SGD, error-feedback
 // conservation, the value of error feedback, DGC momentum, stats, serialization, bad input.
 #include <cddp/compressed_sgd.h>
+#include <cddp/gradient_exchange.h>
+#include <cddp/local_communicator.h>
 
 #include "test_plugins.h"
 
@@ -9,6 +11,8 @@
 #include <torch/optim/sgd.h>
 #include <torch/serialize.h>
 
+#include <cstring>
+#include <limits>
 #include <sstream>
 
 using cddp::testing::build_tree_loader;
@@ -93,6 +97,56 @@ INSTANTIATE_TEST_SUITE_P(Options, BitwiseSgd,
                          ::testing::Values(SgdCase{0, 0, 0, false, false}, SgdCase{0.9, 0, 0, false, false},
                                            SgdCase{0.9, 0, 0, true, false}, SgdCase{0.9, 0.1, 1e-3, false, false},
                                            SgdCase{0.9, 0, 5e-4, true, false}, SgdCase{0.9, 0, 5e-4, true, true}));
+
+// The optimizer keeps each sparse average buffer zero between steps and re-zeroes only what the
+// previous step wrote. Against a hand-made step whose average comes from a fresh, fully
+// cleared output every time (what step() did before), bitwise, over steps whose selection
+// jumps to the other half of the tensor; with Nesterov momentum and weight decay, which read
+// the average (and must never write into it).
+TEST(CompressedSGD, KeptZeroAverageEqualsFullClearReferenceBitwise) {
+  auto loader = build_tree_loader();
+  const double lr = 0.05, m = 0.9, wd = 1e-3, ratio = 0.01;
+  std::vector<at::Tensor> init = {at::randn({64, 64}, at::make_generator<at::CPUGeneratorImpl>(5)),
+                                  at::randn({100, 50}, at::make_generator<at::CPUGeneratorImpl>(6))};
+  std::vector<std::pair<std::string, at::Tensor>> named = {{"a", init[0].clone()}, {"b", init[1].clone()}};
+  std::vector<at::Tensor> ref = {init[0].clone(), init[1].clone()};
+  std::vector<at::Tensor> residual = {at::zeros_like(init[0]), at::zeros_like(init[1])}, buf(2);
+  cddp::CompressedSGD opt(named, cddp::CompressedSGDOptions(lr).momentum(m).nesterov(true).weight_decay(wd).density(ratio)
+                                     .compressor(loader.create("topk", {{"ratio", ratio}})));
+  auto codec = loader.create("topk", {{"ratio", ratio}});
+  cddp::LocalCommunicator local;
+  cddp::GradientExchange full_clear(local);
+  for (int64_t step = 1; step <= 12; ++step) {
+    for (size_t i = 0; i < 2; ++i) {
+      at::Tensor g = at::randn(init[i].sizes(), at::make_generator<at::CPUGeneratorImpl>(100 * step + i));
+      if (step % 3 == 0) g.view(-1).narrow(0, (step / 3) % 2 ? 0 : g.numel() / 2, g.numel() / 2).mul_(1000);
+      named[i].second.mutable_grad() = g.clone();
+      // The reference step: feedback, selection, a fresh output cleared in full, SGD.
+      at::Tensor gd = g.add(ref[i], wd);
+      cddp::CompressContext ctx;
+      ctx.step = step;
+      ctx.param_index = int64_t(i);
+      ctx.param_name = named[i].first;
+      ctx.ratio = ratio;
+      cddp::Compressed sent = codec->compress_with_feedback(gd, residual[i], ctx);
+      at::Tensor avg = at::full({g.numel()}, std::numeric_limits<float>::quiet_NaN());
+      std::vector<cddp::SparseSlot> slots = {{&sent, codec.get(), &avg}};
+      cddp::StepStats st;
+      full_clear.average_sparse(slots, st);
+      at::Tensor d_p = avg.view(g.sizes());
+      if (!buf[i].defined()) buf[i] = d_p.clone();
+      else buf[i].mul_(m).add_(d_p, 1.0);
+      ref[i].add_(d_p.add(buf[i], m), -lr);
+    }
+    opt.step();
+    for (size_t i = 0; i < 2; ++i) {
+      at::Tensor x = named[i].second.contiguous(), y = ref[i].contiguous();
+      ASSERT_EQ(std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()), 0)
+          << named[i].first << " differs at step " << step;
+    }
+  }
+  for (const auto& r : opt.routing()) EXPECT_EQ(r.route, cddp::Route::Sparse) << r.name << ": " << r.reason;
+}
 
 // decompress(sent) + residual_new == g + residual_old, exactly, at every step — through the
 // plugin's compress_with_feedback (whatever path it takes) and the generic base path.

@@ -9,8 +9,13 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <condition_variable>
+#include <cstring>
+#include <limits>
 #include <mutex>
+#include <random>
+#include <string>
 #include <thread>
 
 namespace {
@@ -179,6 +184,113 @@ TEST(GradientExchange, WorldSizeOneIsTheIdentity) {
   EXPECT_EQ(st.bytes_received, 0);
   EXPECT_TRUE(ex.any_rank(true));
   EXPECT_FALSE(ex.any_rank(false));
+}
+
+// Same dtype, same shape and the same bytes: -0 and +0 differ, NaN equals the same NaN.
+bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  at::Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
+}
+
+// One rank's selection for one step of the reuse test. `kind`: "sorted" (the merge path),
+// "unsorted" (the scatter path), "empty", "dense" (more than numel/16 entries: not kept).
+cddp::Compressed step_selection(const std::string& kind, int rank, int step, int64_t numel) {
+  std::mt19937 gen(1000 * step + rank);
+  std::vector<int32_t> idx;
+  if (kind == "empty") return selection({}, {}, numel);
+  const int64_t k = kind == "dense" ? numel / 4 : 40;
+  // Step parity picks the half of the tensor: consecutive steps select disjoint entries.
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(numel / 2 - 1));
+  std::vector<bool> used(numel, false);
+  while (int64_t(idx.size()) < k) {
+    int32_t x = pick(gen) + (step % 2 ? int32_t(numel / 2) : 0);
+    if (!used[x]) used[x] = true, idx.push_back(x);
+  }
+  if (kind != "unsorted") std::sort(idx.begin(), idx.end());
+  std::normal_distribution<float> value;
+  std::vector<float> vals;
+  for (size_t j = 0; j < idx.size(); ++j) vals.push_back(j % 7 == 3 ? -0.f : value(gen));  // -0 too
+  return selection(idx, vals, numel);
+}
+
+// Several steps through the kept-zero path (one output + SparseOutputState per rank, reused)
+// against the full-clear path (a garbage-filled fresh output, no state), bitwise, on every rank:
+// the selection moving to disjoint entries, empty selections, unsorted lists, a selection too
+// dense to keep, and an in-place write by the caller between steps (caught by the version).
+TEST(GradientExchange, KeptZeroOutputMatchesFullClearBitwiseOverSteps) {
+  const int W = 2;
+  const int64_t N = 4096;
+  const std::vector<std::string> kinds = {"sorted", "sorted", "empty", "sorted", "unsorted", "sorted",
+                                          "dense",  "sorted", "sorted", "inplace", "sorted", "empty", "empty"};
+  ThreadWorld world(W);
+  PlainCodec codec;
+  std::vector<std::vector<at::Tensor>> kept(W), full(W);
+  std::vector<std::vector<int>> valid(W);  // state.valid() after each step
+  std::vector<std::thread> threads;
+  for (int r = 0; r < W; ++r)
+    threads.emplace_back([&, r] {
+      ThreadCommunicator comm(world, r);
+      cddp::GradientExchange ex(comm);
+      at::Tensor out = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+      cddp::SparseOutputState state;
+      for (int step = 0; step < int(kinds.size()); ++step) {
+        std::string kind = kinds[step];
+        if (kind == "inplace") {  // the caller breaks the contract with an ATen op: detected
+          out.add_(1.f);
+          kind = "sorted";
+        }
+        // Rank 1 sends nothing in step 5: one empty part among non-empty ones.
+        cddp::Compressed sel = step_selection(step == 5 && r == 1 ? "empty" : kind, r, step, N);
+        cddp::StepStats st;
+        std::vector<cddp::SparseSlot> a = {{&sel, &codec, &out, &state}};
+        ex.average_sparse(a, st);
+        kept[r].push_back(out.clone());
+        valid[r].push_back(state.valid());
+        at::Tensor fresh = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+        std::vector<cddp::SparseSlot> b = {{&sel, &codec, &fresh}};
+        ex.average_sparse(b, st);
+        full[r].push_back(fresh);
+      }
+    });
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < W; ++r)
+    for (size_t s = 0; s < kinds.size(); ++s) {
+      EXPECT_TRUE(bitwise_equal(kept[r][s], full[r][s])) << "rank " << r << " step " << s << " (" << kinds[s] << ")";
+      EXPECT_TRUE(bitwise_equal(kept[r][s], kept[0][s])) << "rank " << r << " differs from rank 0 at step " << s;
+      // Kept after every step but the dense one; the step after it cleared fully and kept again.
+      EXPECT_EQ(valid[r][s], kinds[s] != "dense") << "rank " << r << " step " << s;
+    }
+  // Empty selections everywhere leave all +0 (not -0, not the NaN it started with).
+  EXPECT_TRUE(bitwise_equal(kept[0].back(), at::zeros({N})));
+  // The selection did move: consecutive sorted steps wrote disjoint entries.
+  EXPECT_GT((kept[0][0] != 0).sum().item<int64_t>(), 0);
+  EXPECT_EQ(((kept[0][0] != 0) & (kept[0][1] != 0)).sum().item<int64_t>(), 0);
+}
+
+// World size 1 keeps the output zero the same way, through the codec's own decode.
+TEST(GradientExchange, KeptZeroOutputAtWorldSizeOne) {
+  cddp::LocalCommunicator local;
+  cddp::GradientExchange ex(local);
+  PlainCodec codec;
+  const int64_t N = 4096;
+  at::Tensor out = at::full({N}, 7.f);
+  cddp::SparseOutputState state;
+  for (int step = 0; step < 6; ++step) {
+    cddp::Compressed sel = step_selection(step == 3 ? "empty" : step == 4 ? "unsorted" : "sorted", 0, step, N);
+    cddp::StepStats st;
+    std::vector<cddp::SparseSlot> a = {{&sel, &codec, &out, &state}};
+    ex.average_sparse(a, st);
+    EXPECT_TRUE(state.valid());
+    EXPECT_TRUE(bitwise_equal(out, codec.decompress(sel).view({N}))) << "step " << step;
+  }
+  state.reset();  // after a reset the next call clears fully
+  out.fill_(3.f);
+  cddp::Compressed sel = step_selection("sorted", 0, 9, N);
+  cddp::StepStats st;
+  std::vector<cddp::SparseSlot> a = {{&sel, &codec, &out, &state}};
+  ex.average_sparse(a, st);
+  EXPECT_TRUE(bitwise_equal(out, codec.decompress(sel).view({N})));
 }
 
 }  // namespace

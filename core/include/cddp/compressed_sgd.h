@@ -17,6 +17,7 @@
 #include <cddp/communicator.h>
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
+#include <cddp/gradient_exchange.h>
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
@@ -135,7 +136,16 @@ class CompressedSGD : public torch::optim::Optimizer {
   CumulativeStats total_;
   int64_t step_ = 0;
   double density_override_ = -1;
-  std::map<std::string, at::Tensor> average_buffers_;  // per compressed tensor, reused each step
+  // Per compressed tensor, reused each step: the averaged gradient, and (sparse route) the
+  // SparseOutputState that lets it stay zero between steps, so a step re-zeroes only the O(k·W)
+  // entries the previous step wrote instead of the whole tensor. step() only READS these
+  // buffers after the exchange (momentum clones/accumulates into its own buffer, the update
+  // reads d_p): anything that writes into one must reset() its state first.
+  struct AverageBuffer {
+    at::Tensor tensor;
+    SparseOutputState zeros;
+  };
+  std::map<std::string, AverageBuffer> average_buffers_;
 };
 
 // Shell-style glob match ('*' any run, '?' one character), used for rules and skip lists.

@@ -15,28 +15,80 @@
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
 
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
 #include <vector>
 
 namespace cddp {
+
+class GradientExchange;
+
+// Lets average_sparse keep one output tensor zero between calls instead of clearing all of it.
+// The caller owns one per output and passes it in SparseSlot::reuse, call after call.
+//
+// After a call that succeeded, the state records "this output holds that call's result and is
+// +0 everywhere except at these entries" (the union of the indices every rank sent, O(k·W)).
+// The next call with the same state and the same output re-zeroes only those entries instead
+// of the whole tensor; the result is bitwise what a full clear gives. The first call, a call
+// after reset(), an output that is not CPU-contiguous, and a selection too dense for it to pay
+// (more than numel/16 entries) clear fully, as without a state.
+//
+// Contract: between two calls, nothing may WRITE into the output — reading it (momentum,
+// p -= lr·avg, copies) is fine. A caller that wants to modify it calls reset() first.
+// Detected and answered with a full clear: a different output tensor, an in-place ATen op on
+// it or on a view of it (its version counter moved; average_sparse/average_shared calls with
+// another or no state also move it). Not detected: writes through data_ptr() or .data()
+// (a new version counter), and inference tensors (none) — those break the result silently.
+class SparseOutputState {
+ public:
+  void reset() {
+    valid_ = false;
+    sorted_ = false;
+    touched_.clear();
+    output_ = at::Tensor();
+  }
+  // True when the next call may re-zero only touched() entries of the same output.
+  bool valid() const { return valid_; }
+  int64_t touched() const { return static_cast<int64_t>(touched_.size()); }
+
+ private:
+  friend class GradientExchange;
+  bool valid_ = false;
+  bool sorted_ = false;           // touched_ strictly increasing: the next decode re-zeroes in its merge
+  std::vector<int64_t> touched_;  // flat indices written by the last call (may repeat unless sorted_)
+  std::vector<int64_t> spare_;    // where the current call records its entries (swapped in)
+  at::Tensor output_;             // the output it describes (shallow reference)
+  int64_t version_ = -1;          // output_'s version counter after that call
+};
 
 struct SparseSlot {
   const Compressed* local;     // this rank's selection
   const Compressor* codec;     // decodes it (decompress_add_)
   at::Tensor* average;         // out: contiguous dense [numel], set to the mean over ranks
+  SparseOutputState* reuse = nullptr;  // optional: keep `average` zero between calls (above)
 };
 
 class GradientExchange {
  public:
   explicit GradientExchange(Communicator& comm) : comm_(comm) {}
 
+  // Writes every slot's average. With SparseSlot::reuse, clears only what the previous call
+  // wrote (see SparseOutputState); without, clears the whole output first.
   void average_sparse(std::vector<SparseSlot>& slots, StepStats& stats);
+  // Always writes the whole output; a slot's `reuse` state, if any, is reset.
   void average_shared(std::vector<SparseSlot>& slots, StepStats& stats);
   // In place: each tensor becomes the mean over ranks.
   void average_dense(std::vector<at::Tensor>& tensors, StepStats& stats);
   // True on every rank if `local_flag` is true on any rank.
   bool any_rank(bool local_flag);
 
+  struct OutputPlan;  // internal to average_sparse: how it clears one output before decoding
+
  private:
+  std::vector<OutputPlan> begin_outputs(std::vector<SparseSlot>& slots, bool may_defer);
+  static std::vector<int64_t>* record_into(SparseSlot& slot);
+  void end_output(SparseSlot& slot, bool recorded, bool sorted);
   Communicator& comm_;
 };
 

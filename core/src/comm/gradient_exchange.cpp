@@ -9,6 +9,7 @@
 #include <exception>
 #include <map>
 #include <thread>
+#include <type_traits>
 
 namespace cddp {
 namespace {
@@ -45,29 +46,58 @@ Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts) {
 
 at::Tensor as_bytes(const at::Tensor& t) { return t.contiguous().view(at::kByte); }
 
-// Zeroes the outputs on a helper thread while the caller waits in the allgathers (a 25M-float
-// output costs as much to clear as the sparse allgather takes). Joined before anything reads
-// the outputs, and on every exit path. Small or non-CPU outputs are cleared inline.
+// Sets every entry of a CPU-contiguous tensor listed in `idx` to all-zero bytes (+0 in every dtype).
+void zero_entries(at::Tensor& t, const std::vector<int64_t>& idx) {
+  auto fill = [&](auto* base) {
+    using U = std::remove_pointer_t<decltype(base)>;
+    for (int64_t x : idx) base[x] = U(0);
+  };
+  void* p = t.data_ptr();
+  switch (t.element_size()) {
+    case 1: fill(static_cast<uint8_t*>(p)); break;
+    case 2: fill(static_cast<uint16_t*>(p)); break;
+    case 4: fill(static_cast<uint32_t*>(p)); break;
+    case 8: fill(static_cast<uint64_t*>(p)); break;
+    default:
+      for (int64_t x : idx) std::memset(static_cast<char*>(p) + x * t.element_size(), 0, t.element_size());
+  }
+}
+
+}  // namespace
+
+// What must happen to one output before its decode (see SparseOutputState).
+struct GradientExchange::OutputPlan {
+  const std::vector<int64_t>* rezero = nullptr;  // null: clear the whole output
+  bool deferred = false;  // rezero is strictly increasing: the decode's merge re-zeroes it in passing
+};
+
+namespace {
+
+// Clears the outputs before the decode: the whole tensor, only the entries the previous call
+// wrote, or nothing (deferred to the decode). Large clears run on a helper thread while the
+// caller waits in the allgathers (a 25M-float output costs as much to clear as the sparse
+// allgather takes). Joined before anything reads the outputs, and on every exit path. Small,
+// sparse or non-CPU clears run inline.
 class ZeroOutputs {
  public:
-  explicit ZeroOutputs(std::vector<SparseSlot>& slots) {
-    int64_t numel = 0;
+  using Plan = GradientExchange::OutputPlan;
+  ZeroOutputs(std::vector<SparseSlot>& slots, const std::vector<Plan>& plans, bool may_overlap)
+      : slots_(slots), plans_(plans) {
+    int64_t work = 0;  // ~bytes of memory traffic: a scattered write costs a cache line
     bool cpu = true;
-    for (auto& s : slots) {
-      numel += s.average->numel();
-      cpu = cpu && s.average->is_cpu();
+    for (size_t i = 0; i < slots.size(); ++i) {
+      if (plans_[i].deferred) continue;
+      work += plans_[i].rezero ? int64_t(plans_[i].rezero->size()) * 64
+                               : slots[i].average->numel() * slots[i].average->element_size();
+      cpu = cpu && slots[i].average->is_cpu();
     }
-    if (!cpu || numel < (int64_t{1} << 20)) {
-      for (auto& s : slots) s.average->zero_();
+    if (!may_overlap || !cpu || work < (int64_t{4} << 20)) {
+      run();
       return;
     }
-    thread_ = std::thread([this, &slots] {
-      try {  // memset: all-zero bytes are +0 in every dtype, and glibc streams large clears
-        for (auto& s : slots)
-          if (s.average->is_contiguous())
-            std::memset(s.average->data_ptr(), 0, s.average->numel() * s.average->element_size());
-          else
-            s.average->zero_();
+    thread_ = std::thread([this] {
+      try {
+        run();
       } catch (...) {
         error_ = std::current_exception();
       }
@@ -82,9 +112,27 @@ class ZeroOutputs {
   }
 
  private:
+  void run() {
+    for (size_t i = 0; i < slots_.size(); ++i) {
+      at::Tensor& a = *slots_[i].average;
+      if (plans_[i].deferred)
+        continue;
+      else if (plans_[i].rezero)
+        zero_entries(a, *plans_[i].rezero);
+      else if (a.is_cpu() && a.is_contiguous())  // memset: glibc streams large clears
+        std::memset(a.data_ptr(), 0, a.numel() * a.element_size());
+      else
+        a.zero_();
+    }
+  }
+
+  std::vector<SparseSlot>& slots_;
+  const std::vector<Plan>& plans_;
   std::thread thread_;
   std::exception_ptr error_;
 };
+
+int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
 
 // The sparse average on the CPU for float/double, without ATen's per-index overhead (index_add_
 // and index_put_ cost tens of ns per entry; these are plain loops). Sorted lists are merged
@@ -96,9 +144,12 @@ class ZeroOutputs {
 // there are few ranks: one merge over the ranks' lists, writing each touched entry once as
 // ((0 + v_rank0) + v_rank1 ...) / W — the same additions in the same order as the scatter
 // below, read and written in address order. False (nothing written) when a list is unsorted.
+// `prev` (optional, strictly increasing): entries the previous call wrote and nobody cleared;
+// those not written now are set to +0 in the same address-ordered sweep. `touched` (optional)
+// receives every index written, strictly increasing.
 template <typename T, typename I>
 bool merge_mean(T* out, int64_t numel, const std::vector<Compressed>& parts, const std::vector<int>& from,
-                int world) {
+                int world, std::vector<int64_t>* touched, const std::vector<int64_t>* prev) {
   const size_t P = parts.size();
   if (P > 16) return false;
   std::vector<const I*> idx(P);
@@ -115,29 +166,49 @@ bool merge_mean(T* out, int64_t numel, const std::vector<Compressed>& parts, con
       if (j > 0 && x <= static_cast<int64_t>(idx[p][j - 1])) return false;
     }
   }
+  if (touched) {
+    int64_t total = 0;
+    for (size_t p = 0; p < P; ++p) total += n[p];
+    touched->reserve(touched->size() + total);
+  }
   const T w = static_cast<T>(world);
   constexpr int64_t kAhead = 64;  // prefetch distance: the writes land on scattered cache lines
+  const int64_t* old = prev ? prev->data() : nullptr;
+  const int64_t old_n = prev ? static_cast<int64_t>(prev->size()) : 0;
+  int64_t op = 0;
   while (true) {
     int64_t x = numel;  // the smallest index not yet written
     for (size_t p = 0; p < P; ++p)
       if (pos[p] < n[p]) x = std::min<int64_t>(x, static_cast<int64_t>(idx[p][pos[p]]));
+    for (; op < old_n && old[op] < x; ++op) {  // written last call, not now: back to +0
+      if (op + kAhead < old_n) __builtin_prefetch(out + old[op + kAhead], 1, 0);
+      out[old[op]] = T(0);
+    }
     if (x == numel) break;
-    T acc = T(0);  // out[x] is +0 (cleared before the decode): start from the same +0
+    if (op < old_n && old[op] == x) ++op;  // overwritten below
+    T acc = T(0);  // the full-clear path adds into +0: start from the same +0 (out[x] is never read)
     for (size_t p = 0; p < P; ++p)
       if (pos[p] < n[p] && static_cast<int64_t>(idx[p][pos[p]]) == x) {
         if (pos[p] + kAhead < n[p]) __builtin_prefetch(out + idx[p][pos[p] + kAhead], 1, 0);
         acc += val[p][pos[p]++];
       }
     out[x] = acc / w;
+    if (touched) touched->push_back(x);
   }
   return true;
 }
 
 template <typename T, typename I>
-void mean_raw_impl(at::Tensor& avg, const std::vector<Compressed>& parts, const std::vector<int>& from, int world) {
+void mean_raw_impl(at::Tensor& avg, const std::vector<Compressed>& parts, const std::vector<int>& from, int world,
+                   std::vector<int64_t>* touched_out, const std::vector<int64_t>* prev, bool* sorted) {
   T* out = avg.data_ptr<T>();
   const int64_t numel = avg.numel();
-  if (merge_mean<T, I>(out, numel, parts, from, world)) return;
+  if (merge_mean<T, I>(out, numel, parts, from, world, touched_out, prev)) {
+    *sorted = true;
+    return;
+  }
+  *sorted = false;
+  if (prev) zero_entries(avg, *prev);  // the scatter below adds into +0
   int64_t touched = 0;
   for (size_t p = 0; p < parts.size(); ++p) {
     const T* v = parts[p].values.template data_ptr<T>();
@@ -148,6 +219,7 @@ void mean_raw_impl(at::Tensor& avg, const std::vector<Compressed>& parts, const 
       TORCH_CHECK(x >= 0 && x < numel, "GradientExchange: rank ", from[p], " sent index ", x, " for a tensor of ",
                   numel, " elements");
       out[x] += v[j];
+      if (touched_out) touched_out->push_back(x);
     }
     touched += n;
   }
@@ -170,7 +242,9 @@ void mean_raw_impl(at::Tensor& avg, const std::vector<Compressed>& parts, const 
   }
 }
 
-bool mean_raw(at::Tensor& avg, const std::vector<Compressed>& parts, const std::vector<int>& from, int world) {
+// True when it wrote the average (and handled `prev`); false: it wrote nothing.
+bool mean_raw(at::Tensor& avg, const std::vector<Compressed>& parts, const std::vector<int>& from, int world,
+              std::vector<int64_t>* touched, const std::vector<int64_t>* prev, bool* sorted) {
   const at::ScalarType t = avg.scalar_type();
   if (!avg.is_cpu() || !avg.is_contiguous() || (t != at::kFloat && t != at::kDouble)) return false;
   for (const auto& c : parts)
@@ -179,11 +253,11 @@ bool mean_raw(at::Tensor& avg, const std::vector<Compressed>& parts, const std::
       return false;
   const at::ScalarType it = parts.front().indices.scalar_type();
   if (t == at::kFloat) {
-    if (it == at::kInt) mean_raw_impl<float, int32_t>(avg, parts, from, world);
-    else mean_raw_impl<float, int64_t>(avg, parts, from, world);
+    if (it == at::kInt) mean_raw_impl<float, int32_t>(avg, parts, from, world, touched, prev, sorted);
+    else mean_raw_impl<float, int64_t>(avg, parts, from, world, touched, prev, sorted);
   } else {
-    if (it == at::kInt) mean_raw_impl<double, int32_t>(avg, parts, from, world);
-    else mean_raw_impl<double, int64_t>(avg, parts, from, world);
+    if (it == at::kInt) mean_raw_impl<double, int32_t>(avg, parts, from, world, touched, prev, sorted);
+    else mean_raw_impl<double, int64_t>(avg, parts, from, world, touched, prev, sorted);
   }
   return true;
 }
@@ -197,6 +271,53 @@ bool GradientExchange::any_rank(bool local_flag) {
   return flag.item<float>() > 0.0f;
 }
 
+// Per slot: what to clear before the decode (OutputPlan). From here on every state says "not
+// valid" until this call's decode of its slot has finished.
+std::vector<GradientExchange::OutputPlan> GradientExchange::begin_outputs(std::vector<SparseSlot>& slots,
+                                                                           bool may_defer) {
+  std::vector<OutputPlan> plans(slots.size());
+  for (size_t i = 0; i < slots.size(); ++i) {
+    SparseOutputState* z = slots[i].reuse;
+    if (!z) continue;
+    const at::Tensor& a = *slots[i].average;
+    const at::Tensor& o = z->output_;
+    if (z->valid_ && o.defined() && a.is_cpu() && a.is_contiguous() && o.is_alias_of(a) &&
+        o.storage_offset() == a.storage_offset() && o.numel() == a.numel() && o.scalar_type() == a.scalar_type() &&
+        version_of(a) == z->version_) {
+      plans[i].rezero = &z->touched_;
+      plans[i].deferred = may_defer && z->sorted_;
+    }
+    z->valid_ = false;
+  }
+  return plans;
+}
+
+// Where the slot's decode records the entries it writes (its state's spare list), or null.
+std::vector<int64_t>* GradientExchange::record_into(SparseSlot& s) {
+  if (!s.reuse || !s.average->is_cpu() || !s.average->is_contiguous()) return nullptr;
+  s.reuse->spare_.clear();
+  return &s.reuse->spare_;
+}
+
+// The slot's output now holds this call's result. Moves its version counter (the output was
+// written in place), and, when `recorded` (record_into's list holds every entry written),
+// makes that list what the next call re-zeroes.
+void GradientExchange::end_output(SparseSlot& slot, bool recorded, bool sorted) {
+  at::Tensor& a = *slot.average;
+  if (!a.is_inference()) a.unsafeGetTensorImpl()->bump_version();
+  SparseOutputState* z = slot.reuse;
+  if (!z) return;
+  if (!recorded || z->spare_.size() * 16 > static_cast<size_t>(a.numel())) {
+    z->reset();  // unknown, or too dense to pay: the next call clears fully
+    return;
+  }
+  std::swap(z->touched_, z->spare_);
+  z->sorted_ = sorted;
+  z->output_ = a;
+  z->version_ = version_of(a);
+  z->valid_ = true;
+}
+
 void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats& stats) {
   if (slots.empty()) return;
   const int world = comm_.world_size();
@@ -206,8 +327,18 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   for (auto& s : slots) payload += s.local->wire_bytes();
 
   if (world == 1) {
-    for (auto& s : slots) s.average->zero_();
-    for (auto& s : slots) s.codec->decompress_add_(*s.local, *s.average);
+    const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/false);
+    ZeroOutputs zeroing(slots, plans, /*may_overlap=*/false);
+    for (auto& s : slots) {
+      std::vector<int64_t>* written = record_into(s);
+      // decompress_add_ writes dense.view(-1)[indices] and nothing else (Compressor's contract)
+      s.codec->decompress_add_(*s.local, *s.average);
+      if (written && s.local->count() > 0) {
+        at::Tensor idx = s.local->indices.to(at::kLong).contiguous();
+        written->assign(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+      }
+      end_output(s, written != nullptr, /*sorted=*/false);
+    }
     stats.payload_bytes += payload;
     stats.bytes_sent += payload;
     stats.comm_ms += ms_since(t0);
@@ -217,7 +348,8 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   // 1. Counts: selections may differ in size between ranks (threshold compressors), and
   //    an empty selection must still take part, or the collective would hang.
   const int64_t P = static_cast<int64_t>(slots.size());
-  ZeroOutputs zeroing(slots);  // overlaps the two allgathers
+  const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/true);
+  ZeroOutputs zeroing(slots, plans, /*may_overlap=*/true);  // overlaps the two allgathers
   at::Tensor counts = at::empty({P}, at::kLong);
   for (int64_t i = 0; i < P; ++i) counts[i] = slots[i].local->count();
   std::vector<at::Tensor> all_counts = comm_.allgather(counts);
@@ -264,8 +396,19 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       parts.push_back(std::move(c));
       from.push_back(r);
     }
-    if (parts.empty()) continue;
-    if (mean_raw(avg, parts, from, world)) continue;
+    std::vector<int64_t>* written = record_into(slots[i]);
+    const std::vector<int64_t>* prev = plans[i].deferred ? plans[i].rezero : nullptr;  // still to re-zero
+    bool sorted = false;
+    if (parts.empty()) {  // nothing sent: the output is all +0
+      if (prev) zero_entries(avg, *prev);
+      end_output(slots[i], written != nullptr, /*sorted=*/true);
+      continue;
+    }
+    if (mean_raw(avg, parts, from, world, written, prev, &sorted)) {
+      end_output(slots[i], written != nullptr, sorted);
+      continue;
+    }
+    if (prev) zero_entries(avg, *prev);  // mean_raw wrote nothing
     // Other dtypes and devices: the codec's own decode, and ATen for the division.
     int64_t touched = 0;
     for (const auto& c : parts) {
@@ -281,6 +424,12 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       at::Tensor flat = avg.view(-1);
       flat.index_put_({idx}, flat.index_select(0, idx).div_(world));
     }
+    if (written)  // decompress_add_ wrote the selected entries only; +0 / W is +0 elsewhere
+      for (const auto& c : parts) {
+        at::Tensor idx = c.indices.to(at::kLong).contiguous();
+        written->insert(written->end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+      }
+    end_output(slots[i], written != nullptr, /*sorted=*/false);
   }
 
   const int64_t sent = packed.numel() + counts.numel() * 8;
@@ -316,6 +465,7 @@ void GradientExchange::average_shared(std::vector<SparseSlot>& slots, StepStats&
       Compressed c = local;
       c.values = sum.narrow(0, off, local.count());
       off += local.count();
+      if (slots[i].reuse) slots[i].reuse->reset();
       slots[i].average->zero_();
       slots[i].codec->decompress_add_(c, *slots[i].average);
       if (world > 1) slots[i].average->div_(world);

@@ -380,24 +380,28 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
 
   // 4. Exchange: average over ranks.
   GradientExchange exchange(*comm_);
-  auto slots_of = [this](std::vector<Item*>& group) {
+  auto slots_of = [this](std::vector<Item*>& group, bool keep_zero) {
     std::vector<SparseSlot> slots;
     for (Item* it : group) {
       // Reused from step to step: a fresh tensor would be page-faulted in on every step
-      // (~100 ms for 25M floats), more than the sparse exchange itself costs.
-      at::Tensor& buffer = average_buffers_[it->name];
+      // (~100 ms for 25M floats), more than the sparse exchange itself costs. On the sparse
+      // route it also stays zero between steps outside the entries last written (its state).
+      AverageBuffer& buffer = average_buffers_[it->name];
       const auto opts = it->sent.values.options();
-      if (!buffer.defined() || buffer.numel() != it->sent.numel || buffer.scalar_type() != opts.dtype().toScalarType() ||
-          buffer.device() != opts.device())
-        buffer = at::empty({it->sent.numel}, opts);
-      it->average = buffer;
-      slots.push_back({&it->sent, it->compressor.get(), &it->average});
+      if (!buffer.tensor.defined() || buffer.tensor.numel() != it->sent.numel ||
+          buffer.tensor.scalar_type() != opts.dtype().toScalarType() || buffer.tensor.device() != opts.device()) {
+        buffer.zeros.reset();
+        buffer.tensor = at::empty({it->sent.numel}, opts);
+      }
+      if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
+      it->average = buffer.tensor;
+      slots.push_back({&it->sent, it->compressor.get(), &it->average, keep_zero ? &buffer.zeros : nullptr});
     }
     return slots;
   };
-  auto sparse_slots = slots_of(sparse);
+  auto sparse_slots = slots_of(sparse, true);
   exchange.average_sparse(sparse_slots, st);
-  auto shared_slots = slots_of(shared);
+  auto shared_slots = slots_of(shared, false);
   exchange.average_shared(shared_slots, st);
   std::vector<at::Tensor> dense_grads;
   for (Item* it : dense) {
