@@ -293,4 +293,49 @@ TEST(GradientExchange, KeptZeroOutputAtWorldSizeOne) {
   EXPECT_TRUE(bitwise_equal(out, codec.decompress(sel).view({N})));
 }
 
+TEST(GradientExchange, KnownCountsSkipTheCountsExchangeWithTheSameResult) {
+  const int W = 2;
+  PlainCodec codec;
+  std::vector<cddp::Compressed> sel = {selection({1, 6}, {2.f, 4.f}, 8), selection({0, 6}, {6.f, 2.f}, 8)};
+  auto run = [&](bool known) {
+    ThreadWorld world(W);
+    std::vector<at::Tensor> out(W);
+    std::vector<cddp::StepStats> stats(W);
+    std::vector<std::thread> threads;
+    for (int r = 0; r < W; ++r)
+      threads.emplace_back([&, r] {
+        ThreadCommunicator comm(world, r);
+        cddp::GradientExchange ex(comm);
+        out[r] = at::empty({8});
+        cddp::SparseSlot slot{&sel[r], &codec, &out[r]};
+        if (known) slot.expected_count = 2;
+        std::vector<cddp::SparseSlot> slots = {slot};
+        ex.average_sparse(slots, stats[r]);
+      });
+    for (auto& t : threads) t.join();
+    EXPECT_TRUE(at::equal(out[0], out[1]));
+    return std::make_pair(out[0], stats[0]);
+  };
+  auto [gathered, with_counts] = run(false);
+  auto [known, without_counts] = run(true);
+  EXPECT_TRUE(at::equal(gathered, known));
+  EXPECT_TRUE(at::equal(known, at::tensor({3.f, 1.f, 0.f, 0.f, 0.f, 0.f, 3.f, 0.f})));
+  EXPECT_EQ(with_counts.bytes_sent - without_counts.bytes_sent, 8);  // one int64 count less
+}
+
+TEST(GradientExchange, AKnownCountThatIsWrongFailsBeforeAnyCollective) {
+  ThreadWorld world(2);  // the other rank never arrives: a collective here would hang
+  ThreadCommunicator comm(world, 0);
+  cddp::GradientExchange ex(comm);
+  PlainCodec codec;
+  cddp::Compressed c = selection({1, 2, 3}, {1.f, 1.f, 1.f}, 8);
+  at::Tensor out = at::empty({8});
+  cddp::SparseSlot slot{&c, &codec, &out};
+  slot.expected_count = 2;
+  std::vector<cddp::SparseSlot> slots = {slot};
+  cddp::StepStats st;
+  std::string msg = cddp::testing::error_of([&] { ex.average_sparse(slots, st); });
+  EXPECT_NE(msg.find("selected 3 entries but every rank expects 2"), std::string::npos) << msg;
+}
+
 }  // namespace

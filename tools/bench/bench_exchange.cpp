@@ -101,7 +101,8 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   cddp::StepStats last;
   for (int it = 0; it <= o.iters; ++it) {  // iteration 0 is the warm-up (and the first, full clear)
     {
-      std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &kept, &kept_state}};
+      // As CompressedSGD does: output kept zero, and k known on every rank (no counts allgather).
+      std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &kept, &kept_state, sel.count()}};
       cddp::StepStats st;
       comm->barrier();
       auto t0 = Clock::now();

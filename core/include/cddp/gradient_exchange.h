@@ -67,6 +67,10 @@ struct SparseSlot {
   const Compressor* codec;     // decodes it (decompress_add_)
   at::Tensor* average;         // out: contiguous dense [numel], set to the mean over ranks
   SparseOutputState* reuse = nullptr;  // optional: keep `average` zero between calls (above)
+  // >= 0: every rank selects exactly this many entries (fixed-k compressors at a density all
+  // ranks share). When every slot says so, the counts allgather is skipped — one collective
+  // round trip less per step; a rank whose selection has another size fails loudly.
+  int64_t expected_count = -1;
 };
 
 class GradientExchange {

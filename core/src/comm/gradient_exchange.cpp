@@ -351,8 +351,21 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/true);
   ZeroOutputs zeroing(slots, plans, /*may_overlap=*/true);  // overlaps the two allgathers
   at::Tensor counts = at::empty({P}, at::kLong);
-  for (int64_t i = 0; i < P; ++i) counts[i] = slots[i].local->count();
-  std::vector<at::Tensor> all_counts = comm_.allgather(counts);
+  bool counts_known = true;
+  for (int64_t i = 0; i < P; ++i) {
+    counts.data_ptr<int64_t>()[i] = slots[i].local->count();
+    counts_known = counts_known && slots[i].expected_count >= 0;
+  }
+  std::vector<at::Tensor> all_counts;
+  if (counts_known) {  // every rank knows every count already: no collective needed
+    for (int64_t i = 0; i < P; ++i)
+      TORCH_CHECK(slots[i].local->count() == slots[i].expected_count, "sparse exchange: slot ", i, " selected ",
+                  slots[i].local->count(), " entries but every rank expects ", slots[i].expected_count,
+                  " (a compressor whose count varies must not declare a fixed count)");
+    all_counts.assign(world, counts);
+  } else {
+    all_counts = comm_.allgather(counts);
+  }
   std::vector<Layout> layouts;
   int64_t max_total = 0;
   for (int r = 0; r < world; ++r) {
@@ -432,8 +445,9 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
     end_output(slots[i], written != nullptr, /*sorted=*/false);
   }
 
-  const int64_t sent = packed.numel() + counts.numel() * 8;
-  stats.payload_bytes += payload + counts.numel() * 8;
+  const int64_t count_bytes = counts_known ? 0 : counts.numel() * 8;
+  const int64_t sent = packed.numel() + count_bytes;
+  stats.payload_bytes += payload + count_bytes;
   stats.bytes_sent += sent;
   stats.bytes_received += (world - 1) * sent;
   stats.comm_ms += ms_since(t0);

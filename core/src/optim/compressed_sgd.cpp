@@ -395,7 +395,12 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       }
       if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
       it->average = buffer.tensor;
-      slots.push_back({&it->sent, it->compressor.get(), &it->average, keep_zero ? &buffer.zeros : nullptr});
+      cddp::SparseSlot slot{&it->sent, it->compressor.get(), &it->average, keep_zero ? &buffer.zeros : nullptr};
+      // Fixed-k compressors at a density every rank shares select the same number of entries
+      // everywhere: the exchange can skip gathering the counts.
+      if (it->compressor->default_density() > 0 && it->density > 0)
+        slot.expected_count = k_for_ratio(it->density, it->sent.numel);
+      slots.push_back(slot);
     }
     return slots;
   };
