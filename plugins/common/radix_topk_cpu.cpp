@@ -252,7 +252,6 @@ constexpr int kSub = 4;
 template <class T, bool kFused>
 void hist_pass(const T* __restrict x, T* __restrict r, int64_t lo, int64_t hi,
                uint32_t* __restrict h, uint32_t* __restrict sub) {
-  using Key = typename KeyTraits<T>::Key;
   constexpr int shift = KeyTraits<T>::kBits - kDigitBits;
   uint32_t* hs = kSub == 1 ? h : sub;
   std::memset(hs, 0, sizeof(uint32_t) * kBuckets * kSub);

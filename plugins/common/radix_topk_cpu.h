@@ -13,10 +13,14 @@
 // acc = x + residual on the fly and storing it), pass 2 compacts every element at or above the
 // bucket holding the k-th largest key, in index order, into a buffer and lists the boundary
 // bucket's candidates; a few radix levels over those candidates find the exact threshold key
-// and the last tied index taken; a final filter of the buffer writes the output.
+// and the last tied index taken; a final filter of the buffer writes the output. Workspace:
+// about (k + boundary candidates) x (value + index) bytes, kept between calls.
 //
-// Threads: at::parallel_for over fixed chunks (at::get_num_threads() of them, at most); called
-// from inside a parallel region it runs on the calling thread.
+// Threads: at::parallel_for over fixed chunks (at::get_num_threads() of them, at most, of at
+// least 64K elements); called from inside a parallel region it runs on the calling thread.
+// One RadixTopK is one workspace: use it from one thread at a time (one per plugin instance or
+// per thread). The float compactions and random-k's Philox use AVX2 when the CPU has it
+// (chosen at run time; same results either way).
 #pragma once
 
 #include <cstddef>

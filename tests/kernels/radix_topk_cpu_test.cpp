@@ -14,7 +14,6 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
-#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -70,18 +69,19 @@ class Threads {
 // trial.)
 class ThreadPhases {
  public:
+  ThreadPhases() : old_(at::get_num_threads()) {}
+  ~ThreadPhases() { at::set_num_threads(old_); }
   void at_trial(int trial, int trials) {
     const int want = trial < trials / 3 ? 2 : 1;
     if (want != current_) {
-      guard_.reset();
-      guard_.emplace(want);
+      at::set_num_threads(want);
       current_ = want;
     }
   }
 
  private:
+  int old_;
   int current_ = 0;
-  std::optional<Threads> guard_;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +634,9 @@ TEST(RadixTopK, RandomKThreadInvariance) {
       s.select_smallest_philox(42, 7, 3, n, k, b.data());
     }
     ASSERT_EQ(a, b) << "k=" << k;
-    if (k == n / 100) ASSERT_EQ(a, reference_randomk(42, 7, 3, n, k));
+    if (k == n / 100) {
+      ASSERT_EQ(a, reference_randomk(42, 7, 3, n, k));
+    }
   }
 }
 
@@ -647,7 +649,9 @@ TEST(RadixTopK, PortablePathsMatchReference) {
   fused_cases(200, 98);
   randomk_cases(100, 97);
   thread_invariance(400009, {Gen::kNormal, Gen::kClustered});
-  if (!had_avx2) GTEST_LOG_(INFO) << "no AVX2 here: the default paths are the portable ones";
+  if (!had_avx2) {
+    GTEST_LOG_(INFO) << "no AVX2 here: the default paths are the portable ones";
+  }
 }
 
 }  // namespace
