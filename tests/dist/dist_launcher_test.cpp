@@ -69,8 +69,12 @@ TEST(Launcher, KilledRankIsReported) {
 }
 
 TEST(Launcher, EscalatesToSigkillAfterGrace) {
-  JobRun run = run_workers(2, {"echo", "--exit-rank", "0", "--code", "5", "--ignore-term", "--sleep", "60"},
+  char dir_template[] = "/tmp/cddp-ready-XXXXXX";  // rank 0 fails only once rank 1 ignores SIGTERM
+  const std::string ready_dir = ::mkdtemp(dir_template);
+  JobRun run = run_workers(2, {"echo", "--exit-rank", "0", "--code", "5", "--ignore-term", "--sleep", "60",
+                               "--ready-dir", ready_dir},
                         [](LaunchOptions& o) { o.grace = std::chrono::milliseconds(1000); });
+  std::filesystem::remove_all(ready_dir);
   EXPECT_EQ(run.code, 5) << run.all();
   EXPECT_EQ(run.report.workers[1].signal, SIGKILL) << run.all();
   EXPECT_LT(run.report.seconds, 15) << run.all();
@@ -140,8 +144,10 @@ TEST(Launcher, BadOptionsThrow) {
 
 // The binary: prefixes on the real stdout/stderr and the exit status.
 TEST(LaunchBinary, PrefixesAndExitStatus) {
+  char dir_template[] = "/tmp/cddp-ready-XXXXXX";  // rank 1 fails only once rank 0 has printed
+  const std::string ready_dir = ::mkdtemp(dir_template);
   const std::string cmd = std::string(CDDP_LAUNCH_BIN) + " --nproc 2 -- " + CDDP_DIST_WORKER +
-                          " echo --lines 1 --exit-rank 1 --code 7 --sleep 30 2>&1";
+                          " echo --lines 1 --exit-rank 1 --code 7 --sleep 30 --ready-dir " + ready_dir + " 2>&1";
   FILE* p = ::popen(cmd.c_str(), "r");
   ASSERT_NE(p, nullptr);
   std::string out;
@@ -149,6 +155,7 @@ TEST(LaunchBinary, PrefixesAndExitStatus) {
   size_t n;
   while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   const int status = ::pclose(p);
+  std::filesystem::remove_all(ready_dir);
   ASSERT_TRUE(WIFEXITED(status)) << out;
   EXPECT_EQ(WEXITSTATUS(status), 7) << out;
   EXPECT_NE(out.find("[rank 0] out line 0\n"), std::string::npos) << out;
