@@ -2,6 +2,8 @@
 // at world size 1, and the C10dCommunicator collectives plus startup sync with two ranks on
 // two threads of one process (the quick path; real processes are in the other dist tests).
 // It will not test failures of peers or training.
+#include "test_plugins.h"
+
 #include <cddp/c10d_communicator.h>
 #include <cddp/compressed_sgd.h>
 #include <cddp/gradient_exchange.h>
@@ -20,15 +22,7 @@
 namespace cddp {
 namespace {
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
-}
+using cddp::testing::error_of;  // tests/support/test_plugins.h
 
 TEST(DistEnv, Torchrun) {
   DistEnv d = parse_dist_env({{"RANK", "3"},

@@ -4,6 +4,8 @@
 // It will not test training results (dist_training_test).
 #include "dist_launch.h"
 
+#include "test_plugins.h"
+
 #include <cddp/c10d_communicator.h>
 
 #include <arpa/inet.h>
@@ -16,15 +18,7 @@ namespace {
 
 constexpr double kTimeout = 5;  // seconds, the communicator's timeout in these tests
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const c10::Error& e) {
-    return e.what_without_backtrace();
-  }
-  ADD_FAILURE() << "expected a c10::Error";
-  return "";
-}
+using cddp::testing::error_of;  // tests/support/test_plugins.h
 
 TEST(PeerFailure, KilledRankMakesSurvivorsExitNamingIt) {
   // W = 4, rank 2 SIGKILLs itself at step 5. The launcher is told not to stop the others: they
