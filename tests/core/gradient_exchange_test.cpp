@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <functional>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -74,6 +75,18 @@ class ThreadCommunicator final : public cddp::Communicator {
   int rank_;
 };
 
+// Runs body(comm, rank) for W in-process ranks, one thread each, and waits for all of them.
+void on_ranks(int world_size, const std::function<void(cddp::Communicator&, int)>& body) {
+  ThreadWorld world(world_size);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world_size; ++r)
+    threads.emplace_back([&, r] {
+      ThreadCommunicator comm(world, r);
+      body(comm, r);
+    });
+  for (auto& t : threads) t.join();
+}
+
 // A codec that only decodes; the selections are built by hand in the tests.
 class PlainCodec final : public cddp::Compressor {
  public:
@@ -98,7 +111,6 @@ cddp::Compressed selection(std::vector<int32_t> idx, std::vector<float> vals, in
 
 TEST(GradientExchange, SparseAverageWithUnequalAndEmptySelections) {
   const int W = 3;
-  ThreadWorld world(W);
   PlainCodec codec;
   // rank r selects r+... entries of tensor A; rank 1 selects nothing of tensor B.
   std::vector<std::vector<cddp::Compressed>> sel = {
@@ -107,16 +119,12 @@ TEST(GradientExchange, SparseAverageWithUnequalAndEmptySelections) {
       {selection({0, 2, 7}, {3.f, 1.5f, 3.f}, 8), selection({1, 3}, {3.f, 3.f}, 4)}};
   std::vector<std::vector<at::Tensor>> out(W);
   std::vector<cddp::StepStats> stats(W);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < W; ++r)
-    threads.emplace_back([&, r] {
-      ThreadCommunicator comm(world, r);
-      cddp::GradientExchange ex(comm);
-      out[r] = {at::empty({8}), at::empty({4})};
-      std::vector<cddp::SparseSlot> slots = {{&sel[r][0], &codec, &out[r][0]}, {&sel[r][1], &codec, &out[r][1]}};
-      ex.average_sparse(slots, stats[r]);
-    });
-  for (auto& t : threads) t.join();
+  on_ranks(W, [&](cddp::Communicator& comm, int r) {
+    cddp::GradientExchange ex(comm);
+    out[r] = {at::empty({8}), at::empty({4})};
+    std::vector<cddp::SparseSlot> slots = {{&sel[r][0], &codec, &out[r][0]}, {&sel[r][1], &codec, &out[r][1]}};
+    ex.average_sparse(slots, stats[r]);
+  });
   EXPECT_TRUE(at::allclose(out[0][0], at::tensor({2.f, 0.f, 0.5f, 0.f, 0.f, 3.f, 0.f, 1.f})));
   EXPECT_TRUE(at::allclose(out[0][1], at::tensor({0.f, 4.f, 0.f, 1.f})));
   for (int r = 1; r < W; ++r) {
@@ -130,21 +138,16 @@ TEST(GradientExchange, SparseAverageWithUnequalAndEmptySelections) {
 
 TEST(GradientExchange, SharedIndicesAllreduceValuesOnly) {
   const int W = 2;
-  ThreadWorld world(W);
   PlainCodec codec;
   std::vector<cddp::Compressed> sel = {selection({1, 2}, {2.f, 4.f}, 4), selection({1, 2}, {6.f, 0.f}, 4)};
   std::vector<at::Tensor> out(W);
   std::vector<cddp::StepStats> stats(W);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < W; ++r)
-    threads.emplace_back([&, r] {
-      ThreadCommunicator comm(world, r);
-      cddp::GradientExchange ex(comm);
-      out[r] = at::empty({4});
-      std::vector<cddp::SparseSlot> slots = {{&sel[r], &codec, &out[r]}};
-      ex.average_shared(slots, stats[r]);
-    });
-  for (auto& t : threads) t.join();
+  on_ranks(W, [&](cddp::Communicator& comm, int r) {
+    cddp::GradientExchange ex(comm);
+    out[r] = at::empty({4});
+    std::vector<cddp::SparseSlot> slots = {{&sel[r], &codec, &out[r]}};
+    ex.average_shared(slots, stats[r]);
+  });
   EXPECT_TRUE(at::equal(out[0], at::tensor({0.f, 4.f, 2.f, 0.f})));
   EXPECT_TRUE(at::equal(out[1], out[0]));
   EXPECT_EQ(stats[0].payload_bytes, 2 * 4);  // values only
@@ -152,18 +155,13 @@ TEST(GradientExchange, SharedIndicesAllreduceValuesOnly) {
 
 TEST(GradientExchange, DenseAverageIsCoalescedAndExact) {
   const int W = 2;
-  ThreadWorld world(W);
   std::vector<std::vector<at::Tensor>> t = {{at::tensor({1.f, 2.f}), at::tensor({10.f})},
                                             {at::tensor({3.f, 4.f}), at::tensor({20.f})}};
-  std::vector<std::thread> threads;
-  for (int r = 0; r < W; ++r)
-    threads.emplace_back([&, r] {
-      ThreadCommunicator comm(world, r);
-      cddp::GradientExchange ex(comm);
-      cddp::StepStats st;
-      ex.average_dense(t[r], st);
-    });
-  for (auto& th : threads) th.join();
+  on_ranks(W, [&](cddp::Communicator& comm, int r) {
+    cddp::GradientExchange ex(comm);
+    cddp::StepStats st;
+    ex.average_dense(t[r], st);
+  });
   for (int r = 0; r < W; ++r) {
     EXPECT_TRUE(at::equal(t[r][0], at::tensor({2.f, 3.f})));
     EXPECT_TRUE(at::equal(t[r][1], at::tensor({15.f})));
@@ -223,37 +221,32 @@ TEST(GradientExchange, KeptZeroOutputMatchesFullClearBitwiseOverSteps) {
   const int64_t N = 4096;
   const std::vector<std::string> kinds = {"sorted", "sorted", "empty", "sorted", "unsorted", "sorted",
                                           "dense",  "sorted", "sorted", "inplace", "sorted", "empty", "empty"};
-  ThreadWorld world(W);
   PlainCodec codec;
   std::vector<std::vector<at::Tensor>> kept(W), full(W);
   std::vector<std::vector<int>> valid(W);  // state.valid() after each step
-  std::vector<std::thread> threads;
-  for (int r = 0; r < W; ++r)
-    threads.emplace_back([&, r] {
-      ThreadCommunicator comm(world, r);
-      cddp::GradientExchange ex(comm);
-      at::Tensor out = at::full({N}, std::numeric_limits<float>::quiet_NaN());
-      cddp::SparseOutputState state;
-      for (int step = 0; step < int(kinds.size()); ++step) {
-        std::string kind = kinds[step];
-        if (kind == "inplace") {  // the caller breaks the contract with an ATen op: detected
-          out.add_(1.f);
-          kind = "sorted";
-        }
-        // Rank 1 sends nothing in step 5: one empty part among non-empty ones.
-        cddp::Compressed sel = step_selection(step == 5 && r == 1 ? "empty" : kind, r, step, N);
-        cddp::StepStats st;
-        std::vector<cddp::SparseSlot> a = {{&sel, &codec, &out, &state}};
-        ex.average_sparse(a, st);
-        kept[r].push_back(out.clone());
-        valid[r].push_back(state.valid());
-        at::Tensor fresh = at::full({N}, std::numeric_limits<float>::quiet_NaN());
-        std::vector<cddp::SparseSlot> b = {{&sel, &codec, &fresh}};
-        ex.average_sparse(b, st);
-        full[r].push_back(fresh);
+  on_ranks(W, [&](cddp::Communicator& comm, int r) {
+    cddp::GradientExchange ex(comm);
+    at::Tensor out = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+    cddp::SparseOutputState state;
+    for (int step = 0; step < int(kinds.size()); ++step) {
+      std::string kind = kinds[step];
+      if (kind == "inplace") {  // the caller breaks the contract with an ATen op: detected
+        out.add_(1.f);
+        kind = "sorted";
       }
-    });
-  for (auto& t : threads) t.join();
+      // Rank 1 sends nothing in step 5: one empty part among non-empty ones.
+      cddp::Compressed sel = step_selection(step == 5 && r == 1 ? "empty" : kind, r, step, N);
+      cddp::StepStats st;
+      std::vector<cddp::SparseSlot> a = {{&sel, &codec, &out, &state}};
+      ex.average_sparse(a, st);
+      kept[r].push_back(out.clone());
+      valid[r].push_back(state.valid());
+      at::Tensor fresh = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+      std::vector<cddp::SparseSlot> b = {{&sel, &codec, &fresh}};
+      ex.average_sparse(b, st);
+      full[r].push_back(fresh);
+    }
+  });
   for (int r = 0; r < W; ++r)
     for (size_t s = 0; s < kinds.size(); ++s) {
       EXPECT_TRUE(bitwise_equal(kept[r][s], full[r][s])) << "rank " << r << " step " << s << " (" << kinds[s] << ")";
@@ -298,21 +291,16 @@ TEST(GradientExchange, KnownCountsSkipTheCountsExchangeWithTheSameResult) {
   PlainCodec codec;
   std::vector<cddp::Compressed> sel = {selection({1, 6}, {2.f, 4.f}, 8), selection({0, 6}, {6.f, 2.f}, 8)};
   auto run = [&](bool known) {
-    ThreadWorld world(W);
     std::vector<at::Tensor> out(W);
     std::vector<cddp::StepStats> stats(W);
-    std::vector<std::thread> threads;
-    for (int r = 0; r < W; ++r)
-      threads.emplace_back([&, r] {
-        ThreadCommunicator comm(world, r);
-        cddp::GradientExchange ex(comm);
-        out[r] = at::empty({8});
-        cddp::SparseSlot slot{&sel[r], &codec, &out[r]};
-        if (known) slot.expected_count = 2;
-        std::vector<cddp::SparseSlot> slots = {slot};
-        ex.average_sparse(slots, stats[r]);
-      });
-    for (auto& t : threads) t.join();
+    on_ranks(W, [&](cddp::Communicator& comm, int r) {
+      cddp::GradientExchange ex(comm);
+      out[r] = at::empty({8});
+      cddp::SparseSlot slot{&sel[r], &codec, &out[r]};
+      if (known) slot.expected_count = 2;
+      std::vector<cddp::SparseSlot> slots = {slot};
+      ex.average_sparse(slots, stats[r]);
+    });
     EXPECT_TRUE(at::equal(out[0], out[1]));
     return std::make_pair(out[0], stats[0]);
   };

@@ -248,15 +248,8 @@ std::string render_val(const Val& v) {
 }
 
 std::string render_param(const ConfigParamValue& v) {
-  return std::visit(
-      [](const auto& x) -> std::string {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, bool>) return x ? "true" : "false";
-        else if constexpr (std::is_same_v<T, int64_t>) return std::to_string(x);
-        else if constexpr (std::is_same_v<T, double>) return fmt_double(x);
-        else return quote(x);
-      },
-      v);
+  // A plugin parameter is one of render_val's scalar kinds: render it the same way.
+  return std::visit([](const auto& x) { return render_val(Val(x)); }, v);
 }
 
 std::string render_params_inline(const ConfigParamMap& m) {
