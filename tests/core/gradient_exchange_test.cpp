@@ -191,13 +191,14 @@ bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
   return std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
 }
 
-// One rank's selection for one step of the reuse test. `kind`: "sorted" (the merge path),
-// "unsorted" (the scatter path), "empty", "dense" (more than numel/16 entries: not kept).
+// One rank's selection for one step of the reuse test. `kind`: "few" (4 sorted entries: the
+// merge path), "sorted" (40 sorted entries: with the previous step's entries, dense enough for
+// the sweep), "unsorted" (the scatter path), "empty", "dense" (a quarter of the tensor: a sweep).
 cddp::Compressed step_selection(const std::string& kind, int rank, int step, int64_t numel) {
   std::mt19937 gen(1000 * step + rank);
   std::vector<int32_t> idx;
   if (kind == "empty") return selection({}, {}, numel);
-  const int64_t k = kind == "dense" ? numel / 4 : 40;
+  const int64_t k = kind == "dense" ? numel / 4 : kind == "few" ? 4 : 40;
   // Step parity picks the half of the tensor: consecutive steps select disjoint entries.
   std::uniform_int_distribution<int32_t> pick(0, int32_t(numel / 2 - 1));
   std::vector<bool> used(numel, false);
@@ -214,16 +215,18 @@ cddp::Compressed step_selection(const std::string& kind, int rank, int step, int
 
 // Several steps through the kept-zero path (one output + SparseOutputState per rank, reused)
 // against the full-clear path (a garbage-filled fresh output, no state), bitwise, on every rank:
-// the selection moving to disjoint entries, empty selections, unsorted lists, a selection too
-// dense to keep, and an in-place write by the caller between steps (caught by the version).
+// the selection moving to disjoint entries, empty selections, unsorted lists, the three decode
+// loops (merge, sweep, scatter) following each other in every order, and an in-place write by
+// the caller between steps (caught by the version).
 TEST(GradientExchange, KeptZeroOutputMatchesFullClearBitwiseOverSteps) {
   const int W = 2;
   const int64_t N = 4096;
-  const std::vector<std::string> kinds = {"sorted", "sorted", "empty", "sorted", "unsorted", "sorted",
-                                          "dense",  "sorted", "sorted", "inplace", "sorted", "empty", "empty"};
+  const std::vector<std::string> kinds = {"few",   "few",    "sorted",  "sorted", "empty",  "few",
+                                          "unsorted", "sorted", "dense", "few",   "unsorted", "dense",
+                                          "inplace", "sorted", "few",   "empty",  "empty"};
   PlainCodec codec;
   std::vector<std::vector<at::Tensor>> kept(W), full(W);
-  std::vector<std::vector<int>> valid(W);  // state.valid() after each step
+  std::vector<std::vector<int>> valid(W), whole(W);  // state.valid(), state.whole() after each step
   on_ranks(W, [&](cddp::Communicator& comm, int r) {
     cddp::GradientExchange ex(comm);
     at::Tensor out = at::full({N}, std::numeric_limits<float>::quiet_NaN());
@@ -241,6 +244,7 @@ TEST(GradientExchange, KeptZeroOutputMatchesFullClearBitwiseOverSteps) {
       ex.average_sparse(a, st);
       kept[r].push_back(out.clone());
       valid[r].push_back(state.valid());
+      whole[r].push_back(state.whole());
       at::Tensor fresh = at::full({N}, std::numeric_limits<float>::quiet_NaN());
       std::vector<cddp::SparseSlot> b = {{&sel, &codec, &fresh}};
       ex.average_sparse(b, st);
@@ -251,8 +255,13 @@ TEST(GradientExchange, KeptZeroOutputMatchesFullClearBitwiseOverSteps) {
     for (size_t s = 0; s < kinds.size(); ++s) {
       EXPECT_TRUE(bitwise_equal(kept[r][s], full[r][s])) << "rank " << r << " step " << s << " (" << kinds[s] << ")";
       EXPECT_TRUE(bitwise_equal(kept[r][s], kept[0][s])) << "rank " << r << " differs from rank 0 at step " << s;
-      // Kept after every step but the dense one; the step after it cleared fully and kept again.
-      EXPECT_EQ(valid[r][s], kinds[s] != "dense") << "rank " << r << " step " << s;
+      // Kept after every step. The sweep ran (and wrote every entry) where the selection, with
+      // what the step before left, covers 1/48 of the tensor or more: "dense" always, "sorted"
+      // after a step that wrote entries; never for "few" after "few".
+      EXPECT_TRUE(valid[r][s]) << "rank " << r << " step " << s;
+      if (kinds[s] == "dense") EXPECT_TRUE(whole[r][s]) << "rank " << r << " step " << s;
+      if (kinds[s] == "few" && s > 0 && kinds[s - 1] == "few") EXPECT_FALSE(whole[r][s]) << "step " << s;
+      if (kinds[s] == "sorted" && s > 0 && kinds[s - 1] == "sorted") EXPECT_TRUE(whole[r][s]) << "step " << s;
     }
   // Empty selections everywhere leave all +0 (not -0, not the NaN it started with).
   EXPECT_TRUE(bitwise_equal(kept[0].back(), at::zeros({N})));

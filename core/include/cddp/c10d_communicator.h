@@ -58,6 +58,7 @@ class C10dCommunicator final : public Communicator {
 
   void allreduce_sum_(at::Tensor& tensor) override;
   std::vector<at::Tensor> allgather(const at::Tensor& tensor) override;
+  void allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) override;
   void broadcast_(at::Tensor& tensor, int root) override;
   void barrier() override;
 

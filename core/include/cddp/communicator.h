@@ -27,6 +27,10 @@ class Communicator {
   // Returns one tensor per rank, result[r] being rank r's `tensor`. Every rank must pass the
   // same shape (Gloo in LibTorch 1.13 cannot gather unequal sizes; pad first).
   virtual std::vector<at::Tensor> allgather(const at::Tensor& tensor) = 0;
+  // allgather into `out` (resized to world_size()). Tensors already in `out` with the input's
+  // shape, dtype and device are reused (C10dCommunicator), so a caller gathering the same size
+  // every step does not allocate — and page-fault in — fresh buffers each time.
+  virtual void allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) { out = allgather(tensor); }
   // In place: every rank ends with root's values.
   virtual void broadcast_(at::Tensor& tensor, int root) = 0;
   virtual void barrier() = 0;

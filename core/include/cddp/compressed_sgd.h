@@ -130,6 +130,7 @@ class CompressedSGD : public torch::optim::Optimizer {
 
   std::vector<std::string> names_;  // parallel to the flattened parameter list
   std::shared_ptr<Communicator> comm_;
+  std::unique_ptr<GradientExchange> exchange_;  // over *comm_; keeps its byte buffers between steps
   std::map<std::string, Route> routes_;
   std::vector<RoutingDecision> routing_log_;
   StepStats last_;

@@ -488,15 +488,27 @@ void C10dCommunicator::allreduce_sum_(at::Tensor& tensor) {
 }
 
 std::vector<at::Tensor> C10dCommunicator::allgather(const at::Tensor& tensor) {
+  std::vector<at::Tensor> out;
+  allgather_into(tensor, out);
+  return out;
+}
+
+void C10dCommunicator::allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) {
   TORCH_CHECK(tensor.defined(), "C10dCommunicator::allgather: undefined tensor");
   at::Tensor in = tensor.contiguous();
   std::vector<at::Tensor> inputs{in};
   std::vector<std::vector<at::Tensor>> outputs(1);
-  for (int r = 0; r < impl_->opt.world_size; ++r) outputs[0].push_back(at::empty_like(in));
+  const int W = impl_->opt.world_size;
+  for (int r = 0; r < W; ++r) {
+    const bool reuse = r < int(out.size()) && out[r].defined() && out[r].is_contiguous() &&
+                       out[r].sizes() == in.sizes() && out[r].scalar_type() == in.scalar_type() &&
+                       out[r].device() == in.device() && !out[r].is_same(in);
+    outputs[0].push_back(reuse ? out[r] : at::empty_like(in, at::MemoryFormat::Contiguous));
+  }
   auto& backend = impl_->backend_for(in);
   // List allgather, not _allgather_base: Gloo in 1.13 has no flat variant. Equal shapes only.
   impl_->run("allgather", [&] { return backend.allgather(outputs, inputs, c10d::AllgatherOptions()); });
-  return outputs[0];
+  out = std::move(outputs[0]);
 }
 
 void C10dCommunicator::broadcast_(at::Tensor& tensor, int root) {

@@ -133,6 +133,7 @@ CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> nam
   check_options(options);
   for (auto& [name, t] : named_params) names_.push_back(name);
   comm_ = options.communicator() ? options.communicator() : std::make_shared<LocalCommunicator>();
+  exchange_ = std::make_unique<GradientExchange>(*comm_);
 }
 
 CompressedSGD::CompressedSGD(std::vector<at::Tensor> params, CompressedSGDOptions options)
@@ -217,7 +218,7 @@ bool CompressedSGD::nonfinite_skip(const std::vector<Item>& items) {
       bad = &it;
       break;
     }
-  GradientExchange exchange(*comm_);
+  GradientExchange& exchange = *exchange_;
   const bool anywhere = exchange.any_rank(bad != nullptr);  // every rank takes the same decision
   if (!anywhere) return false;
   if (defaults_options().nonfinite() == "skip_step") return true;
@@ -379,7 +380,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: average over ranks.
-  GradientExchange exchange(*comm_);
+  GradientExchange& exchange = *exchange_;
   auto slots_of = [this](std::vector<Item*>& group, bool keep_zero) {
     std::vector<SparseSlot> slots;
     for (Item* it : group) {
