@@ -71,6 +71,7 @@ TEST_P(BitwiseSgd, Top1RatioOneEqualsTorchSgdFor50Steps) {
       torch::optim::SGDOptions(0.1).momentum(c.momentum).dampening(c.dampening).weight_decay(c.weight_decay).nesterov(c.nesterov));
   cddp::CompressedSGD compressed(b.params, cddp::CompressedSGDOptions(0.1)
                                                .momentum(c.momentum)
+                                               .momentum_mode("global")  // SGD's own update
                                                .dampening(c.dampening)
                                                .weight_decay(c.weight_decay)
                                                .nesterov(c.nesterov)
@@ -111,7 +112,8 @@ TEST(CompressedSGD, KeptZeroAverageEqualsFullClearReferenceBitwise) {
   std::vector<std::pair<std::string, at::Tensor>> named = {{"a", init[0].clone()}, {"b", init[1].clone()}};
   std::vector<at::Tensor> ref = {init[0].clone(), init[1].clone()};
   std::vector<at::Tensor> residual = {at::zeros_like(init[0]), at::zeros_like(init[1])}, buf(2);
-  cddp::CompressedSGD opt(named, cddp::CompressedSGDOptions(lr).momentum(m).nesterov(true).weight_decay(wd).density(ratio)
+  cddp::CompressedSGD opt(named, cddp::CompressedSGDOptions(lr).momentum(m).momentum_mode("global").nesterov(true)
+                                     .weight_decay(wd).density(ratio)
                                      .compressor(loader.create("topk", {{"ratio", ratio}})));
   auto codec = loader.create("topk", {{"ratio", ratio}});
   cddp::LocalCommunicator local;
@@ -360,6 +362,11 @@ TEST(CompressedSGD, ConstructorRejectsBadOptions) {
   EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).nesterov(true)); })
                 .find("Nesterov momentum requires a momentum"),
             std::string::npos);
+  // DGC's momentum correction is per tensor: scope "model" with momentum needs "global".
+  EXPECT_NE(error_of([&] { make(cddp::CompressedSGDOptions(0.1).momentum(0.9).scope("model")); })
+                .find("scope \"model\" with momentum needs momentum_mode \"global\""),
+            std::string::npos);
+  EXPECT_NO_THROW(make(cddp::CompressedSGDOptions(0.1).momentum(0.9).scope("model").momentum_mode("global")));
 }
 
 TEST(CompressedSGD, RulesOverrideDensityAndRouteDense) {

@@ -96,7 +96,7 @@ int role_train(const Args& a) {
                              {"steps", std::to_string(steps)}});
 
   CompressedSGDOptions o(lr);
-  o.momentum(momentum).compressor(compressor).communicator(comm).seed(42);
+  o.momentum(momentum).momentum_mode("global").compressor(compressor).communicator(comm).seed(42);
   o.nonfinite(a.get("--nonfinite", "error"));
   if (compressor) o.density(ratio);
   CompressedSGD opt(named, o);

@@ -669,6 +669,10 @@ class Reader {
     if (o.schedule == "cosine" && o.min_lr > o.lr)
       error(loc("optimizer.min_lr"), "optimizer.min_lr = " + fmt_double(o.min_lr) + " is above optimizer.lr = " +
                                           fmt_double(o.lr));
+    if (cfg.compression.scope == "model" && o.momentum_mode == "dgc" && o.momentum != 0)
+      error(loc(locations_.count("optimizer.momentum_mode") ? "optimizer.momentum_mode" : "compression.scope"),
+            "compression.scope = \"model\" with optimizer.momentum > 0 needs optimizer.momentum_mode = \"global\" "
+            "(DGC's momentum correction is kept per tensor; momentum_mode defaults to \"dgc\")");
     if (cfg.distributed.backend == "nccl" && cfg.run.device == "cpu")
       error(loc("distributed.backend"), "distributed.backend = \"nccl\" needs run.device = \"cuda\" (NCCL moves CUDA "
                                         "tensors only); use \"gloo\" or \"auto\" on the CPU");

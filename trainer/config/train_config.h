@@ -55,7 +55,7 @@ struct OptimizerConfig {
   double momentum = 0.9;
   bool nesterov = false;
   double weight_decay = 0;
-  std::string momentum_mode = "global";  // "global" | "dgc"
+  std::string momentum_mode = "dgc";  // "dgc" | "global" (docs/results.md: why dgc)
   std::string schedule = "constant";     // "constant" | "step" | "cosine"
   int64_t step_size = 1000;              // "step": steps between decays
   double gamma = 0.1;                    // "step": decay factor

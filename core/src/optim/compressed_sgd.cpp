@@ -111,6 +111,9 @@ void check_options(const CompressedSGDOptions& o) {
   TORCH_CHECK(o.scope() == "layer" || o.scope() == "model", "Invalid scope '", o.scope(),
               "'; expected \"layer\" or \"model\"");
   TORCH_CHECK(o.min_numel() >= 0, "Invalid min_numel: ", o.min_numel());
+  TORCH_CHECK(!(o.scope() == "model" && o.momentum_mode() == "dgc" && o.momentum() != 0),
+              "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is "
+              "kept per tensor); momentum_mode is \"dgc\", the default");
 }
 
 std::vector<at::Tensor> tensors_of(const std::vector<std::pair<std::string, at::Tensor>>& named) {
@@ -359,7 +362,8 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
     CompressedSGDParamState whole_state;
     if (whole.error_feedback) whole_state.residual(at::cat(rs));
     whole.state = &whole_state;
-    TORCH_CHECK(!dgc, "scope = \"model\" is not supported with momentum_mode = \"dgc\"");
+    TORCH_CHECK(!(dgc && whole.opt->momentum() != 0), "scope \"model\" with momentum needs momentum_mode \"global\" "
+                "(DGC's momentum correction is kept per tensor)");
     compress_one(whole);
     if (whole.error_feedback) {  // scatter the whole-model residual back into each parameter's
       int64_t off = 0;
