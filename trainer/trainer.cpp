@@ -458,6 +458,7 @@ void Run::setup() {
       .compressor(compression_.compressor)
       .density(cfg_.compression.dense() ? -1.0 : cfg_.compression.ratio)
       .error_feedback(cfg_.compression.error_feedback)
+      .residual_lr_scaling(cfg_.compression.residual_lr_scaling)
       .scope(cfg_.compression.scope)
       .min_numel(cfg_.compression.min_numel)
       .compress_1d(cfg_.compression.compress_1d)

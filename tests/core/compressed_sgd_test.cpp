@@ -236,6 +236,30 @@ TEST(CompressedSGD, StatsCountRealBytes) {
   EXPECT_GE(s.compress_ms, 0.0);
 }
 
+// The residual is kept in units of the current lr: after lr halves, what was held back at the
+// old lr is applied as the same parameter change (Stich et al. 2018), not half of it.
+TEST(CompressedSGD, ResidualKeepsItsParameterChangeWhenLrChanges) {
+  auto loader = build_tree_loader();
+  for (bool scaling : {true, false}) {
+    SCOPED_TRACE(scaling ? "residual_lr_scaling on" : "residual_lr_scaling off");
+    at::Tensor p = at::zeros({4}).set_requires_grad(true);
+    cddp::CompressedSGD opt({{"p", p}}, cddp::CompressedSGDOptions(0.1).residual_lr_scaling(scaling).compressor(
+                                            loader.create("topk", {{"ratio", 0.25}})));  // k = 1
+    p.mutable_grad() = at::tensor({4.f, 3.f, 2.f, 1.f});
+    opt.step();  // sends 4 at index 0; residual [0, 3, 2, 1] at lr 0.1
+    EXPECT_TRUE(at::allclose(p.detach(), at::tensor({-0.4f, 0.f, 0.f, 0.f})));
+    static_cast<cddp::CompressedSGDOptions&>(opt.param_groups()[0].options()).lr(0.05);
+    p.mutable_grad() = at::zeros({4});
+    opt.step();  // on: residual x2 = [0, 6, 4, 2], sends 6 -> -0.3 = 0.1 * 3; off: sends 3 -> -0.15
+    const float moved = scaling ? -0.3f : -0.15f;
+    EXPECT_TRUE(at::allclose(p.detach(), at::tensor({-0.4f, moved, 0.f, 0.f}))) << p;
+    auto& st = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
+    EXPECT_TRUE(at::allclose(st.residual(), scaling ? at::tensor({0.f, 0.f, 4.f, 2.f}) : at::tensor({0.f, 0.f, 2.f, 1.f})))
+        << st.residual();
+    EXPECT_EQ(st.residual_lr(), scaling ? 0.05 : 0.0);
+  }
+}
+
 TEST(CompressedSGD, SkipsParametersWithoutGradient) {
   auto loader = build_tree_loader();
   at::Tensor used = at::ones({10}).set_requires_grad(true), unused = at::ones({10}).set_requires_grad(true);

@@ -36,6 +36,7 @@
 #   dense                  plugin none
 #   topk1_ef               top-k 1%, error feedback, momentum_mode global
 #   topk1_ef_dgc           top-k 1%, error feedback, momentum_mode dgc
+#   topk1_ef_warmup_dgc    top-k 1%, EF, dgc, DGC warm-up (dense, then exponential density decay)
 #   topk01_ef_warmup       top-k 0.1%, EF, DGC warm-up (dense, then exponential density decay)
 #   topk01_ef_warmup_dgc   same, momentum_mode dgc (momentum correction + masking)
 #   topk01_ef              top-k 0.1%, EF, momentum_mode global, no warm-up
@@ -56,7 +57,7 @@ P="cddp$$"
 QUICK=0 RATE=both MODEL=both RUNS="" EPOCHS=2 TRAIN_SUBSET=0 TEST_SUBSET=0 BATCH=64 LR=0.05
 SCHEDULE=cosine EVAL_EVERY=50 REPEATS=1 OUT="" BIN="${CDDP_TRAIN:-}" RUN_TIMEOUT="" SELFTEST=0
 SIMFAIL=0 SUMMARY=1 LOG_EVERY=10 HIDDEN="2048,2048"
-ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk01_ef_warmup,topk01_ef_warmup_dgc,topk01_ef,topk01_ef_dgc,randk1_ef,topk1_noef,ddp_dense,ddp_powersgd"
+ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk1_ef_warmup_dgc,topk01_ef_warmup,topk01_ef_warmup_dgc,topk01_ef,topk01_ef_dgc,randk1_ef,topk1_noef,ddp_dense,ddp_powersgd"
 
 ORIG_ARGS="$*"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -333,6 +334,7 @@ launch_run() {
     dense)                write_config "$dir/config.toml" "$run" "$model" "$dir" none 1 false global 0 0 ;;
     topk1_ef)             write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true global 0 0 ;;
     topk1_ef_dgc)         write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_warmup_dgc)  write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc "$WD" "$WDEC" ;;
     topk01_ef_warmup)     write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true global "$WD" "$WDEC" ;;
     topk01_ef_warmup_dgc) write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true dgc "$WD" "$WDEC" ;;
     topk01_ef)            write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true global 0 0 ;;

@@ -2,7 +2,7 @@
 """summarize_study.py — turn run_study.sh output into a Markdown report with plots.
 
     summarize_study.py STUDY_DIR [STUDY_DIR ...] --out docs/results.md [--img-dir DIR]
-                       [--target mlp=0.80,simple_cnn=0.85] [--notes FILE]
+                       [--target mlp=0.80,simple_cnn=0.85,mlp@1gbit=0.85] [--notes FILE]
 
 Reads every run.json (written by run_study.sh per run) and the metrics.jsonl next to it
 (cddp-train or ddp_baseline.py; same field names). Per run it reports: final test accuracy,
@@ -87,7 +87,8 @@ def analyze(run_dir, meta, targets):
         s = int(e["step"])
         t = e["train_s"] if "train_s" in e else at(t_at, s)
         curve.append((s, t, at(b_at, s), e["test_acc"]))
-    target = targets.get(meta.get("model"), None)
+    # "model@rate" (e.g. mlp@1gbit) wins over "model": studies of different length need different targets
+    target = targets.get(f'{meta.get("model")}@{meta.get("rate")}', targets.get(meta.get("model"), None))
     ttt = None
     if target is not None:
         for s, t, b, a in curve:
@@ -232,7 +233,7 @@ def main():
     L.append("| rate | model | run | final acc | wall s | train s | steps | time to target (train s) | "
              "bytes/step sent / recv | dense-equivalent | step ms | compute ms | compress ms | comm ms | rc |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    order = {n: i for i, n in enumerate(["dense", "ddp_dense", "ddp_powersgd", "topk1_ef", "topk1_ef_dgc", "topk1_noef", "randk1_ef",
+    order = {n: i for i, n in enumerate(["dense", "ddp_dense", "ddp_powersgd", "topk1_ef", "topk1_ef_dgc", "topk1_ef_warmup_dgc", "topk1_noef", "randk1_ef",
                                           "topk01_ef_warmup", "topk01_ef_warmup_dgc", "topk01_ef", "topk01_ef_dgc"])}
     results.sort(key=lambda r: (r["meta"]["rate"], r["meta"]["model"], order.get(r["meta"]["run"], 99),
                                 r["meta"].get("repeat", 1)))

@@ -145,6 +145,7 @@ const std::vector<Section>& schema() {
                  {string_field("plugin", &C::compression, &CompressionConfig::plugin, true),
                   float_field("ratio", &C::compression, &CompressionConfig::ratio, 0, 1, true, false),
                   field("error_feedback", Kind::Bool, &C::compression, &CompressionConfig::error_feedback),
+                  field("residual_lr_scaling", Kind::Bool, &C::compression, &CompressionConfig::residual_lr_scaling),
                   enum_field("scope", &C::compression, &CompressionConfig::scope, {"layer", "model"}),
                   int_field("min_numel", &C::compression, &CompressionConfig::min_numel, 0),
                   field("compress_1d", Kind::Bool, &C::compression, &CompressionConfig::compress_1d),
@@ -777,6 +778,7 @@ std::string compressor_fingerprint(const TrainConfig& c) {
   os << "plugin=" << k.plugin;
   if (!k.dense()) {
     os << " ratio=" << fmt_double(k.ratio) << " error_feedback=" << (k.error_feedback ? "true" : "false")
+       << " residual_lr_scaling=" << (k.residual_lr_scaling ? "true" : "false")
        << " scope=" << k.scope << " params=" << render_params_inline(k.params);
   }
   os << " skip=" << render_val(Val(k.skip)) << " momentum_mode=" << c.optimizer.momentum_mode;

@@ -61,6 +61,7 @@ void CompressedSGDOptions::serialize(torch::serialize::OutputArchive& archive) c
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(nesterov);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(density);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(error_feedback);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual_lr_scaling);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_mode);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(scope);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(seed);
@@ -74,6 +75,7 @@ void CompressedSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(bool, nesterov);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, density);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(bool, error_feedback);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(bool, residual_lr_scaling);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(std::string, momentum_mode);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(std::string, scope);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, seed);
@@ -82,11 +84,13 @@ void CompressedSGDOptions::serialize(torch::serialize::InputArchive& archive) {
 void CompressedSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_buffer);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual);
+  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual_lr);
 }
 
 void CompressedSGDParamState::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, momentum_buffer);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, residual);
+  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, residual_lr);
 }
 
 // ---------------------------------------------------------------- construction
@@ -340,6 +344,19 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
     }
     st.elements_sent += it.sent.count();
   };
+
+  // Error feedback in units of the current lr (Options::residual_lr_scaling): a residual
+  // written at lr' is multiplied by lr'/lr before it is read, so lr·residual — the parameter
+  // change still owed — survives a schedule step. lr = 0 (the end of a cosine schedule) leaves
+  // it alone: nothing is applied at that lr anyway.
+  for (auto& it : items) {
+    if (it.route == Route::Dense || !it.error_feedback || !it.opt->residual_lr_scaling()) continue;
+    CompressedSGDParamState& s = *it.state;
+    const double lr = it.opt->lr();
+    if (lr <= 0) continue;
+    if (s.residual().defined() && s.residual_lr() > 0 && s.residual_lr() != lr) s.residual().mul_(s.residual_lr() / lr);
+    s.residual_lr(lr);
+  }
 
   // scope = "model": one selection over all compressible gradients flattened together.
   std::vector<Item> model_item;  // holds the virtual whole-model parameter when used
