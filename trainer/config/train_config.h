@@ -78,7 +78,7 @@ struct CompressionConfig {
   std::string plugin = "topk";  // "topk", "randomk", a path to a .so, or "none" (dense)
   double ratio = 0.01;
   bool error_feedback = true;
-  bool residual_lr_scaling = true;  // residual kept in units of the current lr (CompressedSGDOptions)
+  bool residual_lr_scaling = false;  // residual kept in units of the current lr (CompressedSGDOptions)
   std::string scope = "layer";  // "layer" | "model"
   int64_t min_numel = 0;
   bool compress_1d = true;
