@@ -153,12 +153,18 @@ def plot(results, img_dir, prefix):
     out = []
     for (rate, model), rs in sorted(groups.items()):
         fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-        for r in sorted(rs, key=lambda r: r["meta"]["run"]):
+        # one colour per run name (repeats share it), from a 20-colour map: the default cycle of
+        # 10 would give two runs the same colour
+        names = sorted({r["meta"]["run"] for r in rs})
+        colour = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
+        for r in sorted(rs, key=lambda r: (r["meta"]["run"], r["meta"].get("repeat", 1))):
             if not r["curve"]:
                 continue
-            lab = r["meta"]["run"] + (f" #{r['meta'].get('repeat')}" if r["meta"].get("repeat", 1) > 1 else "")
-            ax[0].plot([c[1] for c in r["curve"]], [100 * c[3] for c in r["curve"]], marker=".", label=lab)
-            ax[1].plot([max(c[2], 1.0) for c in r["curve"]], [100 * c[3] for c in r["curve"]], marker=".", label=lab)
+            rep = r["meta"].get("repeat", 1)
+            lab = r["meta"]["run"] if rep == 1 else None  # repeats: same colour, one legend entry
+            kw = dict(marker=".", color=colour[r["meta"]["run"]], label=lab, alpha=1.0 if rep == 1 else 0.5)
+            ax[0].plot([c[1] for c in r["curve"]], [100 * c[3] for c in r["curve"]], **kw)
+            ax[1].plot([max(c[2], 1.0) for c in r["curve"]], [100 * c[3] for c in r["curve"]], **kw)
         tgt = rs[0]["target"]
         for a in ax:
             if tgt:
