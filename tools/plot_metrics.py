@@ -169,6 +169,38 @@ def plot(runs, key, ylabel, x_kind, out_path, smooth):
     return True
 
 
+def plot_accuracy_curves(curves, title, target, out_path):
+    """The study figure (tools/experiments/summarize_study.py): test accuracy against training
+    time and against cumulative bytes, side by side, one colour per run name.
+
+    curves: [(name, repeat, [(train_s, bytes, acc), ...]), ...]; repeats of a name share its
+    colour and one legend entry. target: an accuracy in [0, 1] drawn as a dotted line, or None.
+    """
+    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
+    names = sorted({name for name, _, _ in curves})
+    # a 20-colour map: the default cycle of 10 would give two runs the same colour
+    colour = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
+    for name, rep, pts in sorted(curves, key=lambda c: (c[0], c[1])):
+        if not pts:
+            continue
+        kw = dict(marker=".", color=colour[name], label=name if rep == 1 else None, alpha=1.0 if rep == 1 else 0.5)
+        ax[0].plot([p[0] for p in pts], [100 * p[2] for p in pts], **kw)
+        ax[1].plot([max(p[1], 1.0) for p in pts], [100 * p[2] for p in pts], **kw)
+    for a in ax:
+        if target:
+            a.axhline(100 * target, color="grey", ls=":", lw=1)
+        a.set_ylabel("test accuracy (%)")
+        a.grid(alpha=0.3)
+    ax[0].set_xlabel("training time (s, sum of step times)")
+    ax[1].set_xlabel("cumulative bytes per rank (max of sent, received)")
+    ax[1].set_xscale("log")
+    ax[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out_path, dpi=90)
+    plt.close(fig)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         description="Overlay cddp-train runs: loss and test accuracy vs step and vs cumulative bytes sent.")
