@@ -67,25 +67,25 @@ void zero_entries(at::Tensor& t, const std::vector<int64_t>& idx) {
   }
 }
 
-// What of an output may still be non-zero from the previous call when its decode starts: the
-// decode clears it — the sweep by overwriting everything, the merge in passing, the other
-// paths first.
+// What of an output may be non-zero before this call writes it: nothing, a list of entries
+// (the previous call's), or everything (contents unknown, or the previous decode wrote all of
+// it). Cleared before the decode (ZeroOutputs) or by it: the sweep overwrites everything, the
+// merge re-zeroes a sorted list in passing, the other paths clear first.
 struct Stale {
   const std::vector<int64_t>* list = nullptr;  // these entries (repeats allowed unless sorted)
   bool sorted = false;                         // list is strictly increasing
-  bool everything = false;                     // any entry (the last decode wrote all of them)
+  bool everything = false;                     // any entry
   bool any() const { return everything || list; }
 };
 
 // Clears what `stale` names, so that the output is +0 everywhere.
-void clear_stale(at::Tensor& t, Stale& stale) {
+void clear_stale(at::Tensor& t, const Stale& stale) {
   if (stale.everything) {
-    if (t.is_cpu() && t.is_contiguous()) std::memset(t.data_ptr(), 0, t.numel() * t.element_size());
+    if (t.is_cpu() && t.is_contiguous()) std::memset(t.data_ptr(), 0, t.numel() * t.element_size());  // streams
     else t.zero_();
   } else if (stale.list) {
     zero_entries(t, *stale.list);
   }
-  stale = Stale();
 }
 
 using Written = GradientExchange::Written;
@@ -94,10 +94,8 @@ using Written = GradientExchange::Written;
 
 // What must happen to one output before its decode (see SparseOutputState).
 struct GradientExchange::OutputPlan {
-  const std::vector<int64_t>* rezero = nullptr;  // null: clear the whole output
-  bool rezero_sorted = false;  // rezero is strictly increasing (the merge can re-zero it in passing)
-  bool everything = false;     // the last decode wrote every entry (rezero is null)
-  bool deferred = false;       // the decode clears instead (see Stale): nothing to do beforehand
+  Stale stale{nullptr, false, true};  // without a valid SparseOutputState: contents unknown
+  bool deferred = false;              // the decode clears `stale`, not ZeroOutputs
 };
 
 namespace {
@@ -116,8 +114,9 @@ class ZeroOutputs {
     bool cpu = true;
     for (size_t i = 0; i < slots.size(); ++i) {
       if (plans_[i].deferred) continue;
-      work += plans_[i].rezero ? int64_t(plans_[i].rezero->size()) * 64
-                               : slots[i].average->numel() * slots[i].average->element_size();
+      const Stale& st = plans_[i].stale;
+      work += st.everything ? slots[i].average->numel() * slots[i].average->element_size()
+                            : st.list ? int64_t(st.list->size()) * 64 : 0;
       cpu = cpu && slots[i].average->is_cpu();
     }
     if (!may_overlap || !cpu || work < (int64_t{4} << 20)) {
@@ -142,17 +141,8 @@ class ZeroOutputs {
 
  private:
   void run() {
-    for (size_t i = 0; i < slots_.size(); ++i) {
-      at::Tensor& a = *slots_[i].average;
-      if (plans_[i].deferred)
-        continue;
-      else if (plans_[i].rezero)
-        zero_entries(a, *plans_[i].rezero);
-      else if (a.is_cpu() && a.is_contiguous())  // memset: glibc streams large clears
-        std::memset(a.data_ptr(), 0, a.numel() * a.element_size());
-      else
-        a.zero_();
-    }
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (!plans_[i].deferred) clear_stale(*slots_[i].average, plans_[i].stale);
   }
 
   std::vector<SparseSlot>& slots_;
@@ -218,20 +208,33 @@ void store_block(void* dst, const void* src, size_t bytes, bool stream) {
 // rank order, each touched entry divided once — then streamed out. Stale entries need no work:
 // every entry is written. It lists nothing: a list would cost as much again, and the next
 // call's decode, a sweep again as long as the density holds, does not need one.
+// Each rank's list as raw pointers: idx[p][j], val[p][j] for j < n[p].
+template <typename T, typename I>
+struct RankLists {
+  std::vector<const I*> idx;
+  std::vector<const T*> val;
+  std::vector<int64_t> n;
+  int64_t total = 0;
+  explicit RankLists(const std::vector<Compressed>& parts) {
+    for (const auto& c : parts) {
+      idx.push_back(c.indices.template data_ptr<I>());
+      val.push_back(c.values.template data_ptr<T>());
+      n.push_back(c.count());
+      total += c.count();
+    }
+  }
+};
+
 constexpr int64_t kSweepFactor = 48;
 constexpr int64_t kSweepBlock = 4096;  // 16–32 KB of buffer: stays in L1/L2
 
 template <typename T, typename I>
 void sweep_mean(T* out, int64_t numel, const std::vector<Compressed>& parts, int world) {
   const size_t P = parts.size();
-  std::vector<const I*> idx(P);
-  std::vector<const T*> val(P);
-  std::vector<int64_t> pos(P, 0), n(P), start(P);
-  for (size_t p = 0; p < P; ++p) {
-    idx[p] = parts[p].indices.template data_ptr<I>();
-    val[p] = parts[p].values.template data_ptr<T>();
-    n[p] = parts[p].count();
-  }
+  const RankLists<T, I> l(parts);
+  const auto &idx = l.idx, &val = l.val;
+  const auto& n = l.n;
+  std::vector<int64_t> pos(P, 0), start(P);
   alignas(64) T buf[kSweepBlock];
   std::vector<uint32_t> seen(kSweepBlock, 0);  // seen[x] == block number + 1: x divided already
   const bool stream = reinterpret_cast<uintptr_t>(out) % 16 == 0;
@@ -267,17 +270,11 @@ template <typename T, typename I>
 void merge_mean(T* out, int64_t numel, const std::vector<Compressed>& parts, int world,
                 std::vector<int64_t>* touched, const std::vector<int64_t>* prev) {
   const size_t P = parts.size();
-  std::vector<const I*> idx(P);
-  std::vector<const T*> val(P);
-  std::vector<int64_t> pos(P, 0), n(P);
-  int64_t total = 0;
-  for (size_t p = 0; p < P; ++p) {
-    idx[p] = parts[p].indices.template data_ptr<I>();
-    val[p] = parts[p].values.template data_ptr<T>();
-    n[p] = parts[p].count();
-    total += n[p];
-  }
-  if (touched) touched->reserve(touched->size() + total);
+  const RankLists<T, I> l(parts);
+  const auto &idx = l.idx, &val = l.val;
+  const auto& n = l.n;
+  std::vector<int64_t> pos(P, 0);
+  if (touched) touched->reserve(touched->size() + l.total);
   const T w = static_cast<T>(world);
   constexpr int64_t kAhead = 64;  // prefetch distance: the writes land on scattered cache lines
   const int64_t* old = prev ? prev->data() : nullptr;
@@ -316,34 +313,28 @@ Written mean_raw_impl(at::Tensor& avg, const std::vector<Compressed>& parts, con
       sweep_mean<T, I>(out, numel, parts, world);
       return Written::Everything;
     }
-    if (stale.any() && !(stale.list && stale.sorted)) clear_stale(avg, stale);
+    if (stale.any() && !(stale.list && stale.sorted)) {
+      clear_stale(avg, stale);
+      stale = Stale();
+    }
     if (parts.size() <= 16) {  // more lists than that: the per-entry minimum costs more than scattering
       merge_mean<T, I>(out, numel, parts, world, touched_out, stale.list);
       return Written::ListedSorted;
     }
   }
   clear_stale(avg, stale);  // the scatter below adds into +0
-  int64_t touched = 0;
-  for (size_t p = 0; p < parts.size(); ++p) {
-    const T* v = parts[p].values.template data_ptr<T>();
-    const I* idx = parts[p].indices.template data_ptr<I>();
-    const int64_t n = parts[p].count();
-    for (int64_t j = 0; j < n; ++j) {
-      const int64_t x = static_cast<int64_t>(idx[j]);  // range-checked by all_sorted
-      out[x] += v[j];
-    }
-    touched += n;
-  }
+  const RankLists<T, I> l(parts);
+  for (size_t p = 0; p < parts.size(); ++p)
+    for (int64_t j = 0; j < l.n[p]; ++j) out[l.idx[p][j]] += l.val[p][j];  // range-checked by all_sorted
   const T w = static_cast<T>(world);
-  if (touched * 8 >= numel && !touched_out) {
+  if (l.total * 8 >= numel && !touched_out) {
     avg.div_(world);
     return Written::Listed;
   }
   std::vector<uint64_t> done(static_cast<size_t>((numel + 63) / 64), 0);
-  for (const auto& c : parts) {
-    const I* idx = c.indices.template data_ptr<I>();
-    for (int64_t j = 0, n = c.count(); j < n; ++j) {
-      const uint64_t x = static_cast<uint64_t>(idx[j]);
+  for (size_t p = 0; p < parts.size(); ++p) {
+    for (int64_t j = 0; j < l.n[p]; ++j) {
+      const uint64_t x = static_cast<uint64_t>(l.idx[p][j]);
       uint64_t& word = done[x >> 6];
       const uint64_t bit = uint64_t{1} << (x & 63);
       if (word & bit) continue;
@@ -398,9 +389,7 @@ std::vector<GradientExchange::OutputPlan> GradientExchange::begin_outputs(std::v
     if (z->valid_ && o.defined() && a.is_cpu() && a.is_contiguous() && o.is_alias_of(a) &&
         o.storage_offset() == a.storage_offset() && o.numel() == a.numel() && o.scalar_type() == a.scalar_type() &&
         version_of(a) == z->version_) {
-      plans[i].rezero = z->whole_ ? nullptr : &z->touched_;  // null: a full clear unless deferred
-      plans[i].rezero_sorted = z->sorted_;
-      plans[i].everything = z->whole_;
+      plans[i].stale = z->whole_ ? Stale{nullptr, false, true} : Stale{&z->touched_, z->sorted_, false};
       plans[i].deferred = may_defer;
     }
     z->valid_ = false;
@@ -534,8 +523,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       from.push_back(r);
     }
     std::vector<int64_t>* written = record_into(slots[i]);
-    Stale stale;  // what the decode still has to clear
-    if (plans[i].deferred) stale = Stale{plans[i].rezero, plans[i].rezero_sorted, plans[i].everything};
+    const Stale stale = plans[i].deferred ? plans[i].stale : Stale();  // what the decode still has to clear
     if (parts.empty()) {  // nothing sent: the output is all +0
       clear_stale(avg, stale);
       end_output(slots[i], written != nullptr, Written::ListedSorted);
