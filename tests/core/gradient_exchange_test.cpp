@@ -335,4 +335,126 @@ TEST(GradientExchange, AKnownCountThatIsWrongFailsBeforeAnyCollective) {
   EXPECT_NE(msg.find("selected 3 entries but every rank expects 2"), std::string::npos) << msg;
 }
 
+
+// Rank r's selection for the coalesced test: `kind` "sorted" (k random sorted entries; ranks
+// overlap in places), "unsorted" (the same shuffled, with one entry repeated), "one", "empty".
+cddp::Compressed coalesce_case(const std::string& kind, int rank, int64_t numel, int64_t k) {
+  if (kind == "empty") return selection({}, {}, numel);
+  if (kind == "one") return selection({int32_t(numel / 3 + rank)}, {rank % 2 ? -0.f : 1.25f}, numel);
+  std::mt19937 gen(77 + rank);
+  std::vector<int32_t> idx;
+  std::vector<bool> used(numel, false);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(numel - 1));
+  while (int64_t(idx.size()) < k) {
+    int32_t x = pick(gen);
+    if (rank > 0 && idx.size() % 5 == 0 && !used[idx.size() * 3]) x = int32_t(idx.size() * 3);  // more overlap
+    if (!used[x]) used[x] = true, idx.push_back(x);
+  }
+  std::sort(idx.begin(), idx.end());
+  if (kind == "unsorted") {
+    std::shuffle(idx.begin(), idx.end(), gen);
+    idx.push_back(idx.front());  // a repeat: added twice, in list order
+  }
+  std::normal_distribution<float> value;
+  std::vector<float> vals;
+  for (size_t j = 0; j < idx.size(); ++j) vals.push_back(j % 11 == 4 ? -0.f : value(gen));
+  return selection(idx, vals, numel);
+}
+
+// SparseSlot::coalesced: the list holds, at each index any rank sent, exactly the bits the dense
+// decode writes there, and the dense decode is +0 everywhere else; indices strictly increasing;
+// every rank's list the same bits; the slot's dense output untouched. Through each merge: two
+// ranks (the two-half merge, also with one list empty or of one entry), three and four ranks (the
+// general merge), unsorted lists with a repeat (the sort), and world size 1.
+TEST(GradientExchange, CoalescedAverageEqualsDenseDecodeBitwise) {
+  const int64_t N = 5000;
+  struct Case {
+    int world;
+    std::vector<std::string> kinds;  // per rank
+  };
+  const std::vector<Case> cases = {{2, {"sorted", "sorted"}},     {2, {"sorted", "empty"}},
+                                   {2, {"empty", "sorted"}},      {2, {"one", "sorted"}},
+                                   {2, {"empty", "empty"}},       {3, {"sorted", "one", "sorted"}},
+                                   {4, {"sorted", "sorted", "empty", "sorted"}},
+                                   {2, {"unsorted", "sorted"}},   {3, {"sorted", "unsorted", "unsorted"}},
+                                   {1, {"sorted"}},               {1, {"unsorted"}}};
+  PlainCodec codec;
+  for (const Case& c : cases) {
+    std::string label = "W=" + std::to_string(c.world);
+    for (const auto& k : c.kinds) label += " " + k;
+    std::vector<cddp::SparseAverage> lists(c.world);
+    std::vector<at::Tensor> dense(c.world), untouched(c.world);
+    auto body = [&](cddp::Communicator& comm, int r) {
+      cddp::GradientExchange ex(comm);
+      cddp::Compressed sel = coalesce_case(c.kinds[r], r, N, 300);
+      dense[r] = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+      std::vector<cddp::SparseSlot> to_dense = {{&sel, &codec, &dense[r]}};
+      cddp::StepStats st;
+      ex.average_sparse(to_dense, st);
+      untouched[r] = at::full({N}, 7.f);
+      for (int call = 0; call < 2; ++call) {  // the second call reuses the list's tensors
+        cddp::SparseSlot slot{&sel, &codec, &untouched[r]};
+        slot.coalesced = &lists[r];
+        std::vector<cddp::SparseSlot> to_list = {slot};
+        ex.average_sparse(to_list, st);
+      }
+    };
+    if (c.world == 1) {
+      cddp::LocalCommunicator local;
+      body(local, 0);
+    } else {
+      on_ranks(c.world, body);
+    }
+    for (int r = 0; r < c.world; ++r) {
+      const cddp::SparseAverage& l = lists[r];
+      ASSERT_TRUE(l.valid) << label;
+      EXPECT_EQ(l.numel, N) << label;
+      EXPECT_TRUE(at::equal(untouched[r], at::full({N}, 7.f))) << label << ": the dense output was written";
+      at::Tensor idx = l.indices.to(at::kLong);
+      for (int64_t j = 1; j < idx.numel(); ++j)
+        ASSERT_LT(idx[j - 1].item<int64_t>(), idx[j].item<int64_t>()) << label << " rank " << r;
+      at::Tensor rebuilt = at::zeros({N});
+      if (l.count() > 0) rebuilt.index_put_({idx}, l.values);
+      EXPECT_TRUE(bitwise_equal(rebuilt, dense[r])) << label << " rank " << r;
+      EXPECT_TRUE(bitwise_equal(l.indices, lists[0].indices) && bitwise_equal(l.values, lists[0].values))
+          << label << ": rank " << r << " differs from rank 0";
+    }
+    int64_t sent = 0;
+    for (int r = 0; r < c.world; ++r) sent += coalesce_case(c.kinds[r], r, N, 300).count();
+    EXPECT_LE(lists[0].count(), sent) << label;
+    if (c.kinds == std::vector<std::string>{"sorted", "sorted"})
+      EXPECT_LT(lists[0].count(), sent) << "the two ranks were meant to share some indices";
+  }
+}
+
+// add_sparse_ changes the listed entries only, by alpha·value, and leaves every other bit alone
+// (−0 and NaN included), as dense.add_(average, alpha) leaves them; a list that does not fit the
+// tensor is refused with both shapes named.
+TEST(GradientExchange, AddSparseUpdatesOnlyTheListedEntries) {
+  const int64_t N = 1000;
+  at::Tensor p = at::randn({N}, at::make_generator<at::CPUGeneratorImpl>(3));
+  p[10] = -0.f;
+  p[11] = std::numeric_limits<float>::quiet_NaN();
+  cddp::SparseAverage a;
+  a.indices = at::tensor(c10::ArrayRef<int32_t>({0, 12, 500, 999}), at::kInt);
+  a.values = at::tensor(c10::ArrayRef<float>({1.f, -2.f, 0.5f, 3.f}), at::kFloat);
+  a.numel = N;
+  a.valid = true;
+  at::Tensor before = p.clone();
+  cddp::add_sparse_(p, a, -0.1);
+  at::Tensor changed = at::zeros({N}, at::kBool);
+  changed.index_fill_(0, a.indices.to(at::kLong), true);
+  at::Tensor same_bits = (p.view(at::kInt) == before.view(at::kInt));
+  EXPECT_TRUE(same_bits.logical_or(changed).all().item<bool>()) << "an unlisted entry changed";
+  for (int64_t j = 0; j < a.values.numel(); ++j) {
+    const int64_t x = a.indices[j].item<int64_t>();
+    const float expect = before[x].item<float>() + static_cast<float>(-0.1) * a.values[j].item<float>();
+    EXPECT_FLOAT_EQ(p[x].item<float>(), expect) << "entry " << x;
+  }
+  at::Tensor wrong = at::zeros({N + 1});
+  const std::string msg = cddp::testing::error_of([&] { cddp::add_sparse_(wrong, a, 1.0); });
+  EXPECT_NE(msg.find("does not fit"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("1001"), std::string::npos) << msg;
+}
+
 }  // namespace

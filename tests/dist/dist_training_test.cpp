@@ -42,8 +42,11 @@ double max_rel_diff(const std::vector<at::Tensor>& a, const std::vector<at::Tens
 // W simulated workers, each with its own data and residual, exchanging exactly what the
 // multi-process run exchanges: per parameter, every rank compresses acc = g + e, keeps
 // e = acc − D(C(acc)), and all ranks apply the mean over ranks of D(C(acc)), summed in rank
-// order. Momentum ("global") on that mean, as torch::optim::SGD does.
-std::vector<at::Tensor> compressed_reference(const std::string& name, double ratio, int W, double momentum) {
+// order. Momentum "global": on that mean, as torch::optim::SGD does. Momentum "dgc" (Lin et al.
+// 2018): each worker keeps a velocity u = m·u + g, compresses acc = u + e, and zeroes u where it
+// sent; the mean is applied as it is.
+std::vector<at::Tensor> compressed_reference(const std::string& name, double ratio, int W, double momentum,
+                                             bool dgc) {
   at::set_num_threads(1);
   PluginLoader loader(PluginSearchPath::standard({CDDP_TEST_PLUGIN_DIR}, nullptr));
   std::shared_ptr<Compressor> comp = loader.create(name, {{"ratio", ratio}});
@@ -59,6 +62,7 @@ std::vector<at::Tensor> compressed_reference(const std::string& name, double rat
   for (auto& e : residual)
     for (auto& t : p) e.push_back(at::zeros_like(t));
   std::vector<at::Tensor> buf(P);
+  std::vector<std::vector<at::Tensor>> velocity(W, std::vector<at::Tensor>(P));
   for (int64_t step = 1; step <= kSteps; ++step) {
     std::vector<at::Tensor> mean(P);
     for (size_t i = 0; i < P; ++i) mean[i] = at::zeros({p[i].numel()});
@@ -71,15 +75,22 @@ std::vector<at::Tensor> compressed_reference(const std::string& name, double rat
         ctx.param_name = names[i];
         ctx.seed = 42;
         ctx.ratio = ratio;
-        at::Tensor acc = g[i] + residual[r][i];
+        at::Tensor source = g[i];
+        if (dgc && momentum != 0) {
+          at::Tensor& u = velocity[r][i];
+          u = u.defined() ? u.mul_(momentum).add_(g[i]) : g[i].clone();
+          source = u;
+        }
+        at::Tensor acc = source + residual[r][i];
         Compressed sent = comp->compress(acc, ctx);
         residual[r][i] = acc - comp->decompress(sent);
+        if (dgc && momentum != 0) velocity[r][i].view(-1).index_fill_(0, sent.indices.to(at::kLong), 0);
         comp->decompress_add_(sent, mean[i]);
       }
     }
     for (size_t i = 0; i < P; ++i) {
       at::Tensor d = mean[i].div_(W).view(p[i].sizes());
-      if (momentum != 0) {
+      if (momentum != 0 && !dgc) {
         buf[i] = buf[i].defined() ? buf[i].mul_(momentum).add_(d) : d.clone();
         d = buf[i];
       }
@@ -114,21 +125,23 @@ struct Case {
   std::string compressor;  // topk, randomk, none
   int world;
   double momentum;
+  std::string momentum_mode = "global";  // "dgc": the sparse route's coalesced average and sparse update
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.compressor + "_W" + std::to_string(info.param.world);
+  return info.param.compressor + "_W" + std::to_string(info.param.world) +
+         (info.param.momentum_mode == "dgc" ? "_dgc" : "");
 }
 
 class MultiProcessTraining : public ::testing::TestWithParam<Case> {};
 
 TEST_P(MultiProcessTraining, RanksBitwiseIdenticalAndMatchReference) {
   const Case c = GetParam();
-  const auto dir = scratch_dir("train_" + c.compressor + "_" + std::to_string(c.world));
+  const auto dir = scratch_dir("train_" + c.compressor + "_" + std::to_string(c.world) + "_" + c.momentum_mode);
   JobRun run = run_workers(c.world, {"train", "--compressor", c.compressor, "--ratio", "0.01", "--steps",
                                   std::to_string(kSteps), "--lr", std::to_string(kLr), "--momentum",
-                                  std::to_string(c.momentum), "--out", dir.string(), "--plugin-dir",
-                                  CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+                                  std::to_string(c.momentum), "--momentum-mode", c.momentum_mode, "--out",
+                                  dir.string(), "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
   ASSERT_EQ(run.code, 0) << run.all();
   const std::string expected_route = c.compressor == "topk"      ? "sparse-allgather"
                                      : c.compressor == "randomk" ? "shared-indices-allreduce"
@@ -159,15 +172,17 @@ TEST_P(MultiProcessTraining, RanksBitwiseIdenticalAndMatchReference) {
     EXPECT_LE(diff, 1e-5) << "dense W=" << c.world;
     std::printf("dense W=%d: max relative difference to SGD on the concatenated batch %.3g\n", c.world, diff);
   } else {
-    const double diff = max_rel_diff(p0, compressed_reference(c.compressor, 0.01, c.world, c.momentum));
-    EXPECT_LE(diff, 1e-6) << c.compressor << " W=" << c.world;
-    std::printf("%s W=%d: max relative difference to the simulated reference %.3g\n", c.compressor.c_str(), c.world,
-                diff);
+    const double diff =
+        max_rel_diff(p0, compressed_reference(c.compressor, 0.01, c.world, c.momentum, c.momentum_mode == "dgc"));
+    EXPECT_LE(diff, 1e-6) << c.compressor << " W=" << c.world << " " << c.momentum_mode;
+    std::printf("%s W=%d %s: max relative difference to the simulated reference %.3g\n", c.compressor.c_str(),
+                c.world, c.momentum_mode.c_str(), diff);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dist, MultiProcessTraining,
-                         ::testing::Values(Case{"topk", 2, 0.9}, Case{"topk", 4, 0.9}, Case{"randomk", 2, 0.0},
+                         ::testing::Values(Case{"topk", 2, 0.9}, Case{"topk", 4, 0.9}, Case{"topk", 2, 0.9, "dgc"},
+                                           Case{"topk", 4, 0.9, "dgc"}, Case{"randomk", 2, 0.0},
                                            Case{"randomk", 4, 0.0}, Case{"none", 2, 0.9}, Case{"none", 4, 0.9}),
                          case_name);
 

@@ -7,6 +7,7 @@
 //               writes its parameters to --out/params_rank<R>.pt. Fault injection:
 //               --nan-rank/--nan-step (a NaN gradient), --die-rank/--die-step/--die-how
 //               kill|stop (SIGKILL / SIGSTOP itself), --ratio-rank1 (a different config).
+//               --momentum-mode global (default here) or dgc.
 //   bytes       one step of top-k on a --numel tensor; prints "BYTES received=... k=...".
 //   rendezvous  connect, barrier, print "CONNECTED".
 //   echo        launcher checks: prints env and lines, exits/raises/sleeps as told.
@@ -74,6 +75,7 @@ int role_train(const Args& a) {
   if (rank == 1 && a.kv.count("--ratio-rank1")) ratio = a.num("--ratio-rank1", ratio);
   const int steps = a.integer("--steps", 20);
   const double lr = a.num("--lr", 0.1), momentum = a.num("--momentum", 0.0);
+  const std::string momentum_mode = a.get("--momentum-mode", "global");
 
   std::shared_ptr<Compressor> compressor;
   std::string version = "-";
@@ -93,10 +95,11 @@ int role_train(const Args& a) {
                              {"compressor.ratio", std::to_string(ratio)},
                              {"lr", std::to_string(lr)},
                              {"momentum", std::to_string(momentum)},
+                             {"momentum_mode", momentum_mode},
                              {"steps", std::to_string(steps)}});
 
   CompressedSGDOptions o(lr);
-  o.momentum(momentum).momentum_mode("global").compressor(compressor).communicator(comm).seed(42);
+  o.momentum(momentum).momentum_mode(momentum_mode).compressor(compressor).communicator(comm).seed(42);
   o.nonfinite(a.get("--nonfinite", "error"));
   if (compressor) o.density(ratio);
   CompressedSGD opt(named, o);

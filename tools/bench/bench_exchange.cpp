@@ -5,16 +5,20 @@
 // Started without RANK in the environment it re-executes itself on --nproc local ranks through
 // cddp::launch_local; each rank then connects (TCPStore + Gloo on 127.0.0.1) and times, on one
 // fp32 gradient of --numel elements:
-//   sparse   GradientExchange::average_sparse on the rank's real top-k selection (the topk
-//            plugin, computed once before timing): packed allgather (counts known, so no counts
-//            allgather) + rank-ordered decode + /W, into a reused output with a
-//            SparseOutputState — what CompressedSGD::step does. At this density the decode is
-//            the sweep: it rewrites the whole output in one streaming pass, no clearing;
+//   sparse, coalesced  GradientExchange::average_sparse on the rank's real top-k selection (the
+//            topk plugin, computed once before timing): packed allgather (counts known, so no
+//            counts allgather) + rank-ordered decode + /W into a coalesced list (SparseAverage)
+//            — what CompressedSGD::step does with momentum_mode "dgc", the default;
+//   sparse, kept zero  the same decoded into a dense output kept zero by a SparseOutputState —
+//            what it does with "global" momentum. At this density the decode is the sweep: it
+//            rewrites the whole output in one streaming pass, no clearing;
 //   sparse, full clear  the same into a reused output without a state: the whole 100 MB output
 //            is cleared each call (memset on a helper thread, overlapped with the allgathers);
 //   sparse+alloc  the same into a freshly allocated output each time (what CompressedSGD::step
 //            did before it kept its buffers: a 100 MB tensor page-faulted in on every step);
 //   dense    Communicator::allreduce_sum_ of the whole tensor (Gloo ring allreduce).
+// Then the update of a 25M parameter from each result, p −= lr·avg: add_sparse_ from the
+// coalesced list against a dense add_ from the allreduced tensor, and both sums.
 // Medians over --iters iterations after one warm-up; rank 0 prints a Markdown table, the
 // ratio, and bytes_received against (W−1)·k·(4+4). Plain timing, not Google Benchmark.
 //
@@ -97,9 +101,29 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   at::Tensor out = at::empty({o.numel});   // full clear every call
   at::Tensor kept = at::empty({o.numel});  // kept zero between calls by `kept_state`
   cddp::SparseOutputState kept_state;
-  std::vector<double> sparse_ms, sparse_full_ms, sparse_alloc_ms, dense_ms;
+  cddp::SparseAverage coalesced;
+  int64_t coalesced_count = 0;  // entries of the 2-rank average (the union of the ranks' indices)
+  at::Tensor param_sparse = at::randn({o.numel}), param_dense = param_sparse.clone();
+  const double lr = 1e-3;
+  std::vector<double> coalesced_ms, apply_sparse_ms, sparse_ms, sparse_full_ms, sparse_alloc_ms, dense_ms,
+      apply_dense_ms;
   cddp::StepStats last;
   for (int it = 0; it <= o.iters; ++it) {  // iteration 0 is the warm-up (and the first, full clear)
+    {
+      cddp::SparseSlot slot{&sel, topk.get(), &out, nullptr, sel.count()};
+      slot.coalesced = &coalesced;  // `out` is not touched
+      std::vector<cddp::SparseSlot> slots{slot};
+      cddp::StepStats st;
+      comm->barrier();
+      auto t0 = Clock::now();
+      exchange.average_sparse(slots, st);
+      if (it) coalesced_ms.push_back(ms_since(t0));
+      t0 = Clock::now();
+      cddp::add_sparse_(param_sparse, coalesced, -lr);
+      if (it) apply_sparse_ms.push_back(ms_since(t0));
+      coalesced_count = coalesced.count();
+      last = st;
+    }
     {
       // As CompressedSGD does: output kept zero, and k known on every rank (no counts allgather).
       std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &kept, &kept_state, sel.count()}};
@@ -108,7 +132,6 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
       auto t0 = Clock::now();
       exchange.average_sparse(slots, st);
       if (it) sparse_ms.push_back(ms_since(t0));
-      last = st;
     }
     {
       std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &out}};
@@ -133,13 +156,16 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
       auto t0 = Clock::now();
       comm->allreduce_sum_(dense);
       if (it) dense_ms.push_back(ms_since(t0));
+      t0 = Clock::now();
+      param_dense.add_(dense, -lr);
+      if (it) apply_dense_ms.push_back(ms_since(t0));
     }
   }
   // Pieces of the sparse path, for the breakdown: the packed allgather alone, clearing the
   // output alone, and average_sparse over a Communicator that answers locally (every "rank"
   // sent this rank's selection): the exchange's local work — packing, clearing (in full, and
   // kept zero), W decodes, the division — without the network.
-  std::vector<double> gather_ms, zero_ms, local_ms, local_kept_ms;
+  std::vector<double> gather_ms, zero_ms, local_ms, local_kept_ms, local_coalesced_ms;
   at::Tensor local_kept = at::empty({o.numel});
   cddp::SparseOutputState local_state;
   at::Tensor packed = at::zeros({k * 8}, at::kByte);
@@ -163,6 +189,12 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
     t0 = Clock::now();
     local.average_sparse(kept_slots, st);
     if (it) local_kept_ms.push_back(ms_since(t0));  // the first call clears fully
+    cddp::SparseSlot coalesced_slot{&sel, topk.get(), &out, nullptr, sel.count()};
+    coalesced_slot.coalesced = &coalesced;
+    std::vector<cddp::SparseSlot> coalesced_slots{coalesced_slot};
+    t0 = Clock::now();
+    local.average_sparse(coalesced_slots, st);
+    local_coalesced_ms.push_back(ms_since(t0));
   }
   if (local_kept_ms.empty()) local_kept_ms.push_back(0);
   comm->barrier();
@@ -178,18 +210,29 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
     std::printf("| %s | %.2f | %.2f | %.2f | %.1f× |\n", name, median(v), *std::min_element(v.begin(), v.end()),
                 *std::max_element(v.begin(), v.end()), de / median(v));
   };
-  row("sparse: average_sparse, output kept zero (CompressedSGD)", sparse_ms);
+  row("sparse: average_sparse to a coalesced list (CompressedSGD, momentum_mode dgc)", coalesced_ms);
+  row("sparse: average_sparse, dense output kept zero (CompressedSGD, momentum_mode global)", sparse_ms);
   row("sparse: average_sparse, reused output cleared in full", sparse_full_ms);
   row("sparse: average_sparse, fresh 100 MB output each call", sparse_alloc_ms);
   row("dense: Gloo allreduce", dense_ms);
   std::printf("\nparts of the sparse path (medians, measured separately): allgather of the packed %lld bytes alone (into reused buffers) "
-              "%.2f ms; zero_ of the output alone %.2f ms; average_sparse without the network %.2f ms (full clear), "
-              "%.2f ms (kept zero)\n",
-              static_cast<long long>(k * 8), median(gather_ms), median(zero_ms), median(local_ms),
-              median(local_kept_ms));
-  std::printf("speed-up dense/sparse (medians): %.1f× (kept zero), %.1f× (full clear), %.1f× (fresh output); "
-              "target >= 10×: %s\n",
-              de / sp, de / median(sparse_full_ms), de / spa, de / sp >= 10 ? "met" : "MISSED");
+              "%.2f ms; zero_ of the output alone %.2f ms; average_sparse without the network %.2f ms (coalesced), "
+              "%.2f ms (full clear), %.2f ms (kept zero)\n",
+              static_cast<long long>(k * 8), median(gather_ms), median(zero_ms), median(local_coalesced_ms),
+              median(local_ms), median(local_kept_ms));
+  const double co = median(coalesced_ms);
+  std::printf("speed-up dense/sparse (medians): %.1f× (coalesced), %.1f× (kept zero), %.1f× (full clear), "
+              "%.1f× (fresh output); target >= 10× (coalesced, the default path): %s\n",
+              de / co, de / sp, de / median(sparse_full_ms), de / spa, de / co >= 10 ? "met" : "MISSED");
+  std::vector<double> step_sparse, step_dense;  // per iteration: exchange + update
+  for (size_t i = 0; i < coalesced_ms.size(); ++i) {
+    step_sparse.push_back(coalesced_ms[i] + apply_sparse_ms[i]);
+    step_dense.push_back(dense_ms[i] + apply_dense_ms[i]);
+  }
+  std::printf("update p -= lr*avg of the %lld-element parameter (medians): add_sparse_ of the %lld coalesced entries "
+              "%.2f ms, dense add_ %.2f ms; exchange + update: sparse %.2f ms, dense %.2f ms, %.1f×\n",
+              static_cast<long long>(o.numel), static_cast<long long>(coalesced_count), median(apply_sparse_ms),
+              median(apply_dense_ms), median(step_sparse), median(step_dense), median(step_dense) / median(step_sparse));
   std::printf("bytes_received per rank: %lld, formula (W-1)*k*(4+4) = %.0f, ratio %.4f (within 5%%: %s)\n",
               static_cast<long long>(last.bytes_received), formula, double(last.bytes_received) / formula,
               std::abs(double(last.bytes_received) / formula - 1) <= 0.05 ? "yes" : "NO");

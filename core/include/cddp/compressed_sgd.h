@@ -156,9 +156,12 @@ class CompressedSGD : public torch::optim::Optimizer {
   // entries the previous step wrote instead of the whole tensor. step() only READS these
   // buffers after the exchange (momentum clones/accumulates into its own buffer, the update
   // reads d_p): anything that writes into one must reset() its state first.
+  // With momentum_mode "dgc" on a CPU float/double parameter the average arrives instead as a
+  // coalesced list (`coalesced`), applied to the O(k·W) entries it names; `tensor` stays unused.
   struct AverageBuffer {
     at::Tensor tensor;
     SparseOutputState zeros;
+    SparseAverage coalesced;
   };
   std::map<std::string, AverageBuffer> average_buffers_;
 };

@@ -4,7 +4,9 @@
 //  - sparse:  every rank's (values, indices) for all tensors of the step are packed into one
 //             byte buffer, padded to the largest rank's size (Gloo needs equal sizes), and
 //             allgathered once. Each rank then scatter-adds the ranks' selections in rank
-//             order and divides by W, so every rank computes a bitwise identical average.
+//             order and divides by W, so every rank computes a bitwise identical average —
+//             into a dense output, or (SparseSlot::coalesced) into a coalesced list of the
+//             O(k·W) entries any rank sent, which never touches the other numel − k·W.
 //  - shared:  compressors whose indices agree on every rank (seeded random-k) allreduce
 //             only the values, in one coalesced buffer.
 //  - dense:   tensors kept out of compression go through one flattened allreduce.
@@ -70,6 +72,23 @@ class SparseOutputState {
   int64_t version_ = -1;          // output_'s version counter after that call
 };
 
+// The mean over ranks as a coalesced sparse list: average[indices[j]] = values[j], +0 at every
+// entry no rank sent. Shapes: indices [m] strictly increasing (the selections' index dtype,
+// int32 or int64), values [m] of the gradient dtype, m <= the sum of the ranks' counts.
+// The tensors are reused from call to call (resized in place), so keep one per output.
+struct SparseAverage {
+  at::Tensor indices, values;
+  int64_t numel = 0;
+  bool valid = false;  // true when the last average_sparse call wrote it (else it wrote `average`)
+  int64_t count() const { return valid ? values.numel() : 0; }
+};
+
+// dense.view(-1)[a.indices] += alpha · a.values, touching only those entries: what
+// dense.add_(average, alpha) does, since alpha·(+0) added to any value leaves it unchanged.
+// dense: CPU, contiguous, a.numel entries of a.values' dtype. One plain pass over the list
+// (ATen's index_add_ spends tens of ns per entry on bookkeeping).
+void add_sparse_(const at::Tensor& dense, const SparseAverage& a, double alpha);
+
 struct SparseSlot {
   const Compressed* local;     // this rank's selection
   const Compressor* codec;     // decodes it (decompress_add_)
@@ -79,6 +98,10 @@ struct SparseSlot {
   // ranks share). When every slot says so, the counts allgather is skipped — one collective
   // round trip less per step; a rank whose selection has another size fails loudly.
   int64_t expected_count = -1;
+  // Optional out: when set and the selection is a CPU float/double one, the mean is written
+  // here (coalesced->valid) and `average` is neither read nor written (its `reuse` state is
+  // reset). The same bits as the dense decode at every entry. Otherwise `average` as usual.
+  SparseAverage* coalesced = nullptr;
 };
 
 class GradientExchange {

@@ -175,6 +175,7 @@ CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
 
 // ---------------------------------------------------------------- step
 
+
 struct CompressedSGD::Item {
   at::Tensor p, g;
   std::string name;
@@ -188,6 +189,7 @@ struct CompressedSGD::Item {
   Route route = Route::Dense;
   Compressed sent;
   at::Tensor average;  // [numel] contiguous: the mean over ranks of what was sent
+  const SparseAverage* coalesced = nullptr;  // or, when valid, that mean as a coalesced list
 };
 
 Route CompressedSGD::route_for(const Item& it, std::string& reason) const {
@@ -402,7 +404,14 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
 
   // 4. Exchange: average over ranks.
   GradientExchange& exchange = *exchange_;
-  auto slots_of = [this](std::vector<Item*>& group, bool keep_zero) {
+  // The sparse apply below needs a plain CPU parameter, and an update that is the average
+  // itself: momentum already applied locally ("dgc"), and no whole-model split.
+  auto applies_sparsely = [&](const Item& it) {
+    const auto t = it.p.scalar_type();
+    return dgc && model_item.empty() && it.p.is_cpu() && it.p.is_contiguous() && (t == at::kFloat || t == at::kDouble) &&
+           it.sent.dtype == t;
+  };
+  auto slots_of = [&](std::vector<Item*>& group, bool keep_zero) {
     std::vector<SparseSlot> slots;
     for (Item* it : group) {
       // Reused from step to step: a fresh tensor would be page-faulted in on every step
@@ -422,6 +431,10 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       // everywhere: the exchange can skip gathering the counts.
       if (it->compressor->default_density() > 0 && it->density > 0)
         slot.expected_count = k_for_ratio(it->density, it->sent.numel);
+      if (keep_zero && applies_sparsely(*it)) {
+        slot.coalesced = &buffer.coalesced;
+        it->coalesced = &buffer.coalesced;
+      }
       slots.push_back(slot);
     }
     return slots;
@@ -448,8 +461,14 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   }
 
   // 5. Apply, exactly as torch::optim::SGD does for "global" momentum (and dense tensors).
+  //    A coalesced average updates only the entries it lists: p −= lr·avg at the others is
+  //    p + (−lr)·(+0), which leaves every value, ±0 included, as it is.
   for (auto& it : items) {
     const auto& o = *it.opt;
+    if (it.coalesced && it.coalesced->valid) {
+      add_sparse_(it.p.data(), *it.coalesced, -o.lr());
+      continue;
+    }
     at::Tensor d_p = it.average.view(it.p.sizes());
     const bool local_momentum = dgc && it.route != Route::Dense;
     if (o.momentum() != 0 && !local_momentum) {
