@@ -460,6 +460,7 @@ void Run::setup() {
       .error_feedback(cfg_.compression.error_feedback)
       .residual_lr_scaling(cfg_.compression.residual_lr_scaling)
       .scope(cfg_.compression.scope)
+      .index_coding(cfg_.compression.index_coding)
       .min_numel(cfg_.compression.min_numel)
       .compress_1d(cfg_.compression.compress_1d)
       .auto_dense(cfg_.compression.auto_dense)

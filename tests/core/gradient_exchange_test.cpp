@@ -457,4 +457,121 @@ TEST(GradientExchange, AddSparseUpdatesOnlyTheListedEntries) {
   EXPECT_NE(msg.find("1001"), std::string::npos) << msg;
 }
 
+// A selection over a tensor of several 65,536-entry blocks: `kind` "sorted", "unsorted" (the
+// same list shuffled plus a repeat: Block16 must regroup it by block and keep the repeat's
+// order), "one", "empty".
+cddp::Compressed multi_block_selection(const std::string& kind, int rank, int64_t numel) {
+  if (kind == "empty") return selection({}, {}, numel);
+  if (kind == "one") return selection({int32_t(numel - 1)}, {2.5f}, numel);  // the last block's last entry
+  std::mt19937 gen(500 + rank);
+  std::uniform_int_distribution<int32_t> pick(0, int32_t(numel - 1));
+  std::vector<bool> used(numel, false);
+  std::vector<int32_t> idx;
+  while (idx.size() < 2000) {
+    int32_t x = pick(gen);
+    if (idx.size() % 9 == 0 && !used[idx.size() * 97]) x = int32_t(idx.size() * 97);  // shared across ranks at times
+    if (!used[x]) used[x] = true, idx.push_back(x);
+  }
+  std::sort(idx.begin(), idx.end());
+  if (kind == "unsorted") {
+    std::shuffle(idx.begin(), idx.end(), gen);
+    idx.push_back(idx[7]);
+  }
+  std::normal_distribution<float> value;
+  std::vector<float> vals;
+  for (size_t j = 0; j < idx.size(); ++j) vals.push_back(j % 13 == 5 ? -0.f : value(gen));
+  return selection(idx, vals, numel);
+}
+
+// IndexCoding::Block16 against Plain: the same bits in every output (dense and coalesced), on
+// every rank, for sorted and unsorted lists over four blocks, a one-entry list in the last
+// block, and an empty one; and exactly 4 bytes a block plus 2 an index on the wire.
+TEST(GradientExchange, Block16IndicesGiveTheSameBitsInFewerBytes) {
+  const int W = 3;
+  const int64_t N = 200000;  // 4 blocks, the last one partial
+  const std::vector<std::vector<std::string>> cases = {
+      {"sorted", "sorted", "sorted"}, {"unsorted", "sorted", "empty"}, {"one", "unsorted", "unsorted"}};
+  PlainCodec codec;
+  for (const auto& kinds : cases) {
+    const std::string label = kinds[0] + "/" + kinds[1] + "/" + kinds[2];
+    std::vector<std::vector<at::Tensor>> dense(W);
+    std::vector<std::vector<cddp::SparseAverage>> lists(W, std::vector<cddp::SparseAverage>(2));
+    std::vector<std::vector<cddp::StepStats>> stats(W, std::vector<cddp::StepStats>(2));
+    on_ranks(W, [&](cddp::Communicator& comm, int r) {
+      cddp::Compressed sel = multi_block_selection(kinds[r], r, N);
+      for (int c = 0; c < 2; ++c) {
+        cddp::GradientExchange ex(comm, c == 0 ? cddp::IndexCoding::Plain : cddp::IndexCoding::Block16);
+        dense[r].push_back(at::full({N}, std::numeric_limits<float>::quiet_NaN()));
+        std::vector<cddp::SparseSlot> to_dense = {{&sel, &codec, &dense[r].back()}};
+        ex.average_sparse(to_dense, stats[r][c]);
+        at::Tensor unused = at::empty({N});
+        cddp::SparseSlot slot{&sel, &codec, &unused};
+        slot.coalesced = &lists[r][c];
+        std::vector<cddp::SparseSlot> to_list = {slot};
+        cddp::StepStats st;
+        ex.average_sparse(to_list, st);
+      }
+    });
+    int64_t largest = 0;
+    for (int r = 0; r < W; ++r) largest = std::max(largest, multi_block_selection(kinds[r], r, N).count());
+    for (int r = 0; r < W; ++r) {
+      EXPECT_TRUE(bitwise_equal(dense[r][0], dense[r][1])) << label << " rank " << r;
+      EXPECT_TRUE(bitwise_equal(dense[r][1], dense[0][1])) << label << " rank " << r << " differs from rank 0";
+      EXPECT_TRUE(bitwise_equal(lists[r][0].indices, lists[r][1].indices) &&
+                  bitwise_equal(lists[r][0].values, lists[r][1].values))
+          << label << " rank " << r;
+      // Every rank sends the padded size of the largest selection (plus the counts allgather, 8 bytes).
+      const int64_t pad = (largest * 4 + 7) / 8 * 8;
+      EXPECT_EQ(stats[r][0].bytes_sent, 8 + pad + (largest * 4 + 7) / 8 * 8) << label;
+      EXPECT_EQ(stats[r][1].bytes_sent, 8 + pad + (4 * 4 + 2 * largest + 7) / 8 * 8) << label;
+      EXPECT_EQ(cddp::index_wire_bytes(largest, N, cddp::IndexCoding::Block16), 16 + 2 * largest);
+    }
+  }
+}
+
+// Forwards every collective, but corrupts rank 1's first Block16 block count in what it
+// receives from rank 0: the decode must name the rank and the mismatch, not read past the list.
+class CorruptingCommunicator final : public cddp::Communicator {
+ public:
+  CorruptingCommunicator(cddp::Communicator& inner, int64_t index_offset) : inner_(inner), offset_(index_offset) {}
+  int rank() const override { return inner_.rank(); }
+  int world_size() const override { return inner_.world_size(); }
+  std::string backend_name() const override { return "corrupting"; }
+  void allreduce_sum_(at::Tensor& t) override { inner_.allreduce_sum_(t); }
+  std::vector<at::Tensor> allgather(const at::Tensor& t) override {
+    auto all = inner_.allgather(t);
+    if (rank() == 1 && t.scalar_type() == at::kByte) {
+      all[0] = all[0].clone();
+      reinterpret_cast<uint32_t*>(all[0].data_ptr<uint8_t>() + offset_)[0] += 1;
+    }
+    return all;
+  }
+  void broadcast_(at::Tensor& t, int root) override { inner_.broadcast_(t, root); }
+  void barrier() override { inner_.barrier(); }
+
+ private:
+  cddp::Communicator& inner_;
+  int64_t offset_;
+};
+
+TEST(GradientExchange, CorruptedIndexBlocksAreACleanError) {
+  const int64_t N = 200000;
+  PlainCodec codec;
+  std::vector<std::string> errors(2);
+  on_ranks(2, [&](cddp::Communicator& comm, int r) {
+    cddp::Compressed sel = multi_block_selection("sorted", r, N);
+    CorruptingCommunicator bad(comm, sel.count() * 4);  // the index region follows the values
+    cddp::GradientExchange ex(bad);
+    at::Tensor out = at::empty({N});
+    cddp::SparseSlot slot{&sel, &codec, &out};
+    slot.expected_count = sel.count();
+    std::vector<cddp::SparseSlot> slots = {slot};
+    cddp::StepStats st;
+    if (r == 0) ex.average_sparse(slots, st);  // received an intact message: no error
+    else errors[r] = cddp::testing::error_of([&] { ex.average_sparse(slots, st); });
+  });
+  EXPECT_NE(errors[1].find("rank 0's index blocks count 2001 entries, its count says 2000"), std::string::npos)
+      << errors[1];
+}
+
 }  // namespace

@@ -276,7 +276,8 @@ TEST(GradientExchangeFastPath, SameBitsAsCodecAndDiv) {
       for (int r = 0; r < 3; ++r) codec.decompress_add_(c, expected);
       expected.div_(3);
       EXPECT_TRUE(at::equal(out, expected)) << dtype << " k=" << k;
-      EXPECT_EQ(st.bytes_received, 2 * (((k * int64_t(at::elementSize(dtype)) + 7) / 8 * 8) + (k * 4 + 7) / 8 * 8 + 8));
+      const int64_t index_bytes = (4 + 2 * k + 7) / 8 * 8;  // Block16: one block count, 2 bytes an index
+      EXPECT_EQ(st.bytes_received, 2 * (((k * int64_t(at::elementSize(dtype)) + 7) / 8 * 8) + index_bytes + 8));
     }
 }
 

@@ -186,24 +186,32 @@ INSTANTIATE_TEST_SUITE_P(Dist, MultiProcessTraining,
                                            Case{"randomk", 4, 0.0}, Case{"none", 2, 0.9}, Case{"none", 4, 0.9}),
                          case_name);
 
+// Received bytes per rank against (W−1)·(k·value bytes + index bytes): plain int32 indices take
+// 4 bytes each; Block16 (the default) 2 bytes each plus 4 bytes for each of the tensor's
+// ceil(numel / 65536) blocks.
 TEST(MultiProcessBytes, ReceivedBytesMatchFormula) {
-  for (int W : {2, 4}) {
-    const int64_t numel = 1000000, k = 10000;  // ratio 0.01
-    JobRun run = run_workers(W, {"bytes", "--numel", std::to_string(numel), "--ratio", "0.01", "--plugin-dir",
-                              CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
-    ASSERT_EQ(run.code, 0) << run.all();
-    const double expected = double(W - 1) * double(k) * (4 + 4);  // fp32 values + int32 indices
-    for (int r = 0; r < W; ++r) {
-      std::smatch m;
-      const std::string text = run.text(r);
-      ASSERT_TRUE(std::regex_search(text, m, std::regex("BYTES received=(\\d+) sent=(\\d+) payload=(\\d+) k=(\\d+) route=(\\S+)")))
-          << run.all();
-      const double received = std::stod(m[1]);
-      EXPECT_EQ(std::stoll(m[4]), k);
-      EXPECT_EQ(m[5].str(), "sparse-allgather");
-      EXPECT_NEAR(received / expected, 1.0, 0.05) << "W=" << W << " rank " << r << ": " << received << " vs " << expected;
-      std::printf("W=%d rank %d: bytes_received %.0f, formula (W-1)*k*8 = %.0f (ratio %.4f)\n", W, r, received, expected,
-                  received / expected);
+  const int64_t numel = 1000000, k = 10000;  // ratio 0.01
+  for (const std::string coding : {"block16", "plain"}) {
+    const double index_bytes = coding == "plain" ? 4.0 * k : 2.0 * k + 4.0 * 16;  // 1e6 entries: 16 blocks
+    for (int W : {2, 4}) {
+      JobRun run = run_workers(W, {"bytes", "--numel", std::to_string(numel), "--ratio", "0.01", "--index-coding",
+                                coding, "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+      ASSERT_EQ(run.code, 0) << run.all();
+      const double expected = double(W - 1) * (4.0 * k + index_bytes);  // fp32 values
+      for (int r = 0; r < W; ++r) {
+        std::smatch m;
+        const std::string text = run.text(r);
+        ASSERT_TRUE(std::regex_search(
+            text, m, std::regex("BYTES received=(\\d+) sent=(\\d+) payload=(\\d+) k=(\\d+) route=(\\S+)")))
+            << run.all();
+        const double received = std::stod(m[1]);
+        EXPECT_EQ(std::stoll(m[4]), k);
+        EXPECT_EQ(m[5].str(), "sparse-allgather");
+        EXPECT_NEAR(received / expected, 1.0, 0.05)
+            << coding << " W=" << W << " rank " << r << ": " << received << " vs " << expected;
+        std::printf("%s W=%d rank %d: bytes_received %.0f, formula (W-1)*(4k + index bytes) = %.0f (ratio %.4f)\n",
+                    coding.c_str(), W, r, received, expected, received / expected);
+      }
     }
   }
 }

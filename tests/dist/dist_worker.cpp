@@ -8,7 +8,8 @@
 //               --nan-rank/--nan-step (a NaN gradient), --die-rank/--die-step/--die-how
 //               kill|stop (SIGKILL / SIGSTOP itself), --ratio-rank1 (a different config).
 //               --momentum-mode global (default here) or dgc.
-//   bytes       one step of top-k on a --numel tensor; prints "BYTES received=... k=...".
+//   bytes       one step of top-k on a --numel tensor (--index-coding block16|plain); prints
+//               "BYTES received=... k=...".
 //   rendezvous  connect, barrier, print "CONNECTED".
 //   echo        launcher checks: prints env and lines, exits/raises/sleeps as told.
 // Errors: "ERROR: <message>" on stderr and exit code 1.
@@ -150,7 +151,7 @@ int role_bytes(const Args& a) {
   at::Tensor p = at::zeros({numel});
   p.mutable_grad() = at::randn({numel}, generator(99 + comm->rank()));
   CompressedSGDOptions o(0.1);
-  o.compressor(topk).density(ratio).communicator(comm);
+  o.compressor(topk).density(ratio).communicator(comm).index_coding(a.get("--index-coding", "block16"));
   CompressedSGD opt(std::vector<at::Tensor>{p}, o);
   opt.step();
   const StepStats& st = opt.last_step_stats();

@@ -8,7 +8,8 @@
 //   sparse, coalesced  GradientExchange::average_sparse on the rank's real top-k selection (the
 //            topk plugin, computed once before timing): packed allgather (counts known, so no
 //            counts allgather) + rank-ordered decode + /W into a coalesced list (SparseAverage)
-//            — what CompressedSGD::step does with momentum_mode "dgc", the default;
+//            — what CompressedSGD::step does with momentum_mode "dgc", the default. Indices
+//            travel Block16-coded (2 bytes each, the default); a second row sends them as int32;
 //   sparse, kept zero  the same decoded into a dense output kept zero by a SparseOutputState —
 //            what it does with "global" momentum. At this density the decode is the sweep: it
 //            rewrites the whole output in one streaming pass, no clearing;
@@ -97,7 +98,11 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   const double select_ms = ms_since(t_sel);
   const int64_t k = sel.count();
 
-  cddp::GradientExchange exchange(*comm);
+  cddp::GradientExchange exchange(*comm);  // Block16 indices, the default
+  cddp::GradientExchange plain_exchange(*comm, cddp::IndexCoding::Plain);
+  cddp::SparseAverage coalesced_plain;
+  std::vector<double> coalesced_plain_ms;
+  cddp::StepStats last_plain;
   at::Tensor out = at::empty({o.numel});   // full clear every call
   at::Tensor kept = at::empty({o.numel});  // kept zero between calls by `kept_state`
   cddp::SparseOutputState kept_state;
@@ -151,6 +156,17 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
       if (it) sparse_alloc_ms.push_back(ms_since(t0));
     }
     {
+      cddp::SparseSlot slot{&sel, topk.get(), &out, nullptr, sel.count()};
+      slot.coalesced = &coalesced_plain;
+      std::vector<cddp::SparseSlot> slots{slot};
+      cddp::StepStats st;
+      comm->barrier();
+      auto t0 = Clock::now();
+      plain_exchange.average_sparse(slots, st);
+      if (it) coalesced_plain_ms.push_back(ms_since(t0));
+      last_plain = st;
+    }
+    {
       at::Tensor dense = grad.clone();
       comm->barrier();
       auto t0 = Clock::now();
@@ -168,7 +184,8 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   std::vector<double> gather_ms, zero_ms, local_ms, local_kept_ms, local_coalesced_ms;
   at::Tensor local_kept = at::empty({o.numel});
   cddp::SparseOutputState local_state;
-  at::Tensor packed = at::zeros({k * 8}, at::kByte);
+  const int64_t packed_bytes = (k * 4 + 7) / 8 * 8 + (cddp::index_wire_bytes(k, o.numel, cddp::IndexCoding::Block16) + 7) / 8 * 8;
+  at::Tensor packed = at::zeros({packed_bytes}, at::kByte);
   std::vector<at::Tensor> gather_bufs;  // reused, as GradientExchange does
   Mirror mirror(W);
   cddp::GradientExchange local(mirror);
@@ -201,7 +218,8 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   if (me != 0) return 0;
 
   const double sp = median(sparse_ms), spa = median(sparse_alloc_ms), de = median(dense_ms);
-  const double formula = double(W - 1) * double(k) * (4 + 4);
+  const double index_bytes = double(cddp::index_wire_bytes(k, o.numel, cddp::IndexCoding::Block16));
+  const double formula = double(W - 1) * (double(k) * 4 + index_bytes);
   std::printf("bench_exchange: W=%d, N=%lld fp32, ratio %.4g, k=%lld, %d iterations (median), 1 intra-op thread\n", W,
               static_cast<long long>(o.numel), o.ratio, static_cast<long long>(k), o.iters);
   std::printf("top-k selection (once, not timed below): %.1f ms\n\n", select_ms);
@@ -211,6 +229,7 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
                 *std::max_element(v.begin(), v.end()), de / median(v));
   };
   row("sparse: average_sparse to a coalesced list (CompressedSGD, momentum_mode dgc)", coalesced_ms);
+  row("sparse: the same with plain int32 indices (index_coding plain)", coalesced_plain_ms);
   row("sparse: average_sparse, dense output kept zero (CompressedSGD, momentum_mode global)", sparse_ms);
   row("sparse: average_sparse, reused output cleared in full", sparse_full_ms);
   row("sparse: average_sparse, fresh 100 MB output each call", sparse_alloc_ms);
@@ -218,7 +237,7 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   std::printf("\nparts of the sparse path (medians, measured separately): allgather of the packed %lld bytes alone (into reused buffers) "
               "%.2f ms; zero_ of the output alone %.2f ms; average_sparse without the network %.2f ms (coalesced), "
               "%.2f ms (full clear), %.2f ms (kept zero)\n",
-              static_cast<long long>(k * 8), median(gather_ms), median(zero_ms), median(local_coalesced_ms),
+              static_cast<long long>(packed_bytes), median(gather_ms), median(zero_ms), median(local_coalesced_ms),
               median(local_ms), median(local_kept_ms));
   const double co = median(coalesced_ms);
   std::printf("speed-up dense/sparse (medians): %.1f× (coalesced), %.1f× (kept zero), %.1f× (full clear), "
@@ -233,9 +252,11 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
               "%.2f ms, dense add_ %.2f ms; exchange + update: sparse %.2f ms, dense %.2f ms, %.1f×\n",
               static_cast<long long>(o.numel), static_cast<long long>(coalesced_count), median(apply_sparse_ms),
               median(apply_dense_ms), median(step_sparse), median(step_dense), median(step_dense) / median(step_sparse));
-  std::printf("bytes_received per rank: %lld, formula (W-1)*k*(4+4) = %.0f, ratio %.4f (within 5%%: %s)\n",
-              static_cast<long long>(last.bytes_received), formula, double(last.bytes_received) / formula,
-              std::abs(double(last.bytes_received) / formula - 1) <= 0.05 ? "yes" : "NO");
+  std::printf("bytes_received per rank: %lld, formula (W-1)*(4k + Block16 index bytes %.0f) = %.0f, ratio %.4f "
+              "(within 5%%: %s); plain int32 indices: %lld\n",
+              static_cast<long long>(last.bytes_received), index_bytes, formula, double(last.bytes_received) / formula,
+              std::abs(double(last.bytes_received) / formula - 1) <= 0.05 ? "yes" : "NO",
+              static_cast<long long>(last_plain.bytes_received));
   return 0;
 }
 

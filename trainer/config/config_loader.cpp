@@ -147,6 +147,7 @@ const std::vector<Section>& schema() {
                   field("error_feedback", Kind::Bool, &C::compression, &CompressionConfig::error_feedback),
                   field("residual_lr_scaling", Kind::Bool, &C::compression, &CompressionConfig::residual_lr_scaling),
                   enum_field("scope", &C::compression, &CompressionConfig::scope, {"layer", "model"}),
+                  enum_field("index_coding", &C::compression, &CompressionConfig::index_coding, {"block16", "plain"}),
                   int_field("min_numel", &C::compression, &CompressionConfig::min_numel, 0),
                   field("compress_1d", Kind::Bool, &C::compression, &CompressionConfig::compress_1d),
                   field("auto_dense", Kind::Bool, &C::compression, &CompressionConfig::auto_dense),

@@ -80,6 +80,7 @@ struct CompressionConfig {
   bool error_feedback = true;
   bool residual_lr_scaling = false;  // residual kept in units of the current lr (CompressedSGDOptions)
   std::string scope = "layer";  // "layer" | "model"
+  std::string index_coding = "block16";  // how sparse indices travel: "block16" | "plain" (int32)
   int64_t min_numel = 0;
   bool compress_1d = true;
   bool auto_dense = true;

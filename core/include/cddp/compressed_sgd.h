@@ -78,6 +78,10 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   TORCH_ARG(bool, auto_dense) = true;
   TORCH_ARG(std::vector<CompressionRule>, rules) = {};
   TORCH_ARG(int64_t, seed) = 0;
+  // How the sparse route's indices travel: "block16" (default; 2 bytes an index plus 4 bytes per
+  // 65,536 entries, see IndexCoding) or "plain" (int32). Changes bytes, never results. A wire
+  // setting, not state: like the compressor it is not saved, and every rank must agree on it.
+  TORCH_ARG(std::string, index_coding) = "block16";
   // How ranks talk; null means a LocalCommunicator (world size 1).
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
   // Compute the residual norm into StepStats (one extra pass over residuals).

@@ -29,23 +29,92 @@ int64_t ring_allreduce_bytes(int64_t bytes, int world) {
   return world > 1 ? (2 * (world - 1) * bytes) / world : 0;
 }
 
+constexpr int kBlockBits = 16;  // IndexCoding::Block16: 65,536 entries a block
+int64_t blocks_of(int64_t numel) { return (numel + (int64_t{1} << kBlockBits) - 1) >> kBlockBits; }
+int64_t plain_index_bytes(int64_t count, int64_t numel) {
+  return count * static_cast<int64_t>(c10::elementSize(index_dtype_for(numel)));
+}
+int64_t block16_bytes(int64_t count, int64_t numel) { return 4 * blocks_of(numel) + 2 * count; }
+// Whether a selection of `count` entries travels Block16-coded: every rank can tell from the counts.
+bool block16(IndexCoding coding, int64_t count, int64_t numel) {
+  return coding == IndexCoding::Block16 && count > 0 && block16_bytes(count, numel) < plain_index_bytes(count, numel);
+}
+
 // Byte layout of one rank's packed selections, given that rank's counts.
 struct Layout {
   std::vector<int64_t> value_offset, index_offset;
   int64_t total = 0;
 };
 
-Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts) {
+Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts, IndexCoding coding) {
   Layout l;
   for (size_t i = 0; i < slots.size(); ++i) {
     const Compressed& c = *slots[i].local;
-    int64_t vsize = c10::elementSize(c.dtype), isize = c10::elementSize(index_dtype_for(c.numel));
+    const int64_t vsize = c10::elementSize(c.dtype);
     l.value_offset.push_back(l.total);
     l.total += pad8(counts[i] * vsize);
-    l.index_offset.push_back(l.total);
-    l.total += pad8(counts[i] * isize);
+    l.index_offset.push_back(l.total);  // a multiple of 8: Block16's uint32 counts are aligned
+    l.total += pad8(index_wire_bytes(counts[i], c.numel, coding));
   }
   return l;
+}
+
+// Block16 encoding of one selection into `dst` (4·blocks + 2·n bytes): the per-block counts,
+// then the low 16 bits of each index, block after block. If the list is not already grouped by
+// block (an unsorted compressor), it is regrouped by a stable counting sort and `order` receives
+// the permutation (order[pos] = list position sent at pos), which the values must follow; for
+// a grouped list (top-k and random-k emit sorted lists) `order` is left empty.
+template <typename I>
+void encode_block16(const I* idx, int64_t n, int64_t numel, uint8_t* dst, std::vector<int64_t>& order) {
+  const int64_t nb = blocks_of(numel);
+  auto* counts = reinterpret_cast<uint32_t*>(dst);
+  auto* low = reinterpret_cast<uint16_t*>(dst + 4 * nb);
+  std::fill(counts, counts + nb, 0u);
+  bool grouped = true;
+  int64_t prev = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t x = static_cast<int64_t>(idx[j]);
+    TORCH_CHECK(x >= 0 && x < numel, "sparse exchange: this rank's selection holds index ", x, " for a tensor of ",
+                numel, " elements");
+    const int64_t b = x >> kBlockBits;
+    ++counts[b];
+    grouped = grouped && b >= prev;
+    prev = b;
+  }
+  order.clear();
+  if (grouped) {
+    for (int64_t j = 0; j < n; ++j) low[j] = static_cast<uint16_t>(static_cast<int64_t>(idx[j]) & 0xFFFF);
+    return;
+  }
+  std::vector<int64_t> next(static_cast<size_t>(nb), 0);
+  for (int64_t b = 1; b < nb; ++b) next[b] = next[b - 1] + counts[b - 1];
+  order.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t x = static_cast<int64_t>(idx[j]);
+    const int64_t pos = next[x >> kBlockBits]++;
+    low[pos] = static_cast<uint16_t>(x & 0xFFFF);
+    order[pos] = j;
+  }
+}
+
+// The inverse: rank `from`'s n indices, Block16-coded at `src`, into `out` (int32 or int64).
+template <typename I>
+void decode_block16(const uint8_t* src, int64_t n, int64_t numel, I* out, int from) {
+  const int64_t nb = blocks_of(numel);
+  const auto* counts = reinterpret_cast<const uint32_t*>(src);
+  const auto* low = reinterpret_cast<const uint16_t*>(src + 4 * nb);
+  int64_t total = 0;
+  for (int64_t b = 0; b < nb; ++b) total += counts[b];
+  TORCH_CHECK(total == n, "sparse exchange: rank ", from, "'s index blocks count ", total, " entries, its count says ",
+              n, " (a corrupted or mismatched message)");
+  int64_t j = 0;
+  for (int64_t b = 0; b < nb; ++b) {
+    const int64_t base = b << kBlockBits;
+    for (int64_t e = j + counts[b]; j < e; ++j) out[j] = static_cast<I>(base | low[j]);
+  }
+  for (int64_t q = n - counts[nb - 1]; q < n; ++q)  // only the last block can reach past numel
+    TORCH_CHECK(static_cast<int64_t>(out[q]) < numel, "sparse exchange: rank ", from, " sent index ", out[q],
+                " for a tensor of ", numel, " elements");
 }
 
 at::Tensor as_bytes(const at::Tensor& t) { return t.contiguous().view(at::kByte); }
@@ -524,6 +593,10 @@ void add_sparse_(const at::Tensor& dense, const SparseAverage& a, double alpha) 
   }
 }
 
+int64_t index_wire_bytes(int64_t count, int64_t numel, IndexCoding coding) {
+  return block16(coding, count, numel) ? block16_bytes(count, numel) : plain_index_bytes(count, numel);
+}
+
 bool GradientExchange::any_rank(bool local_flag) {
   if (comm_.world_size() == 1) return local_flag;
   at::Tensor flag = at::full({1}, local_flag ? 1.0f : 0.0f, at::kFloat);
@@ -655,7 +728,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   int64_t max_total = 0;
   for (int r = 0; r < world; ++r) {
     at::Tensor c = all_counts[r].contiguous();
-    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>()));
+    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>(), coding_));
     max_total = std::max(max_total, layouts.back().total);
   }
 
@@ -664,12 +737,28 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   if (!packed_.defined() || packed_.numel() != packed_bytes) packed_ = at::zeros({packed_bytes}, at::kByte);
   at::Tensor& packed = packed_;  // bytes outside this call's value and index ranges are never read
   const Layout& mine = layouts[me];
+  std::vector<int64_t> order;
   for (int64_t i = 0; i < P; ++i) {
     const Compressed& c = *slots[i].local;
-    if (c.count() == 0) continue;
-    at::Tensor vb = as_bytes(c.values.to(c.dtype)), ib = as_bytes(c.indices.to(index_dtype_for(c.numel)));
-    packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
-    packed.narrow(0, mine.index_offset[i], ib.numel()).copy_(ib);
+    const int64_t n = c.count();
+    if (n == 0) continue;
+    at::Tensor vb = as_bytes(c.values.to(c.dtype)), idx = c.indices.to(index_dtype_for(c.numel)).contiguous();
+    if (!block16(coding_, n, c.numel)) {
+      packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
+      packed.narrow(0, mine.index_offset[i], n * idx.element_size()).copy_(as_bytes(idx));
+      continue;
+    }
+    uint8_t* dst = packed.data_ptr<uint8_t>() + mine.index_offset[i];
+    if (idx.scalar_type() == at::kInt) encode_block16(idx.data_ptr<int32_t>(), n, c.numel, dst, order);
+    else encode_block16(idx.data_ptr<int64_t>(), n, c.numel, dst, order);
+    if (order.empty()) {
+      packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
+    } else {  // the values follow their indices into block order
+      const size_t es = c10::elementSize(c.dtype);
+      const uint8_t* from = vb.data_ptr<uint8_t>();
+      uint8_t* to = packed.data_ptr<uint8_t>() + mine.value_offset[i];
+      for (size_t pos = 0; pos < order.size(); ++pos) std::memcpy(to + pos * es, from + order[pos] * es, es);
+    }
   }
   comm_.allgather_into(packed, gathered_);
   const std::vector<at::Tensor>& gathered = gathered_;
@@ -679,6 +768,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   //    touched only those are divided: the same bits as a full div_, without another pass
   //    over the whole tensor.
   zeroing.wait();
+  decoded_.resize(static_cast<size_t>(P * world));
   for (int64_t i = 0; i < P; ++i) {
     const Compressed& local = *slots[i].local;
     at::Tensor& avg = *slots[i].average;
@@ -693,7 +783,17 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       c.shape = local.shape;
       c.dtype = local.dtype;
       c.values = gathered[r].narrow(0, layouts[r].value_offset[i], n * c10::elementSize(c.dtype)).view(c.dtype);
-      c.indices = gathered[r].narrow(0, layouts[r].index_offset[i], n * c10::elementSize(it)).view(it);
+      if (block16(coding_, n, local.numel)) {
+        at::Tensor& idx = decoded_[static_cast<size_t>(i * world + r)];
+        if (!idx.defined() || idx.scalar_type() != it) idx = at::empty({0}, it);
+        idx.resize_({n});  // reused from call to call
+        const uint8_t* src = gathered[r].data_ptr<uint8_t>() + layouts[r].index_offset[i];
+        if (it == at::kInt) decode_block16(src, n, local.numel, idx.data_ptr<int32_t>(), r);
+        else decode_block16(src, n, local.numel, idx.data_ptr<int64_t>(), r);
+        c.indices = idx;
+      } else {
+        c.indices = gathered[r].narrow(0, layouts[r].index_offset[i], n * c10::elementSize(it)).view(it);
+      }
       parts.push_back(std::move(c));
       from.push_back(r);
     }

@@ -115,6 +115,8 @@ void check_options(const CompressedSGDOptions& o) {
   TORCH_CHECK(o.scope() == "layer" || o.scope() == "model", "Invalid scope '", o.scope(),
               "'; expected \"layer\" or \"model\"");
   TORCH_CHECK(o.min_numel() >= 0, "Invalid min_numel: ", o.min_numel());
+  TORCH_CHECK(o.index_coding() == "block16" || o.index_coding() == "plain", "Invalid index_coding '",
+              o.index_coding(), "'; expected \"block16\" or \"plain\"");
   TORCH_CHECK(!(o.scope() == "model" && o.momentum_mode() == "dgc" && o.momentum() != 0),
               "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is "
               "kept per tensor); momentum_mode is \"dgc\", the default");
@@ -140,7 +142,8 @@ CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> nam
   check_options(options);
   for (auto& [name, t] : named_params) names_.push_back(name);
   comm_ = options.communicator() ? options.communicator() : std::make_shared<LocalCommunicator>();
-  exchange_ = std::make_unique<GradientExchange>(*comm_);
+  exchange_ = std::make_unique<GradientExchange>(
+      *comm_, defaults_options().index_coding() == "plain" ? IndexCoding::Plain : IndexCoding::Block16);
 }
 
 CompressedSGD::CompressedSGD(std::vector<at::Tensor> params, CompressedSGDOptions options)
@@ -202,14 +205,16 @@ Route CompressedSGD::route_for(const Item& it, std::string& reason) const {
   if (!o.compress_1d() && it.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
   const bool shared = it.compressor->shared_indices();
   const int W = comm_->world_size();
-  // Sparse allgather receives (W−1)·k·(value+index bytes); a dense ring allreduce moves
-  // 2(W−1)/W·numel·value bytes. With 4-byte values and indices: sparse wins iff W·density < 1.
+  // Sparse allgather receives (W−1)·(k·value bytes + index bytes); a dense ring allreduce moves
+  // 2(W−1)/W·numel·value bytes. With 4-byte values and plain 4-byte indices: sparse wins iff
+  // W·density < 1; with Block16 indices (≈ 2 bytes) iff W·density < 4/3, about.
   // Shared indices allreduce k values, so they win whenever density < 1.
   if (o.auto_dense() && it.density > 0) {
+    const int64_t kk = k_for_ratio(it.density, it.p.numel());
     double vb = double(c10::elementSize(it.p.scalar_type()));
-    double ib = double(c10::elementSize(index_dtype_for(it.p.numel())));
-    double n = double(it.p.numel()), k = double(k_for_ratio(it.density, it.p.numel()));
-    double sparse = shared ? k * vb : (W > 1 ? (W - 1) * k * (vb + ib) : k * (vb + ib));
+    double n = double(it.p.numel()), k = double(kk);
+    double idx = double(index_wire_bytes(kk, it.p.numel(), exchange_->index_coding()));
+    double sparse = shared ? k * vb : (W > 1 ? (W - 1) * (k * vb + idx) : k * vb + idx);
     double dense = W > 1 ? 2.0 * (W - 1) / W * n * vb : n * vb;
     if (sparse >= dense) {
       reason = "sparse bytes " + std::to_string(int64_t(sparse)) + " >= dense bytes " + std::to_string(int64_t(dense));
@@ -518,6 +523,7 @@ void CompressedSGD::load(torch::serialize::InputArchive& archive) {
     o.compressor(live[i].compressor()).communicator(live[i].communicator()).rules(live[i].rules());
     o.nonfinite(live[i].nonfinite()).min_numel(live[i].min_numel()).compress_1d(live[i].compress_1d());
     o.auto_dense(live[i].auto_dense()).track_residual_norm(live[i].track_residual_norm());
+    o.index_coding(live[i].index_coding());
   }
   c10::IValue step;
   TORCH_CHECK(archive.try_read("cddp_step", step), "CompressedSGD state has no step count");
