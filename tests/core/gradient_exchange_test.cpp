@@ -336,24 +336,28 @@ TEST(GradientExchange, AKnownCountThatIsWrongFailsBeforeAnyCollective) {
 }
 
 
-// Rank r's selection for the coalesced test: `kind` "sorted" (k random sorted entries; ranks
-// overlap in places), "unsorted" (the same shuffled, with one entry repeated), "one", "empty".
-cddp::Compressed coalesce_case(const std::string& kind, int rank, int64_t numel, int64_t k) {
+// Rank r's selection of k entries of a numel-entry tensor, for the coalesced and Block16 tests:
+// `kind` "sorted" (random, sorted; some indices shared between ranks), "unsorted" (the same list
+// shuffled, plus a repeat of its first entry, added twice in list order), "one" (one entry near
+// the end: the last block), "empty". Values include −0.
+cddp::Compressed random_selection(const std::string& kind, int rank, int64_t numel, int64_t k) {
   if (kind == "empty") return selection({}, {}, numel);
-  if (kind == "one") return selection({int32_t(numel / 3 + rank)}, {rank % 2 ? -0.f : 1.25f}, numel);
+  if (kind == "one") return selection({int32_t(numel - 1 - rank)}, {rank % 2 ? -0.f : 1.25f}, numel);
   std::mt19937 gen(77 + rank);
-  std::vector<int32_t> idx;
-  std::vector<bool> used(numel, false);
   std::uniform_int_distribution<int32_t> pick(0, int32_t(numel - 1));
+  std::vector<bool> used(numel, false);
+  std::vector<int32_t> idx;
+  const int64_t stride = numel / (2 * k);  // every rank tries j·stride at times: shared indices
   while (int64_t(idx.size()) < k) {
     int32_t x = pick(gen);
-    if (rank > 0 && idx.size() % 5 == 0 && !used[idx.size() * 3]) x = int32_t(idx.size() * 3);  // more overlap
+    const int64_t shared = int64_t(idx.size()) * stride;
+    if (idx.size() % 5 == 0 && !used[shared]) x = int32_t(shared);
     if (!used[x]) used[x] = true, idx.push_back(x);
   }
   std::sort(idx.begin(), idx.end());
   if (kind == "unsorted") {
     std::shuffle(idx.begin(), idx.end(), gen);
-    idx.push_back(idx.front());  // a repeat: added twice, in list order
+    idx.push_back(idx.front());
   }
   std::normal_distribution<float> value;
   std::vector<float> vals;
@@ -386,7 +390,7 @@ TEST(GradientExchange, CoalescedAverageEqualsDenseDecodeBitwise) {
     std::vector<at::Tensor> dense(c.world), untouched(c.world);
     auto body = [&](cddp::Communicator& comm, int r) {
       cddp::GradientExchange ex(comm);
-      cddp::Compressed sel = coalesce_case(c.kinds[r], r, N, 300);
+      cddp::Compressed sel = random_selection(c.kinds[r], r, N, 300);
       dense[r] = at::full({N}, std::numeric_limits<float>::quiet_NaN());
       std::vector<cddp::SparseSlot> to_dense = {{&sel, &codec, &dense[r]}};
       cddp::StepStats st;
@@ -420,7 +424,7 @@ TEST(GradientExchange, CoalescedAverageEqualsDenseDecodeBitwise) {
           << label << ": rank " << r << " differs from rank 0";
     }
     int64_t sent = 0;
-    for (int r = 0; r < c.world; ++r) sent += coalesce_case(c.kinds[r], r, N, 300).count();
+    for (int r = 0; r < c.world; ++r) sent += random_selection(c.kinds[r], r, N, 300).count();
     EXPECT_LE(lists[0].count(), sent) << label;
     if (c.kinds == std::vector<std::string>{"sorted", "sorted"})
       EXPECT_LT(lists[0].count(), sent) << "the two ranks were meant to share some indices";
@@ -457,32 +461,6 @@ TEST(GradientExchange, AddSparseUpdatesOnlyTheListedEntries) {
   EXPECT_NE(msg.find("1001"), std::string::npos) << msg;
 }
 
-// A selection over a tensor of several 65,536-entry blocks: `kind` "sorted", "unsorted" (the
-// same list shuffled plus a repeat: Block16 must regroup it by block and keep the repeat's
-// order), "one", "empty".
-cddp::Compressed multi_block_selection(const std::string& kind, int rank, int64_t numel) {
-  if (kind == "empty") return selection({}, {}, numel);
-  if (kind == "one") return selection({int32_t(numel - 1)}, {2.5f}, numel);  // the last block's last entry
-  std::mt19937 gen(500 + rank);
-  std::uniform_int_distribution<int32_t> pick(0, int32_t(numel - 1));
-  std::vector<bool> used(numel, false);
-  std::vector<int32_t> idx;
-  while (idx.size() < 2000) {
-    int32_t x = pick(gen);
-    if (idx.size() % 9 == 0 && !used[idx.size() * 97]) x = int32_t(idx.size() * 97);  // shared across ranks at times
-    if (!used[x]) used[x] = true, idx.push_back(x);
-  }
-  std::sort(idx.begin(), idx.end());
-  if (kind == "unsorted") {
-    std::shuffle(idx.begin(), idx.end(), gen);
-    idx.push_back(idx[7]);
-  }
-  std::normal_distribution<float> value;
-  std::vector<float> vals;
-  for (size_t j = 0; j < idx.size(); ++j) vals.push_back(j % 13 == 5 ? -0.f : value(gen));
-  return selection(idx, vals, numel);
-}
-
 // IndexCoding::Block16 against Plain: the same bits in every output (dense and coalesced), on
 // every rank, for sorted and unsorted lists over four blocks, a one-entry list in the last
 // block, and an empty one; and exactly 4 bytes a block plus 2 an index on the wire.
@@ -498,7 +476,7 @@ TEST(GradientExchange, Block16IndicesGiveTheSameBitsInFewerBytes) {
     std::vector<std::vector<cddp::SparseAverage>> lists(W, std::vector<cddp::SparseAverage>(2));
     std::vector<std::vector<cddp::StepStats>> stats(W, std::vector<cddp::StepStats>(2));
     on_ranks(W, [&](cddp::Communicator& comm, int r) {
-      cddp::Compressed sel = multi_block_selection(kinds[r], r, N);
+      cddp::Compressed sel = random_selection(kinds[r], r, N, 2000);
       for (int c = 0; c < 2; ++c) {
         cddp::GradientExchange ex(comm, c == 0 ? cddp::IndexCoding::Plain : cddp::IndexCoding::Block16);
         dense[r].push_back(at::full({N}, std::numeric_limits<float>::quiet_NaN()));
@@ -513,7 +491,7 @@ TEST(GradientExchange, Block16IndicesGiveTheSameBitsInFewerBytes) {
       }
     });
     int64_t largest = 0;
-    for (int r = 0; r < W; ++r) largest = std::max(largest, multi_block_selection(kinds[r], r, N).count());
+    for (int r = 0; r < W; ++r) largest = std::max(largest, random_selection(kinds[r], r, N, 2000).count());
     for (int r = 0; r < W; ++r) {
       EXPECT_TRUE(bitwise_equal(dense[r][0], dense[r][1])) << label << " rank " << r;
       EXPECT_TRUE(bitwise_equal(dense[r][1], dense[0][1])) << label << " rank " << r << " differs from rank 0";
@@ -559,7 +537,7 @@ TEST(GradientExchange, CorruptedIndexBlocksAreACleanError) {
   PlainCodec codec;
   std::vector<std::string> errors(2);
   on_ranks(2, [&](cddp::Communicator& comm, int r) {
-    cddp::Compressed sel = multi_block_selection("sorted", r, N);
+    cddp::Compressed sel = random_selection("sorted", r, N, 2000);
     CorruptingCommunicator bad(comm, sel.count() * 4);  // the index region follows the values
     cddp::GradientExchange ex(bad);
     at::Tensor out = at::empty({N});
