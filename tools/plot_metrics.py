@@ -180,10 +180,13 @@ def plot_accuracy_curves(curves, title, target, out_path):
     names = sorted({name for name, _, _ in curves})
     # a 20-colour map: the default cycle of 10 would give two runs the same colour
     colour = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
+    labelled = set()  # one legend entry per name, also when several studies ran it
     for name, rep, pts in sorted(curves, key=lambda c: (c[0], c[1])):
         if not pts:
             continue
-        kw = dict(marker=".", color=colour[name], label=name if rep == 1 else None, alpha=1.0 if rep == 1 else 0.5)
+        kw = dict(marker=".", color=colour[name], label=None if name in labelled else name,
+                  alpha=1.0 if rep == 1 else 0.5)
+        labelled.add(name)
         ax[0].plot([p[0] for p in pts], [100 * p[2] for p in pts], **kw)
         ax[1].plot([max(p[1], 1.0) for p in pts], [100 * p[2] for p in pts], **kw)
     for a in ax:
