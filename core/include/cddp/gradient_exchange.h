@@ -3,8 +3,9 @@
 //
 //  - sparse:  every rank's (values, indices) for all tensors of the step are packed into one
 //             byte buffer, padded to the largest rank's size (Gloo needs equal sizes), and
-//             allgathered once. Indices travel as IndexCoding says (2 bytes each by default). Each rank then scatter-adds the ranks' selections in rank
-//             order and divides by W, so every rank computes a bitwise identical average —
+//             allgathered once; indices travel as IndexCoding says (2 bytes each by default).
+//             Each rank then scatter-adds the ranks' selections in rank order and divides by W,
+//             so every rank computes a bitwise identical average —
 //             into a dense output, or (SparseSlot::coalesced) into a coalesced list of the
 //             O(k·W) entries any rank sent, which never touches the other numel − k·W.
 //  - shared:  compressors whose indices agree on every rank (seeded random-k) allreduce
