@@ -113,39 +113,27 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
   std::vector<double> coalesced_ms, apply_sparse_ms, sparse_ms, sparse_full_ms, sparse_alloc_ms, dense_ms,
       apply_dense_ms;
   cddp::StepStats last;
+  // One timed average_sparse of `slot` after a barrier; the time is kept from iteration 1 on.
+  auto timed = [&](cddp::GradientExchange& ex, const cddp::SparseSlot& slot, std::vector<double>& ms, int it) {
+    std::vector<cddp::SparseSlot> slots{slot};
+    cddp::StepStats st;
+    comm->barrier();
+    auto t0 = Clock::now();
+    ex.average_sparse(slots, st);
+    if (it) ms.push_back(ms_since(t0));
+    return st;
+  };
   for (int it = 0; it <= o.iters; ++it) {  // iteration 0 is the warm-up (and the first, full clear)
-    {
-      cddp::SparseSlot slot{&sel, topk.get(), &out, nullptr, sel.count()};
-      slot.coalesced = &coalesced;  // `out` is not touched
-      std::vector<cddp::SparseSlot> slots{slot};
-      cddp::StepStats st;
-      comm->barrier();
-      auto t0 = Clock::now();
-      exchange.average_sparse(slots, st);
-      if (it) coalesced_ms.push_back(ms_since(t0));
-      t0 = Clock::now();
-      cddp::add_sparse_(param_sparse, coalesced, -lr);
-      if (it) apply_sparse_ms.push_back(ms_since(t0));
-      coalesced_count = coalesced.count();
-      last = st;
-    }
-    {
-      // As CompressedSGD does: output kept zero, and k known on every rank (no counts allgather).
-      std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &kept, &kept_state, sel.count()}};
-      cddp::StepStats st;
-      comm->barrier();
-      auto t0 = Clock::now();
-      exchange.average_sparse(slots, st);
-      if (it) sparse_ms.push_back(ms_since(t0));
-    }
-    {
-      std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &out}};
-      cddp::StepStats st;
-      comm->barrier();
-      auto t0 = Clock::now();
-      exchange.average_sparse(slots, st);
-      if (it) sparse_full_ms.push_back(ms_since(t0));
-    }
+    cddp::SparseSlot to_list{&sel, topk.get(), &out, nullptr, sel.count()};  // `out` is not touched
+    to_list.coalesced = &coalesced;
+    last = timed(exchange, to_list, coalesced_ms, it);
+    const auto t_update = Clock::now();
+    cddp::add_sparse_(param_sparse, coalesced, -lr);
+    if (it) apply_sparse_ms.push_back(ms_since(t_update));
+    coalesced_count = coalesced.count();
+    // As CompressedSGD does under "global": output kept zero, k known on every rank (no counts allgather).
+    timed(exchange, {&sel, topk.get(), &kept, &kept_state, sel.count()}, sparse_ms, it);
+    timed(exchange, {&sel, topk.get(), &out}, sparse_full_ms, it);
     {
       comm->barrier();
       auto t0 = Clock::now();
@@ -155,17 +143,8 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
       exchange.average_sparse(slots, st);
       if (it) sparse_alloc_ms.push_back(ms_since(t0));
     }
-    {
-      cddp::SparseSlot slot{&sel, topk.get(), &out, nullptr, sel.count()};
-      slot.coalesced = &coalesced_plain;
-      std::vector<cddp::SparseSlot> slots{slot};
-      cddp::StepStats st;
-      comm->barrier();
-      auto t0 = Clock::now();
-      plain_exchange.average_sparse(slots, st);
-      if (it) coalesced_plain_ms.push_back(ms_since(t0));
-      last_plain = st;
-    }
+    to_list.coalesced = &coalesced_plain;
+    last_plain = timed(plain_exchange, to_list, coalesced_plain_ms, it);
     {
       at::Tensor dense = grad.clone();
       comm->barrier();
