@@ -87,6 +87,13 @@ void on_ranks(int world_size, const std::function<void(cddp::Communicator&, int)
   for (auto& t : threads) t.join();
 }
 
+// Same dtype, same shape and the same bytes: -0 and +0 differ, NaN equals the same NaN.
+bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  at::Tensor x = a.contiguous(), y = b.contiguous();
+  return std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
+}
+
 // A codec that only decodes; the selections are built by hand in the tests.
 class PlainCodec final : public cddp::Compressor {
  public:
@@ -140,17 +147,29 @@ TEST(GradientExchange, SharedIndicesAllreduceValuesOnly) {
   const int W = 2;
   PlainCodec codec;
   std::vector<cddp::Compressed> sel = {selection({1, 2}, {2.f, 4.f}, 4), selection({1, 2}, {6.f, 0.f}, 4)};
-  std::vector<at::Tensor> out(W);
+  std::vector<at::Tensor> out(W), untouched = {at::full({4}, 7.f), at::full({4}, 7.f)};
+  std::vector<cddp::SparseAverage> lists(W);
   std::vector<cddp::StepStats> stats(W);
   on_ranks(W, [&](cddp::Communicator& comm, int r) {
     cddp::GradientExchange ex(comm);
     out[r] = at::empty({4});
     std::vector<cddp::SparseSlot> slots = {{&sel[r], &codec, &out[r]}};
     ex.average_shared(slots, stats[r]);
+    cddp::SparseSlot slot{&sel[r], &codec, &untouched[r]};  // the same, as a coalesced list
+    slot.coalesced = &lists[r];
+    std::vector<cddp::SparseSlot> to_list = {slot};
+    cddp::StepStats st;
+    ex.average_shared(to_list, st);
   });
   EXPECT_TRUE(at::equal(out[0], at::tensor({0.f, 4.f, 2.f, 0.f})));
   EXPECT_TRUE(at::equal(out[1], out[0]));
   EXPECT_EQ(stats[0].payload_bytes, 2 * 4);  // values only
+  for (int r = 0; r < W; ++r) {
+    ASSERT_TRUE(lists[r].valid);
+    EXPECT_TRUE(at::equal(lists[r].indices.to(at::kLong), at::tensor({1L, 2L})));
+    EXPECT_TRUE(bitwise_equal(lists[r].values, at::tensor({4.f, 2.f})));
+    EXPECT_TRUE(at::equal(untouched[r], at::full({4}, 7.f))) << "the dense output was written";
+  }
 }
 
 TEST(GradientExchange, DenseAverageIsCoalescedAndExact) {
@@ -184,12 +203,6 @@ TEST(GradientExchange, WorldSizeOneIsTheIdentity) {
   EXPECT_FALSE(ex.any_rank(false));
 }
 
-// Same dtype, same shape and the same bytes: -0 and +0 differ, NaN equals the same NaN.
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  return std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
-}
 
 // One rank's selection for one step of the reuse test. `kind`: "few" (4 sorted entries: the
 // merge path), "sorted" (40 sorted entries: with the previous step's entries, dense enough for

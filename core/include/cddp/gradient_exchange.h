@@ -127,7 +127,8 @@ class GradientExchange {
   // Writes every slot's average. With SparseSlot::reuse, clears only what the previous call
   // wrote (see SparseOutputState); without, clears the whole output first.
   void average_sparse(std::vector<SparseSlot>& slots, StepStats& stats);
-  // Always writes the whole output; a slot's `reuse` state, if any, is reset.
+  // Always writes the whole output (or the slot's coalesced list); a slot's `reuse` state, if
+  // any, is reset.
   void average_shared(std::vector<SparseSlot>& slots, StepStats& stats);
   // In place: each tensor becomes the mean over ranks.
   void average_dense(std::vector<at::Tensor>& tensors, StepStats& stats);

@@ -123,6 +123,23 @@ bool coalesces(const SparseSlot& s) {
   return (c.dtype == at::kFloat || c.dtype == at::kDouble) && (!c.values.defined() || c.values.is_cpu());
 }
 
+// The slot's coalesced list from this rank's own indices and `values` (its selection's at world
+// size 1, the sum over ranks for shared indices): (+0 + value) / world at each index, the bits
+// the dense decodes write there.
+void coalesce_own(SparseSlot& s, const at::Tensor& values, int world, int rank) {
+  const Compressed& c = *s.local;
+  std::vector<Compressed> parts;
+  std::vector<int> from;
+  if (c.count() > 0) {  // as the wire would carry it: contiguous, the ABI's dtypes
+    Compressed mine = c;
+    mine.values = values.to(c.dtype).contiguous();
+    mine.indices = c.indices.to(index_dtype_for(c.numel)).contiguous();
+    parts.push_back(std::move(mine));
+    from.push_back(rank);
+  }
+  detail::coalesce(*s.coalesced, parts, from, world, c);
+}
+
 }  // namespace
 
 bool GradientExchange::any_rank(bool local_flag) {
@@ -204,16 +221,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
     ZeroOutputs zeroing(slots, plans, /*may_overlap=*/false);
     for (auto& s : slots) {
       if (coalesces(s)) {
-        const Compressed& c = *s.local;
-        Compressed mine = c;  // as the wire would carry it: contiguous, the ABI's dtypes
-        if (c.count() > 0) {
-          mine.values = c.values.to(c.dtype).contiguous();
-          mine.indices = c.indices.to(index_dtype_for(c.numel)).contiguous();
-        }
-        std::vector<Compressed> parts;
-        std::vector<int> from;
-        if (c.count() > 0) parts.push_back(mine), from.push_back(0);
-        detail::coalesce(*s.coalesced, parts, from, 1, c);
+        coalesce_own(s, s.local->values, 1, 0);
         continue;
       }
       std::vector<int64_t>* written = record_into(s);
@@ -397,6 +405,11 @@ void GradientExchange::average_shared(std::vector<SparseSlot>& slots, StepStats&
       c.values = sum.narrow(0, off, local.count());
       off += local.count();
       if (slots[i].reuse) slots[i].reuse->reset();
+      if (slots[i].coalesced) slots[i].coalesced->valid = false;
+      if (coalesces(slots[i])) {  // the same indices on every rank: (+0 + sum) / W at each
+        coalesce_own(slots[i], c.values, world, comm_.rank());
+        continue;
+      }
       slots[i].average->zero_();
       slots[i].codec->decompress_add_(c, *slots[i].average);
       if (world > 1) slots[i].average->div_(world);

@@ -436,7 +436,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       // everywhere: the exchange can skip gathering the counts.
       if (it->compressor->default_density() > 0 && it->density > 0)
         slot.expected_count = k_for_ratio(it->density, it->sent.numel);
-      if (keep_zero && applies_sparsely(*it)) {
+      if (applies_sparsely(*it)) {  // sparse and shared routes alike
         slot.coalesced = &buffer.coalesced;
         it->coalesced = &buffer.coalesced;
       }
