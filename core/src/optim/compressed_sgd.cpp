@@ -178,7 +178,6 @@ CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
 
 // ---------------------------------------------------------------- step
 
-
 struct CompressedSGD::Item {
   at::Tensor p, g;
   std::string name;
@@ -413,8 +412,8 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   // itself: momentum already applied locally ("dgc"), and no whole-model split.
   auto applies_sparsely = [&](const Item& it) {
     const auto t = it.p.scalar_type();
-    return dgc && model_item.empty() && it.p.is_cpu() && it.p.is_contiguous() && (t == at::kFloat || t == at::kDouble) &&
-           it.sent.dtype == t;
+    return dgc && model_item.empty() && it.p.is_cpu() && it.p.is_contiguous() &&
+           (t == at::kFloat || t == at::kDouble) && it.sent.dtype == t;
   };
   auto slots_of = [&](std::vector<Item*>& group, bool keep_zero) {
     std::vector<SparseSlot> slots;
