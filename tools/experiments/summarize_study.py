@@ -162,6 +162,7 @@ def plot(results, img_dir, prefix):
         out.append(name)
     return out
 
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("study_dirs", nargs="+")
@@ -207,8 +208,9 @@ def main():
     L.append("| rate | model | run | final acc | wall s | train s | steps | time to target (train s) | "
              "bytes/step sent / recv | dense-equivalent | step ms | compute ms | compress ms | comm ms | rc |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    order = {n: i for i, n in enumerate(["dense", "ddp_dense", "ddp_powersgd", "topk1_ef", "topk1_ef_dgc", "topk1_ef_warmup_dgc", "topk1_noef", "randk1_ef",
-                                          "topk01_ef_warmup", "topk01_ef_warmup_dgc", "topk01_ef", "topk01_ef_dgc"])}
+    order = {n: i for i, n in enumerate(["dense", "ddp_dense", "ddp_powersgd", "topk1_ef", "topk1_ef_dgc",
+                                          "topk1_ef_warmup_dgc", "topk1_noef", "randk1_ef", "topk01_ef_warmup",
+                                          "topk01_ef_warmup_dgc", "topk01_ef", "topk01_ef_dgc"])}
     results.sort(key=lambda r: (r["meta"]["rate"], r["meta"]["model"], order.get(r["meta"]["run"], 99),
                                 r["meta"].get("repeat", 1)))
     for r in results:

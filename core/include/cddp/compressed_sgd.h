@@ -161,7 +161,7 @@ class CompressedSGD : public torch::optim::Optimizer {
   // buffers after the exchange (momentum clones/accumulates into its own buffer, the update
   // reads d_p): anything that writes into one must reset() its state first.
   // With momentum_mode "dgc" on a CPU float/double parameter the average arrives instead as a
-  // coalesced list (`coalesced`), applied to the O(k·W) entries it names; `tensor` stays unused.
+  // coalesced list (`coalesced`), applied to the O(k·W) entries it names; `tensor` is never allocated.
   struct AverageBuffer {
     at::Tensor tensor;
     SparseOutputState zeros;

@@ -279,12 +279,11 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
     const int64_t n = c.count();
     if (n == 0) continue;
     at::Tensor vb = as_bytes(c.values.to(c.dtype)), idx = c.indices.to(index_dtype_for(c.numel)).contiguous();
-    if (!detail::block16(coding_, n, c.numel)) {
-      packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
+    order.clear();
+    if (detail::block16(coding_, n, c.numel))
+      detail::encode_block16(idx, c.numel, packed.data_ptr<uint8_t>() + mine.index_offset[i], order);
+    else
       packed.narrow(0, mine.index_offset[i], n * idx.element_size()).copy_(as_bytes(idx));
-      continue;
-    }
-    detail::encode_block16(idx, c.numel, packed.data_ptr<uint8_t>() + mine.index_offset[i], order);
     if (order.empty()) {
       packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
     } else {  // the values follow their indices into block order

@@ -413,7 +413,8 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   auto applies_sparsely = [&](const Item& it) {
     const auto t = it.p.scalar_type();
     return dgc && model_item.empty() && it.p.is_cpu() && it.p.is_contiguous() &&
-           (t == at::kFloat || t == at::kDouble) && it.sent.dtype == t;
+           (t == at::kFloat || t == at::kDouble) && it.sent.dtype == t &&
+           (!it.sent.values.defined() || it.sent.values.is_cpu());  // what the exchange coalesces
   };
   auto slots_of = [&](std::vector<Item*>& group, bool keep_zero) {
     std::vector<SparseSlot> slots;
@@ -422,20 +423,24 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       // (~100 ms for 25M floats), more than the sparse exchange itself costs. On the sparse
       // route it also stays zero between steps outside the entries last written (its state).
       AverageBuffer& buffer = average_buffers_[it->name];
-      const auto opts = it->sent.values.options();
-      if (!buffer.tensor.defined() || buffer.tensor.numel() != it->sent.numel ||
-          buffer.tensor.scalar_type() != opts.dtype().toScalarType() || buffer.tensor.device() != opts.device()) {
-        buffer.zeros.reset();
-        buffer.tensor = at::empty({it->sent.numel}, opts);
+      const bool coalesced = applies_sparsely(*it);  // sparse and shared routes alike
+      if (!coalesced) {  // the exchange writes the dense average; a coalesced one needs no tensor
+        const auto opts = it->sent.values.options();
+        if (!buffer.tensor.defined() || buffer.tensor.numel() != it->sent.numel ||
+            buffer.tensor.scalar_type() != opts.dtype().toScalarType() || buffer.tensor.device() != opts.device()) {
+          buffer.zeros.reset();
+          buffer.tensor = at::empty({it->sent.numel}, opts);
+        }
+        if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
+        it->average = buffer.tensor;
       }
-      if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
-      it->average = buffer.tensor;
-      cddp::SparseSlot slot{&it->sent, it->compressor.get(), &it->average, keep_zero ? &buffer.zeros : nullptr};
+      cddp::SparseSlot slot{&it->sent, it->compressor.get(), &it->average,
+                            keep_zero && !coalesced ? &buffer.zeros : nullptr};
       // Fixed-k compressors at a density every rank shares select the same number of entries
       // everywhere: the exchange can skip gathering the counts.
       if (it->compressor->default_density() > 0 && it->density > 0)
         slot.expected_count = k_for_ratio(it->density, it->sent.numel);
-      if (applies_sparsely(*it)) {  // sparse and shared routes alike
+      if (coalesced) {
         slot.coalesced = &buffer.coalesced;
         it->coalesced = &buffer.coalesced;
       }
@@ -469,7 +474,8 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   //    p + (−lr)·(+0), which leaves every value, ±0 included, as it is.
   for (auto& it : items) {
     const auto& o = *it.opt;
-    if (it.coalesced && it.coalesced->valid) {
+    if (it.coalesced) {
+      TORCH_INTERNAL_ASSERT(it.coalesced->valid, "the exchange did not coalesce '", it.name, "'");
       add_sparse_(it.p.data(), *it.coalesced, -o.lr());
       continue;
     }
