@@ -389,8 +389,11 @@ void Run::connect() {
     throw ConfigError("environment: error: " + error_text(e));
   }
   const auto timeout = std::chrono::milliseconds(int64_t(cfg_.distributed.timeout_s * 1000));
+  if (denv_.world_size > 1)
+    log_->info("rendezvous: {} waiting for {} ranks (distributed.timeout_s = {})", denv_.describe(),
+               denv_.world_size, cfg_.distributed.timeout_s);
   try {
-    comm_ = cddp::connect(denv_, timeout);
+    comm_ = cddp::connect(denv_, timeout, ctx_.stop);
   } catch (const std::exception& e) {
     throw RuntimeFailure("rendezvous failed (" + denv_.describe() + "): " + error_text(e));
   }

@@ -13,6 +13,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <thread>
+
 namespace cddp::disttest {
 namespace {
 
@@ -61,6 +64,36 @@ TEST(PeerFailure, StoppedRankTimesOutNamingIt) {
   EXPECT_EQ(run.report.workers[1].signal, 9) << "a stopped process only dies by SIGKILL\n" << run.all();
   std::printf("rank 0 exited %.2f s after rank 1 stopped: %s", w0.seconds - stopped,
               run.text(0).substr(run.text(0).find("ERROR")).c_str());
+}
+
+// A stop request (the SIGINT/SIGTERM handler's flag) ends a rank waiting in the rendezvous
+// within about a second, long before the 60 s timeout: rank 1 waiting for a store nobody
+// hosts, and rank 0 waiting for a rank 1 that never joins.
+TEST(Rendezvous, StopFlagEndsAWaitingRankWithinASecond) {
+  for (int rank : {1, 0}) {
+    std::atomic<int> stop{0};
+    C10dOptions o;
+    o.rank = rank;
+    o.world_size = 2;
+    o.master_port = pick_free_port();
+    o.timeout = std::chrono::seconds(60);
+    o.stop = &stop;
+    std::thread stopper([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(800));
+      stop.store(15);
+    });
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string msg = error_of([&] { C10dCommunicator c(o); });
+    const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stopper.join();
+    EXPECT_NE(msg.find("rendezvous: rank " + std::to_string(rank) + " stopped by signal 15"), std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find(rank == 1 ? "waiting for the store at 127.0.0.1:" : "waiting for 1 more of 2 ranks"),
+              std::string::npos)
+        << msg;
+    EXPECT_GE(waited, 0.7) << msg;
+    EXPECT_LT(waited, 0.8 + 2.0) << "rank " << rank << ": " << msg;
+  }
 }
 
 TEST(Rendezvous, MissingRankTimesOutSayingWhoJoined) {

@@ -7,6 +7,7 @@
 #include "train_test_util.h"
 
 #include <gtest/gtest.h>
+#include <torch/version.h>
 
 #include <netinet/in.h>
 #include <signal.h>
@@ -90,6 +91,20 @@ int free_port() {
   return ntohs(a.sin_port);
 }
 
+// True once process `pid` catches SIGINT and SIGTERM (its /proc status, SigCgt); false after
+// `seconds`.
+bool catches_stop_signals(pid_t pid, double seconds) {
+  const auto t0 = Clock::now();
+  const unsigned long long want = (1ull << (SIGINT - 1)) | (1ull << (SIGTERM - 1));
+  while (std::chrono::duration<double>(Clock::now() - t0).count() < seconds) {
+    const std::string status = read_file("/proc/" + std::to_string(pid) + "/status");
+    const auto at = status.find("SigCgt:");
+    if (at != std::string::npos && (std::stoull(status.substr(at + 7), nullptr, 16) & want) == want) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return false;
+}
+
 std::vector<fs::path> checkpoints_in(const fs::path& dir) {
   std::vector<fs::path> out;
   if (!fs::exists(dir)) return out;
@@ -146,9 +161,10 @@ TEST(Cli, PluginsListsSchemasAndRefusedLibraries) {
   const fs::path dir = scratch_dir("plugins");
   write_file(dir / "cddp_bogus.so", "this is not a shared library\n");
   auto r = run_command(exe() + " plugins --verbose --plugin-dir " + shell_quote(dir.string()));
+  const std::string kTorchMajor = "LibTorch " + std::to_string(TORCH_VERSION_MAJOR) + ".";  // what it was built with
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* s : {"topk", "randomk", "ratio (float, default 0.01, range [", "scale (bool, default false",
-                        "devices: cpu", "LibTorch 1", "REFUSED", "cddp_bogus.so", "reason: "})
+                        "devices: cpu", kTorchMajor.c_str(), "REFUSED", "cddp_bogus.so", "reason: "})
     EXPECT_NE(r.output.find(s), std::string::npos) << "missing '" << s << "' in\n" << r.output;
   auto plain = run_command(exe() + " plugins");
   EXPECT_EQ(plain.exit_code, 0);
@@ -240,6 +256,32 @@ TEST(Cli, InterruptUnderTheLauncherStopsEveryRankAtTheSameStep) {
   EXPECT_NE(ckpts[1].filename().string().find("-rank1.pt"), std::string::npos);
   EXPECT_EQ(ckpts[0].filename().string().substr(0, 18), ckpts[1].filename().string().substr(0, 18));
   fs::remove_all(dir);
+}
+
+// A rank waiting in the rendezvous (here rank 1 of 2, and no rank 0 will ever come) ends within
+// about a second of a SIGTERM or SIGINT with exit 130, not when the 60 s timeout runs out.
+TEST(Cli, SignalEndsARankWaitingInTheRendezvousWithin2s) {
+  for (int sig : {SIGTERM, SIGINT}) {
+    const fs::path dir = scratch_dir("rendezvous_signal");
+    const std::string cmd = exe() + " train --config " + kSmoke + " --set run.output_dir=" +
+                            shell_quote(dir.string()) + " --set distributed.timeout_s=60";
+    const std::vector<std::string> env = {"RANK=1", "WORLD_SIZE=2", "MASTER_ADDR=127.0.0.1",
+                                          "MASTER_PORT=" + std::to_string(free_port())};
+    Background bg(cmd, dir / "log.txt", env);
+    ASSERT_GT(bg.pid, 0);
+    // Rank 1 logs only warnings; wait until its handlers are installed (it then catches both).
+    ASSERT_TRUE(catches_stop_signals(bg.pid, 60)) << read_file(dir / "log.txt");
+    std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+    ::kill(bg.pid, sig);
+    const auto t0 = Clock::now();
+    const int code = bg.wait_exit(30);
+    const double waited = std::chrono::duration<double>(Clock::now() - t0).count();
+    const std::string log = read_file(dir / "log.txt");
+    EXPECT_EQ(code, 130) << log;
+    EXPECT_LT(waited, 2.0) << log;
+    EXPECT_NE(log.find("stopped by signal " + std::to_string(sig)), std::string::npos) << log;
+    fs::remove_all(dir);
+  }
 }
 
 TEST(Cli, DeadRankMakesTheOtherExit3WithinTheTimeout) {

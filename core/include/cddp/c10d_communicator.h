@@ -20,6 +20,7 @@
 
 #include <cddp/communicator.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -41,12 +42,17 @@ struct C10dOptions {
   // How often each rank bumps its heartbeat counter (at most timeout/4); a rank whose counter
   // stands still for three intervals is reported as not responding.
   std::chrono::milliseconds heartbeat_interval{500};
+  // Optional: polled while the rendezvous waits (for the store, for the other ranks). Once it
+  // reads non-zero (a SIGINT/SIGTERM handler's flag, holding the signal number) the wait ends
+  // within about 0.1–1 s with a c10::Error saying so, instead of running out the timeout.
+  const std::atomic<int>* stop = nullptr;
 };
 
 class C10dCommunicator final : public Communicator {
  public:
   // Rendezvous + Gloo setup. Throws c10::Error (address:port, time waited, ranks joined) on
-  // a port in use, an unreachable store or a rendezvous that does not complete in time.
+  // a port in use, an unreachable store, a rendezvous that does not complete in time, or a
+  // stop request (C10dOptions::stop) while waiting.
   explicit C10dCommunicator(const C10dOptions& options);
   ~C10dCommunicator() override;
   C10dCommunicator(const C10dCommunicator&) = delete;

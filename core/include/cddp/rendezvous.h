@@ -18,6 +18,7 @@
 
 #include <cddp/communicator.h>
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -54,7 +55,10 @@ std::string first_slurm_host(const std::string& nodelist);
 // World size 1: a LocalCommunicator (no store, no sockets). Otherwise a C10dCommunicator
 // after a TCPStore rendezvous bounded by `timeout` (a port in use, a missing rank or an
 // unreachable master throw c10::Error saying address:port, time waited and ranks joined).
+// `stop`, when given, is polled while waiting (see C10dOptions::stop): a signal handler's flag
+// ends a rank that waits for its peers within about a second.
 std::shared_ptr<Communicator> connect(const DistEnv& env,
-                                      std::chrono::milliseconds timeout = std::chrono::seconds(60));
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(60),
+                                      const std::atomic<int>* stop = nullptr);
 
 }  // namespace cddp

@@ -11,7 +11,12 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <netdb.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <condition_variable>
@@ -88,6 +93,41 @@ void heartbeat_loop(std::shared_ptr<HeartbeatState> hb, compat::StorePtr store, 
   hb->cv.notify_all();
 }
 
+// True when something at host:port accepts a TCP connection within `limit`: a connect and a
+// close, nothing sent. Used only to wait for rank 0's store to listen; the store's own protocol
+// is c10d's.
+bool accepts_connections(const std::string& host, int port, milliseconds limit) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* found = nullptr;
+  if (::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &found) != 0) return false;
+  bool ok = false;
+  for (addrinfo* a = found; a && !ok; a = a->ai_next) {
+    const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, a->ai_protocol);
+    if (fd < 0) continue;
+    if (::connect(fd, a->ai_addr, a->ai_addrlen) == 0) {
+      ok = true;
+    } else if (errno == EINPROGRESS) {
+      pollfd p{fd, POLLOUT, 0};
+      int err = 0;
+      socklen_t len = sizeof err;
+      ok = ::poll(&p, 1, static_cast<int>(limit.count())) == 1 &&
+           ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+    }
+    ::close(fd);
+  }
+  ::freeaddrinfo(found);
+  return ok;
+}
+
+// A stop request seen during the rendezvous: a c10::Error like every other failure here, but
+// its own type, so that the rendezvous' catch blocks let it through unchanged.
+struct Interrupted : c10::Error {
+  explicit Interrupted(const std::string& msg)
+      : c10::Error(c10::SourceLocation{__func__, __FILE__, static_cast<uint32_t>(__LINE__)}, msg) {}
+};
+
 std::string failure_key(int r) { return "cddp/failed/" + std::to_string(r); }
 
 // Runs `f(store)` on a helper thread and waits at most `limit`: a stopped store host would block
@@ -155,6 +195,7 @@ struct C10dCommunicator::Impl {
   ~Impl();
 
   void rendezvous();
+  void check_stop(const std::string& doing, Clock::time_point t0) const;
   void start_heartbeat();
   void stop_heartbeat();
   bool diagnose();
@@ -227,6 +268,15 @@ void C10dCommunicator::Impl::stop_heartbeat() {
   }
 }
 
+// Throws Interrupted once C10dOptions::stop reads non-zero: a rank that waits for peers that
+// will never come (rank 0 failed, the launcher stops the job, a user's Ctrl-C) ends now.
+void C10dCommunicator::Impl::check_stop(const std::string& doing, Clock::time_point t0) const {
+  const int sig = opt.stop ? opt.stop->load() : 0;
+  if (sig == 0) return;
+  throw Interrupted("rendezvous: rank " + std::to_string(opt.rank) + " stopped by signal " + std::to_string(sig) +
+                    " after " + fmt_seconds(seconds_since(t0)) + " s while waiting " + doing);
+}
+
 void C10dCommunicator::Impl::rendezvous() {
   const auto t0 = Clock::now();
   const int me = opt.rank, W = opt.world_size;
@@ -238,18 +288,29 @@ void C10dCommunicator::Impl::rendezvous() {
     if (me == 0) {
       store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), true, opt.timeout);
     } else {
+      // Until rank 0 listens, wait with a quiet probe (each failed c10d connect logs an error
+      // line) and look at the stop flag between probes; then connect through c10d.
+      std::string last = "nothing accepted a connection there";
       while (!store) {
+        check_stop("for the store at " + where, t0);
+        if (Clock::now() - t0 >= opt.timeout) throw std::runtime_error(last);
+        if (!accepts_connections(opt.master_addr, opt.master_port, milliseconds(100))) {
+          std::this_thread::sleep_for(milliseconds(100));
+          continue;
+        }
         const auto left = std::chrono::duration_cast<milliseconds>(opt.timeout - (Clock::now() - t0));
         try {
           store = compat::make_tcp_store(opt.master_addr, static_cast<uint16_t>(opt.master_port), false,
                                          std::max(left, milliseconds(1000)));
-        } catch (const std::exception&) {
-          if (Clock::now() - t0 + milliseconds(100) >= opt.timeout) throw;
+        } catch (const std::exception& e) {
+          last = short_what(e);
           std::this_thread::sleep_for(milliseconds(100));
         }
       }
       store->setTimeout(opt.timeout);
     }
+  } catch (const Interrupted&) {
+    throw;
   } catch (const std::exception& e) {
     const std::string what = short_what(e);
     if (me == 0) {
@@ -282,6 +343,8 @@ void C10dCommunicator::Impl::rendezvous() {
       store->add(heartbeat_key(me), 1);
       joined = store->add(kJoinedKey, 1);
       while (joined < W && Clock::now() - t0 <= opt.timeout) {
+        check_stop("for " + std::to_string(W - joined) + " more of " + std::to_string(W) + " ranks at " + where,
+                   t0);
         std::this_thread::sleep_for(milliseconds(10));
         joined = store->add(kJoinedKey, 0);
       }
@@ -289,6 +352,8 @@ void C10dCommunicator::Impl::rendezvous() {
         for (int r = 0; r < W; ++r)
           if (!store->check({rank_key(r)})) missing.push_back(r);
     }
+  } catch (const Interrupted&) {
+    throw;
   } catch (const std::exception& e) {
     lost(e);
   }

@@ -47,7 +47,10 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <string>
+#include <type_traits>
+#include <utility>
 
 namespace cddp::compat {
 
@@ -64,9 +67,31 @@ using WorkPtr = c10::intrusive_ptr<c10d::Work>;
 
 inline const char* torch_api_name() { return kBackendApi ? "LibTorch 2.x (c10d::Backend)" : "LibTorch 1.x (c10d::ProcessGroup)"; }
 
+// Whether TCPStoreOptions has `useLibUV` (LibTorch >= 2.2; since 2.4 it defaults to true).
+template <class O, class = void>
+struct HasUseLibUV : std::false_type {};
+template <class O>
+struct HasUseLibUV<O, std::void_t<decltype(std::declval<O&>().useLibUV)>> : std::true_type {};
+
+// Asks for c10d's classic TCPStore backend; a no-op where there is no other (1.x).
+template <class O>
+void use_classic_store_backend(O& opts) {
+  if constexpr (HasUseLibUV<O>::value) opts.useLibUV = false;
+}
+
+// True for the error a LibTorch built without libuv (Debian 13's 2.6, for one) raises when the
+// options ask for it: "use_libuv was requested but PyTorch was build without libuv support".
+inline bool is_missing_libuv(const std::exception& e) {
+  const std::string what = e.what();
+  return what.find("libuv") != std::string::npos && what.find("without") != std::string::npos;
+}
+
 // A TCPStore: the server (rank 0, which also connects to itself as a client) or a client.
 // No worker counting in the store itself (numWorkers unset): the caller counts ranks with
 // add() so that it can say how many joined when the rendezvous times out.
+// On 2.x the libuv backend is c10d's default and is used where the build has it; a build
+// without libuv (Debian's) refuses it, and then the classic backend is used. Both speak the
+// same protocol, so ranks may differ in which they run.
 inline StorePtr make_tcp_store(const std::string& host, uint16_t port, bool is_server,
                                std::chrono::milliseconds timeout) {
   c10d::TCPStoreOptions opts;
@@ -74,6 +99,14 @@ inline StorePtr make_tcp_store(const std::string& host, uint16_t port, bool is_s
   opts.isServer = is_server;
   opts.waitWorkers = false;
   opts.timeout = timeout;
+  if constexpr (HasUseLibUV<c10d::TCPStoreOptions>::value) {
+    try {
+      return c10::make_intrusive<c10d::TCPStore>(host, opts);
+    } catch (const std::exception& e) {
+      if (!is_missing_libuv(e)) throw;
+      use_classic_store_backend(opts);
+    }
+  }
   return c10::make_intrusive<c10d::TCPStore>(host, opts);
 }
 
