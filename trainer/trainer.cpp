@@ -19,6 +19,7 @@
 #include <cddp/metrics/progress_reporter.h>
 #include <cddp/metrics/tensorboard_writer.h>
 #include <cddp/models/model_factory.h>
+#include <cddp/plugin_abi.h>
 #include <cddp/plugin_loader.h>
 #include <cddp/rendezvous.h>
 #include <cddp/startup_sync.h>
@@ -967,8 +968,11 @@ std::string describe_plugins(const std::vector<std::string>& extra_dirs, const R
       os << "  " << d.name << "  " << d.version << "  " << l.path.string() << "  [" << l.origin << "]\n";
       if (!d.description.empty()) os << "      " << d.description << "\n";
       if (verbose) {
-        os << "      LibTorch " << d.torch_version << ", plugin ABI " << d.abi_version << ", C++11 ABI "
-           << d.cxx11_abi << ", devices: " << d.devices << "\n";
+        os << "      LibTorch " << d.torch_version << ", plugin ABI " << d.abi_version
+           << (d.abi_version == CDDP_PLUGIN_ABI_VERSION_V1 ? " (adapted)" : "") << ", C++11 ABI " << d.cxx11_abi
+           << ", devices: " << d.devices << "\n";
+        os << "      payload: " << payload_kind_name(d.caps.kind) << (d.caps.selection ? " (sparse selection" : " (")
+           << (d.caps.shared_indices ? ", shared indices" : "") << (d.caps.selection ? ")" : "codec)") << "\n";
         os << "      parameters:\n";
         if (d.params.empty()) os << "        (none)\n";
         for (const auto& p : d.params) {

@@ -11,12 +11,12 @@ extern const ParamSpec kRandomKParams[] = {
 extern const size_t kRandomKParamCount = sizeof(kRandomKParams) / sizeof(kRandomKParams[0]);
 }  // namespace cddp::randomk
 
-CDDP_DEFINE_COMPRESSOR_PLUGIN(cddp::randomk::RandomKCompressor, "randomk", "1.0.0",
-                              "k indices from a seeded Philox stream, identical on every rank",
-                              cddp::randomk::kRandomKParams,
 #if defined(CDDP_TOPK_WITH_CUDA)
-                              "cpu,cuda"
+#define CDDP_RANDOMK_DEVICES "cpu,cuda"
 #else
-                              "cpu"
+#define CDDP_RANDOMK_DEVICES "cpu"
 #endif
-)
+
+CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(cddp::randomk::RandomKCompressor, "randomk", "1.0.0",
+                                 "k indices from a seeded Philox stream, identical on every rank",
+                                 cddp::randomk::kRandomKParams, CDDP_CAPS_SHARED_SELECTION(0.01, CDDP_RANDOMK_DEVICES))

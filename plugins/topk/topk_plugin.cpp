@@ -17,5 +17,6 @@ extern const ParamSpec kTopKParams[] = {
 extern const size_t kTopKParamCount = sizeof(kTopKParams) / sizeof(kTopKParams[0]);
 }  // namespace cddp::topk
 
-CDDP_DEFINE_COMPRESSOR_PLUGIN(cddp::topk::TopKCompressor, "topk", "1.0.0",
-                              "exact top-k by magnitude, ties to the lower index", cddp::topk::kTopKParams, CDDP_TOPK_DEVICES)
+CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(cddp::topk::TopKCompressor, "topk", "1.0.0",
+                                 "exact top-k by magnitude, ties to the lower index", cddp::topk::kTopKParams,
+                                 CDDP_CAPS_SELECTION_FUSED(0.01, CDDP_TOPK_DEVICES))

@@ -81,6 +81,52 @@ TEST(PluginLoader, RefusesOtherTorchVersionNamingBoth) {
   EXPECT_NE(msg.find(std::string("host runs LibTorch ") + CDDP_TORCH_VERSION_STRING), std::string::npos) << msg;
 }
 
+TEST(PluginLoader, RefusesAnUnknownPayloadKindNamingThePlugin) {
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  std::string msg = error_of([&] { loader.create("badkind"); });
+  EXPECT_NE(msg.find("plugin 'badkind' declares payload kind 7; expected 1 (gather), 2 (sum) or 3 (rounds)"),
+            std::string::npos)
+      << msg;
+}
+
+TEST(PluginLoader, AdaptsAVersion1Plugin) {
+  // Built with the ABI-1 macro: the host finds no v2 entry point, adapts it, and reads its
+  // capabilities from the compressor it made (a 50 % density set through `ratio`, fused EF).
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  auto legacy = loader.create("legacy", {{"ratio", 0.5}});
+  EXPECT_EQ(legacy->description().abi_version, CDDP_PLUGIN_ABI_VERSION_V1);
+  EXPECT_EQ(legacy->caps().kind, cddp::PayloadKind::Gather);
+  EXPECT_TRUE(legacy->caps().selection);
+  EXPECT_FALSE(legacy->shared_indices());
+  EXPECT_TRUE(legacy->has_fused_feedback());
+  EXPECT_DOUBLE_EQ(legacy->default_density(), 0.5);
+  at::Tensor g = at::arange(8, at::kFloat);
+  cddp::Compressed c = legacy->compress(g, {});
+  ASSERT_EQ(c.count(), 4);
+  EXPECT_TRUE(legacy->decompress(c).equal(at::cat({at::arange(4, at::kFloat), at::zeros({4})})));
+  // The v2-only methods are a clear error, not a crash through a null pointer.
+  cddp::PluginState state;
+  std::string msg = error_of([&] { legacy->encode(g, state, {}); });
+  EXPECT_NE(msg.find("compressor plugin 'legacy' (ABI 1) has no encode()"), std::string::npos) << msg;
+  bool listed = false;
+  for (const auto& l : loader.list())
+    if (l.description.name == "legacy") listed = l.usable && l.description.abi_version == 1;
+  EXPECT_TRUE(listed);
+}
+
+TEST(PluginLoader, InTreePluginsDeclareTheirCapabilitiesAsData) {
+  auto loader = build_tree_loader();
+  auto topk = loader.create("topk", {{"ratio", 0.02}});
+  EXPECT_EQ(topk->description().abi_version, CDDP_PLUGIN_ABI_VERSION);
+  EXPECT_EQ(topk->caps().kind, cddp::PayloadKind::Gather);
+  EXPECT_TRUE(topk->caps().selection && topk->caps().fused_feedback && !topk->caps().shared_indices);
+  EXPECT_DOUBLE_EQ(topk->default_density(), 0.02);  // `ratio` overrides the declared 0.01
+  auto randomk = loader.create("randomk");
+  EXPECT_EQ(randomk->caps().kind, cddp::PayloadKind::Sum);
+  EXPECT_TRUE(randomk->shared_indices());
+  EXPECT_DOUBLE_EQ(randomk->default_density(), 0.01);
+}
+
 TEST(PluginLoader, RefusesAFileThatIsNotALibrary) {
   fs::path dir = fs::temp_directory_path() / "cddp_loader_bogus";
   fs::create_directories(dir);

@@ -1,11 +1,17 @@
 // compressor.h — the abstract gradient compressor that every plugin implements.
 //
-// A Compressor turns one dense gradient into a sparse `Compressed` (values + indices) and
-// back. It is pure computation on one rank: it never communicates, never keeps error
-// feedback state of its own (the optimizer owns the residual), and never touches the global
-// RNG. Plugins implement it; the host only ever sees it through PluginCompressor, which
-// keeps the plugin's library loaded and stops exceptions at the library boundary.
+// A Compressor turns one dense gradient into a payload (payload.h) and back. Sparsifiers
+// (PluginCaps::selection) produce a `Compressed` (values + indices) through compress(), and
+// the host averages the ranks' selections itself. Every other family (quantizers, signs,
+// casts: Gather or Sum payloads; PowerSGD: Rounds) implements encode() and the decode for
+// its kind. It is pure computation on one rank: it never communicates but through the
+// RoundCollective it is handed, never keeps error feedback or other state of its own (the
+// optimizer owns the residual and the PluginState), and never touches the global RNG. Plugins
+// implement it; the host only ever sees it through PluginCompressor, which keeps the plugin's
+// library loaded, stops exceptions at the library boundary and answers capabilities from data.
 #pragma once
+
+#include <cddp/payload.h>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
@@ -75,6 +81,31 @@ class Compressor {
   virtual Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                             const CompressContext& ctx);
   virtual bool has_fused_feedback() const noexcept { return false; }
+
+  // ---- payloads that are not selections (PluginCaps::selection false; ABI v2) ----
+  // The defaults throw "not implemented" naming the plugin: a plugin implements those its
+  // PayloadKind needs.
+
+  // Gather and Sum: this rank's payload for acc (error feedback already added by the host).
+  virtual Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx);
+  // dense += D(payload), dense contiguous with payload.numel entries: the host's residual is
+  // acc − D(own payload), so it must decode exactly what combine()/decode_sum() count for it.
+  virtual void decode_add_(const Payload& payload, at::Tensor& dense) const;
+  // Gather: `ranks[r]` is rank r's payload; writes the aggregate (for averaging plugins the
+  // mean, summed in rank order) into `average` (contiguous, numel entries, every entry written).
+  virtual void combine(const std::vector<Payload>& ranks, at::Tensor& average) const;
+  // Sum: `sum` holds the elementwise sum of `world` ranks' payload parts; writes the average.
+  virtual void decode_sum(const Payload& sum, int world, at::Tensor& average) const;
+  // Rounds: the whole protocol for acc, through `collective` only. Writes the average over
+  // ranks into `average` and this rank's own approximation (what the residual discounts) into
+  // `approx`; both contiguous with acc.numel() entries. `state` holds state_specs().
+  virtual void run_rounds(const at::Tensor& acc, PluginState& state, RoundCollective& collective,
+                          const CompressContext& ctx, at::Tensor& average, at::Tensor& approx);
+  // The state this plugin keeps between steps for a tensor of this shape (none by default).
+  virtual std::vector<StateSpec> state_specs(const std::vector<int64_t>& shape, at::ScalarType dtype) const;
+  // The cost model: bytes one rank hands to the collectives for such a tensor at `density`
+  // (−1: its own). -1 when it cannot tell (the router then keeps the tensor compressed).
+  virtual int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const;
 };
 
 // k for a density: ceil(ratio * numel) clamped to [1, numel] (0 for an empty tensor).

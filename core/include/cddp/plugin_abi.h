@@ -2,16 +2,21 @@
 // a plugin library and the host.
 //
 // Modelled on NCCL's plugin ABI: the library exports a single `extern "C"` entry point,
-// `cddp_compressor_plugin_v1`, that returns a pointer to a static `cddp_plugin_info`. The host
-// checks abi_version, the LibTorch version and the C++ ABI flag *before* creating anything.
-// Every call into the plugin goes through a noexcept trampoline defined here and compiled
-// into the plugin, so no exception ever crosses the library boundary: errors travel back as
-// text in a caller-owned buffer and the host re-throws them.
+// `cddp_compressor_plugin_v2`, that returns a pointer to a static `cddp_plugin_info`. Its
+// capabilities are data (cddp_plugin_caps: payload kind, selection, shared indices, fused
+// error feedback, default density, devices). The host checks abi_version, struct_size, the
+// LibTorch version and the C++ ABI flag *before* creating anything. A library that exports
+// only the version-1 entry point (`cddp_compressor_plugin_v1`, a sparsifier) is adapted: the
+// host reads its capabilities once from the compressor it created. Every call into the plugin
+// goes through a noexcept trampoline defined here and compiled into the plugin, so no
+// exception ever crosses the library boundary in either direction: errors travel back as text
+// in a caller-owned buffer and the other side re-throws them.
 //
-// Writing a plugin:
+// Writing a plugin (see payload.h for the kinds):
 //     class MyCompressor : public cddp::Compressor { ... MyCompressor(const cddp::ParamMap&); };
 //     static const cddp::ParamSpec kParams[] = {{"ratio", cddp::ParamType::Double, "0.01", 1e-9, 1, "density"}};
-//     CDDP_DEFINE_COMPRESSOR_PLUGIN(MyCompressor, "mine", "1.0.0", "one line", kParams, "cpu")
+//     CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(MyCompressor, "mine", "1.0.0", "one line", kParams,
+//                                      CDDP_CAPS_SELECTION(0.01, "cpu"))
 //
 // What it will not do: it does not make plugins portable across LibTorch versions or
 // compilers. Tensors cross the boundary as C++ objects, so the host refuses any mismatch.
@@ -26,10 +31,16 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <stdexcept>
+#include <vector>
 
-// Bump on any change to cddp_plugin_info, Compressor, Compressed, CompressContext or ParamMap.
-#define CDDP_PLUGIN_ABI_VERSION 1u
-#define CDDP_PLUGIN_ENTRY_SYMBOL "cddp_compressor_plugin_v1"
+// Bump on any incompatible change to cddp_plugin_info, Compressor, Compressed, Payload,
+// CompressContext or ParamMap. Fields appended to cddp_plugin_info keep the version: the host
+// reads them only when struct_size covers them.
+#define CDDP_PLUGIN_ABI_VERSION 2u
+#define CDDP_PLUGIN_ENTRY_SYMBOL "cddp_compressor_plugin_v2"
+#define CDDP_PLUGIN_ABI_VERSION_V1 1u
+#define CDDP_PLUGIN_ENTRY_SYMBOL_V1 "cddp_compressor_plugin_v1"
 
 #define CDDP_STRINGIFY_IMPL(x) #x
 #define CDDP_STRINGIFY(x) CDDP_STRINGIFY_IMPL(x)
@@ -51,19 +62,83 @@ extern "C" {
 // message (truncated to err_len).
 typedef int cddp_status;
 
+// Payload kinds (cddp::PayloadKind).
+#define CDDP_PAYLOAD_GATHER 1
+#define CDDP_PAYLOAD_SUM 2
+#define CDDP_PAYLOAD_ROUNDS 3
+
+// What the plugin can do, as data. The host never asks the compressor object for these.
+struct cddp_plugin_caps {
+  int32_t payload_kind;     // CDDP_PAYLOAD_*
+  int32_t selection;        // 1: payloads are sparse selections (compress/decompress_add)
+  int32_t shared_indices;   // 1: a selection with the same indices on every rank (kind SUM)
+  int32_t fused_feedback;   // 1: compress_with_feedback is one fused pass
+  double default_density;   // density when the parameters set no `ratio`; -1: data-dependent
+  const char* devices;      // comma-separated c10 device names: "cpu" or "cpu,cuda"
+};
+
+// A host-owned handle through which a ROUNDS plugin sums tensors over the ranks.
+struct cddp_round_collective {
+  void* host;
+  int32_t world_size;
+  cddp_status (*allreduce_sum)(void* host, at::Tensor* tensor, char* err, size_t err_len);
+};
+
 struct cddp_plugin_info {
   uint32_t abi_version;        // CDDP_PLUGIN_ABI_VERSION the plugin was built with
-  uint32_t struct_size;        // sizeof(cddp_plugin_info), a second guard against skew
+  uint32_t struct_size;        // sizeof(cddp_plugin_info) as the plugin saw it
   const char* name;            // e.g. "topk"; what configs name
   const char* version;         // the plugin's own semantic version
   const char* description;     // one line
   const char* torch_version;   // "MAJOR.MINOR.PATCH" of the LibTorch it was built against
   int32_t cxx11_abi;           // _GLIBCXX_USE_CXX11_ABI it was built with
-  const char* devices;         // comma-separated c10 device names: "cpu" or "cpu,cuda"
   const cddp::ParamSpec* params;
   size_t num_params;
+  cddp_plugin_caps caps;
 
   // Returns nullptr and fills err on invalid parameters.
+  cddp::Compressor* (*create)(const cddp::ParamMap* params, char* err, size_t err_len);
+  void (*destroy)(cddp::Compressor* c);
+  // Selections (caps.selection = 1).
+  cddp_status (*compress)(cddp::Compressor* c, const at::Tensor* grad, const cddp::CompressContext* ctx,
+                          cddp::Compressed* out, char* err, size_t err_len);
+  cddp_status (*compress_with_feedback)(cddp::Compressor* c, const at::Tensor* grad, at::Tensor* residual,
+                                        const cddp::CompressContext* ctx, cddp::Compressed* out, char* err,
+                                        size_t err_len);
+  cddp_status (*decompress_add)(const cddp::Compressor* c, const cddp::Compressed* in, at::Tensor* dense,
+                                char* err, size_t err_len);
+  // Every other payload (Compressor's ABI-v2 methods).
+  cddp_status (*encode)(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                        const cddp::CompressContext* ctx, cddp::Payload* out, char* err, size_t err_len);
+  cddp_status (*decode_add)(const cddp::Compressor* c, const cddp::Payload* in, at::Tensor* dense, char* err,
+                            size_t err_len);
+  cddp_status (*combine)(const cddp::Compressor* c, const std::vector<cddp::Payload>* ranks, at::Tensor* average,
+                         char* err, size_t err_len);
+  cddp_status (*decode_sum)(const cddp::Compressor* c, const cddp::Payload* sum, int32_t world, at::Tensor* average,
+                            char* err, size_t err_len);
+  cddp_status (*run_rounds)(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                            cddp_round_collective* collective, const cddp::CompressContext* ctx, at::Tensor* average,
+                            at::Tensor* approx, char* err, size_t err_len);
+  cddp_status (*state_specs)(const cddp::Compressor* c, const std::vector<int64_t>* shape, int32_t dtype,
+                             std::vector<cddp::StateSpec>* out, char* err, size_t err_len);
+  cddp_status (*wire_bytes)(const cddp::Compressor* c, const std::vector<int64_t>* shape, int32_t dtype,
+                            double density, int64_t* out, char* err, size_t err_len);
+};
+
+// The version-1 layout, frozen: what `cddp_compressor_plugin_v1` returns. The host reads it to
+// adapt a version-1 plugin; CDDP_DEFINE_COMPRESSOR_PLUGIN still writes it, so a version-1
+// plugin's source builds unchanged.
+struct cddp_plugin_info_v1 {
+  uint32_t abi_version;  // 1
+  uint32_t struct_size;
+  const char* name;
+  const char* version;
+  const char* description;
+  const char* torch_version;
+  int32_t cxx11_abi;
+  const char* devices;
+  const cddp::ParamSpec* params;
+  size_t num_params;
   cddp::Compressor* (*create)(const cddp::ParamMap* params, char* err, size_t err_len);
   void (*destroy)(cddp::Compressor* c);
   cddp_status (*compress)(cddp::Compressor* c, const at::Tensor* grad, const cddp::CompressContext* ctx,
@@ -76,6 +151,7 @@ struct cddp_plugin_info {
 };
 
 typedef const cddp_plugin_info* (*cddp_plugin_entry_fn)();
+typedef const cddp_plugin_info_v1* (*cddp_plugin_entry_fn_v1)();
 
 }  // extern "C"
 
@@ -103,6 +179,21 @@ cddp_status guarded(char* err, size_t len, F&& f) noexcept {
   return 1;
 }
 
+// The plugin-side view of the host's cddp_round_collective: a host error becomes an exception
+// inside the plugin, which the trampoline turns back into a status for the host.
+class HostCollective final : public cddp::RoundCollective {
+ public:
+  explicit HostCollective(cddp_round_collective& c) : c_(c) {}
+  int world_size() const override { return c_.world_size; }
+  void allreduce_sum_(at::Tensor& tensor) override {
+    char err[1024] = {0};
+    if (c_.allreduce_sum(c_.host, &tensor, err, sizeof err) != 0) throw std::runtime_error(err);
+  }
+
+ private:
+  cddp_round_collective& c_;
+};
+
 template <class T>
 struct Trampolines {
   static cddp::Compressor* create(const cddp::ParamMap* params, char* err, size_t len) noexcept {
@@ -124,17 +215,94 @@ struct Trampolines {
                                     char* err, size_t len) noexcept {
     return guarded(err, len, [&] { c->decompress_add_(*in, *dense); });
   }
+  static cddp_status encode(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                            const cddp::CompressContext* ctx, cddp::Payload* out, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { *out = c->encode(*acc, *state, *ctx); });
+  }
+  static cddp_status decode_add(const cddp::Compressor* c, const cddp::Payload* in, at::Tensor* dense, char* err,
+                                size_t len) noexcept {
+    return guarded(err, len, [&] { c->decode_add_(*in, *dense); });
+  }
+  static cddp_status combine(const cddp::Compressor* c, const std::vector<cddp::Payload>* ranks,
+                             at::Tensor* average, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { c->combine(*ranks, *average); });
+  }
+  static cddp_status decode_sum(const cddp::Compressor* c, const cddp::Payload* sum, int32_t world,
+                                at::Tensor* average, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { c->decode_sum(*sum, world, *average); });
+  }
+  static cddp_status run_rounds(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                                cddp_round_collective* coll, const cddp::CompressContext* ctx, at::Tensor* average,
+                                at::Tensor* approx, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] {
+      HostCollective host(*coll);
+      c->run_rounds(*acc, *state, host, *ctx, *average, *approx);
+    });
+  }
+  static cddp_status state_specs(const cddp::Compressor* c, const std::vector<int64_t>* shape, int32_t dtype,
+                                 std::vector<cddp::StateSpec>* out, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { *out = c->state_specs(*shape, static_cast<at::ScalarType>(dtype)); });
+  }
+  static cddp_status wire_bytes(const cddp::Compressor* c, const std::vector<int64_t>* shape, int32_t dtype,
+                                double density, int64_t* out, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { *out = c->wire_bytes(*shape, static_cast<at::ScalarType>(dtype), density); });
+  }
 };
 
 }  // namespace cddp::plugin_detail
 
-// Defines the plugin's entry point. CLASS needs a constructor taking `const cddp::ParamMap&`
-// that validates with cddp::ParamReader. PARAM_SPECS is a static array of cddp::ParamSpec.
+// Capabilities, for CDDP_DEFINE_COMPRESSOR_PLUGIN_V2's last argument.
+//   a sparse selection the host averages (top-k, threshold); DENSITY -1 when data-dependent:
+#define CDDP_CAPS_SELECTION(DENSITY, DEVICES) (cddp_plugin_caps{CDDP_PAYLOAD_GATHER, 1, 0, 0, DENSITY, DEVICES})
+//   the same, with compress_with_feedback fused:
+#define CDDP_CAPS_SELECTION_FUSED(DENSITY, DEVICES) \
+  (cddp_plugin_caps{CDDP_PAYLOAD_GATHER, 1, 0, 1, DENSITY, DEVICES})
+//   a selection whose indices agree on every rank (seeded random-k): values are summed:
+#define CDDP_CAPS_SHARED_SELECTION(DENSITY, DEVICES) (cddp_plugin_caps{CDDP_PAYLOAD_SUM, 1, 1, 0, DENSITY, DEVICES})
+//   encode() + combine() (quantizers, signs) / encode() + decode_sum() (casts) / run_rounds():
+#define CDDP_CAPS_GATHER(DEVICES) (cddp_plugin_caps{CDDP_PAYLOAD_GATHER, 0, 0, 0, -1.0, DEVICES})
+#define CDDP_CAPS_SUM(DEVICES) (cddp_plugin_caps{CDDP_PAYLOAD_SUM, 0, 0, 0, -1.0, DEVICES})
+#define CDDP_CAPS_ROUNDS(DEVICES) (cddp_plugin_caps{CDDP_PAYLOAD_ROUNDS, 0, 0, 0, -1.0, DEVICES})
+
+// Defines the plugin's ABI-v2 entry point. CLASS needs a constructor taking
+// `const cddp::ParamMap&` that validates with cddp::ParamReader. PARAM_SPECS is a static array
+// of cddp::ParamSpec; CAPS one of the CDDP_CAPS_* above (or a cddp_plugin_caps of your own).
+#define CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS, CAPS)            \
+  CDDP_PLUGIN_EXPORT const cddp_plugin_info* cddp_compressor_plugin_v2() {                                \
+    using T_ = ::cddp::plugin_detail::Trampolines<CLASS>;                                                 \
+    static const cddp_plugin_info info = {CDDP_PLUGIN_ABI_VERSION,                                        \
+                                          static_cast<uint32_t>(sizeof(cddp_plugin_info)),                \
+                                          NAME,                                                           \
+                                          VERSION,                                                        \
+                                          DESCRIPTION,                                                    \
+                                          CDDP_TORCH_VERSION_STRING,                                      \
+                                          CDDP_CXX11_ABI,                                                 \
+                                          PARAM_SPECS,                                                    \
+                                          sizeof(PARAM_SPECS) / sizeof(PARAM_SPECS[0]),                   \
+                                          CAPS,                                                           \
+                                          &T_::create,                                                    \
+                                          &T_::destroy,                                                   \
+                                          &T_::compress,                                                  \
+                                          &T_::compress_with_feedback,                                    \
+                                          &T_::decompress_add,                                            \
+                                          &T_::encode,                                                    \
+                                          &T_::decode_add,                                                \
+                                          &T_::combine,                                                   \
+                                          &T_::decode_sum,                                                \
+                                          &T_::run_rounds,                                                \
+                                          &T_::state_specs,                                               \
+                                          &T_::wire_bytes};                                               \
+    return &info;                                                                                         \
+  }
+
+// The version-1 entry point, for sparsifiers written before ABI v2: it still builds, and the
+// host adapts it (capabilities from the compressor's shared_indices(), default_density() and
+// has_fused_feedback()). New plugins use CDDP_DEFINE_COMPRESSOR_PLUGIN_V2.
 #define CDDP_DEFINE_COMPRESSOR_PLUGIN(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS, DEVICES)       \
-  CDDP_PLUGIN_EXPORT const cddp_plugin_info* cddp_compressor_plugin_v1() {                            \
+  CDDP_PLUGIN_EXPORT const cddp_plugin_info_v1* cddp_compressor_plugin_v1() {                         \
     using T_ = ::cddp::plugin_detail::Trampolines<CLASS>;                                           \
-    static const cddp_plugin_info info = {                                                          \
-        CDDP_PLUGIN_ABI_VERSION, static_cast<uint32_t>(sizeof(cddp_plugin_info)), NAME, VERSION,    \
+    static const cddp_plugin_info_v1 info = {                                                       \
+        CDDP_PLUGIN_ABI_VERSION_V1, static_cast<uint32_t>(sizeof(cddp_plugin_info_v1)), NAME, VERSION, \
         DESCRIPTION, CDDP_TORCH_VERSION_STRING, CDDP_CXX11_ABI, DEVICES, PARAM_SPECS,               \
         sizeof(PARAM_SPECS) / sizeof(PARAM_SPECS[0]), &T_::create, &T_::destroy, &T_::compress,     \
         &T_::compress_with_feedback, &T_::decompress_add};                                          \

@@ -10,6 +10,10 @@
 //   5. the build tree's plugin directory.
 // A library named `cddp_<name>.so` in a directory provides plugin `<name>`.
 //
+// ABI: the version-2 entry point is looked for first; a library with only the version-1 entry
+// point (a sparsifier) is adapted, its capabilities read once from the compressor it creates.
+// A library for any other version, LibTorch or C++ ABI is refused, naming both versions.
+//
 // Lifetime: every PluginCompressor holds a shared_ptr to its library, so a library stays
 // loaded while any object it created lives, however the loader itself is destroyed.
 #pragma once
@@ -52,7 +56,8 @@ struct ParamDescription {
 // What a plugin library says about itself (copied out of its info struct).
 struct PluginDescription {
   std::string name, version, description, torch_version, devices;
-  uint32_t abi_version = 0;
+  uint32_t abi_version = 0;      // the entry point's: 2, or 1 for an adapted version-1 plugin
+  PluginCaps caps;               // version 1: what the adapter assumes until a compressor is made
   int cxx11_abi = -1;
   std::vector<ParamDescription> params;
   std::filesystem::path path;
@@ -71,7 +76,8 @@ struct PluginListing {
 // trampolines and re-throws their errors as c10::Error on the host side.
 class PluginCompressor final : public Compressor {
  public:
-  PluginCompressor(std::shared_ptr<LoadedLibrary> lib, const cddp_plugin_info* info, Compressor* impl);
+  PluginCompressor(std::shared_ptr<LoadedLibrary> lib, const cddp_plugin_info* info, Compressor* impl,
+                   const ParamMap& params);
   ~PluginCompressor() override;
   PluginCompressor(const PluginCompressor&) = delete;
   PluginCompressor& operator=(const PluginCompressor&) = delete;
@@ -86,13 +92,25 @@ class PluginCompressor final : public Compressor {
                                     const CompressContext& ctx) override;
   bool has_fused_feedback() const noexcept override;
 
+  Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  void decode_add_(const Payload& payload, at::Tensor& dense) const override;
+  void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
+  void decode_sum(const Payload& sum, int world, at::Tensor& average) const override;
+  void run_rounds(const at::Tensor& acc, PluginState& state, RoundCollective& collective, const CompressContext& ctx,
+                  at::Tensor& average, at::Tensor& approx) override;
+  std::vector<StateSpec> state_specs(const std::vector<int64_t>& shape, at::ScalarType dtype) const override;
+  int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;
+
   const PluginDescription& description() const { return description_; }
+  // This compressor's capabilities (data; default_density already reflects a `ratio` parameter).
+  const PluginCaps& caps() const { return caps_; }
 
  private:
   std::shared_ptr<LoadedLibrary> lib_;  // declared first: destroyed last
-  const cddp_plugin_info* info_;
+  const cddp_plugin_info* info_;        // a version-1 plugin's is the loader's translation
   Compressor* impl_;
   PluginDescription description_;
+  PluginCaps caps_;
 };
 
 class PluginLoader {

@@ -8,6 +8,22 @@
 
 namespace cddp {
 
+const char* payload_kind_name(PayloadKind kind) {
+  switch (kind) {
+    case PayloadKind::Gather: return "gather";
+    case PayloadKind::Sum: return "sum";
+    case PayloadKind::Rounds: return "rounds";
+  }
+  return "unknown";
+}
+
+int64_t Payload::wire_bytes() const {
+  int64_t bytes = 0;
+  for (const auto& p : parts)
+    if (p.defined()) bytes += p.numel() * static_cast<int64_t>(p.element_size());
+  return bytes;
+}
+
 int64_t Compressed::wire_bytes() const {
   if (!values.defined()) return 0;
   return values.numel() * static_cast<int64_t>(values.element_size()) +
@@ -52,5 +68,33 @@ Compressed Compressor::compress_with_feedback(const at::Tensor& grad, at::Tensor
   residual.copy_(acc - dense);                                   // e_{t+1} = acc - D(C(acc))
   return sent;
 }
+
+}  // namespace cddp
+
+namespace cddp {
+
+namespace {
+[[noreturn]] void not_implemented(const Compressor& c, const char* what, const char* kind) {
+  TORCH_CHECK(false, "compressor '", c.name(), "' does not implement ", what, " (needed by ", kind,
+              " payloads): its declared capabilities and its code disagree");
+}
+}  // namespace
+
+Payload Compressor::encode(const at::Tensor&, PluginState&, const CompressContext&) {
+  not_implemented(*this, "encode()", "gather and sum");
+}
+void Compressor::decode_add_(const Payload&, at::Tensor&) const {
+  not_implemented(*this, "decode_add_()", "gather and sum");
+}
+void Compressor::combine(const std::vector<Payload>&, at::Tensor&) const {
+  not_implemented(*this, "combine()", "gather");
+}
+void Compressor::decode_sum(const Payload&, int, at::Tensor&) const { not_implemented(*this, "decode_sum()", "sum"); }
+void Compressor::run_rounds(const at::Tensor&, PluginState&, RoundCollective&, const CompressContext&, at::Tensor&,
+                            at::Tensor&) {
+  not_implemented(*this, "run_rounds()", "rounds");
+}
+std::vector<StateSpec> Compressor::state_specs(const std::vector<int64_t>&, at::ScalarType) const { return {}; }
+int64_t Compressor::wire_bytes(const std::vector<int64_t>&, at::ScalarType, double) const { return -1; }
 
 }  // namespace cddp
