@@ -31,6 +31,7 @@ struct CompressContext {
   std::string param_name;       // for error messages; may be empty
   uint64_t seed = 0;            // run seed, identical on every rank
   double ratio = -1.0;          // density override for this call (warm-up, per-layer rule); <0: plugin's own
+  int world_size = 1;           // ranks that will combine the payloads (a cast scales by it before summing)
 };
 
 // A sparse gradient: `values[i]` belongs at flat position `indices[i]` of a dense tensor of
@@ -55,11 +56,16 @@ class Compressor {
   virtual ~Compressor() = default;
 
   virtual std::string name() const = 0;
-  virtual std::vector<c10::DeviceType> supported_devices() const = 0;
+  // ABI 1: a plugin's devices. Under ABI 2 the host reads them from the declared capabilities.
+  virtual std::vector<c10::DeviceType> supported_devices() const { return {c10::DeviceType::CPU}; }
+  // What this compressor can do. A plugin's are data (its cddp_plugin_caps); the default, for
+  // compressors made in-process, is a selection described by the three ABI-1 queries below.
+  virtual PluginCaps caps() const;
 
-  // Select from `grad` (any shape, any strides). Throws c10::Error with a clear message on
-  // bad input (NaN, unsupported dtype or device), naming ctx.param_name.
-  virtual Compressed compress(const at::Tensor& grad, const CompressContext& ctx) = 0;
+  // Selections: select from `grad` (any shape, any strides). Throws c10::Error with a clear
+  // message on bad input (NaN, unsupported dtype or device), naming ctx.param_name. The
+  // default throws: a codec that is not a selection implements encode() instead.
+  virtual Compressed compress(const at::Tensor& grad, const CompressContext& ctx);
 
   // Dense tensor of the compressed shape with the selection scattered in, zeros elsewhere.
   virtual at::Tensor decompress(const Compressed& c) const;

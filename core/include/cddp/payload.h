@@ -39,6 +39,7 @@ struct Payload {
   int64_t numel = 0;                // of the tensor it encodes
   std::vector<int64_t> shape;
   at::ScalarType dtype = at::ScalarType::Float;
+  int world_size = 1;               // CompressContext::world_size it was encoded for (not sent)
 
   // Exactly the bytes handed to the collectives for this payload.
   int64_t wire_bytes() const;

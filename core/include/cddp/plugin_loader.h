@@ -103,7 +103,7 @@ class PluginCompressor final : public Compressor {
 
   const PluginDescription& description() const { return description_; }
   // This compressor's capabilities (data; default_density already reflects a `ratio` parameter).
-  const PluginCaps& caps() const { return caps_; }
+  PluginCaps caps() const override { return caps_; }
 
  private:
   std::shared_ptr<LoadedLibrary> lib_;  // declared first: destroyed last

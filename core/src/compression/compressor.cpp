@@ -80,6 +80,20 @@ namespace {
 }
 }  // namespace
 
+PluginCaps Compressor::caps() const {
+  PluginCaps c;
+  c.shared_indices = shared_indices();
+  c.kind = c.shared_indices ? PayloadKind::Sum : PayloadKind::Gather;
+  c.fused_feedback = has_fused_feedback();
+  c.default_density = default_density();
+  c.devices = supported_devices();
+  return c;
+}
+
+Compressed Compressor::compress(const at::Tensor&, const CompressContext&) {
+  not_implemented(*this, "compress()", "selection");
+}
+
 Payload Compressor::encode(const at::Tensor&, PluginState&, const CompressContext&) {
   not_implemented(*this, "encode()", "gather and sum");
 }
