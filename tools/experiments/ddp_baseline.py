@@ -217,8 +217,16 @@ def train(a):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=__import__("datetime").timedelta(seconds=a.timeout_s))
+    timeout = __import__("datetime").timedelta(seconds=a.timeout_s)
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
+    except RuntimeError as e:
+        # torch >= 2.4 asks its TCPStore for libuv by default; Debian 13's 2.6 is built without
+        # it. The check runs before anything binds, so retrying with the classic store is safe.
+        if "libuv" not in str(e):
+            raise
+        os.environ["USE_LIBUV"] = "0"
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timeout)
     STATS = CommStats(world)
     dist.all_reduce = _counting_all_reduce  # the hooks look it up at call time
 

@@ -85,6 +85,7 @@ log "running inside the root: $inside"
 export CDDP_ROOT="$root" CDDP_REPO="$repo" CDDP_BUILD="$build" CDDP_INSIDE="$inside"
 exec unshare --mount --propagation private bash -c '
   set -euo pipefail
+  mount --bind "$CDDP_ROOT" "$CDDP_ROOT"          # "/" a mount point: ip -n remounts it rslave
   mount --bind "$CDDP_REPO" "$CDDP_ROOT/src"
   mount --bind "$CDDP_BUILD" "$CDDP_ROOT/src/build"
   mount -t proc proc "$CDDP_ROOT/proc"
