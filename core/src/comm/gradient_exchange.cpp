@@ -4,6 +4,7 @@
 
 #include "index_coding.h"
 #include "sparse_decode.h"
+#include "wire_cost.h"
 
 #include <ATen/ATen.h>
 
@@ -18,6 +19,7 @@ namespace cddp {
 namespace {
 
 using detail::clear_stale;
+using detail::ring_allreduce_bytes;
 using detail::Stale;
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) {
@@ -25,10 +27,6 @@ double ms_since(Clock::time_point t0) {
 }
 
 int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
-
-int64_t ring_allreduce_bytes(int64_t bytes, int world) {
-  return world > 1 ? (2 * (world - 1) * bytes) / world : 0;
-}
 
 // Byte layout of one rank's packed selections, given that rank's counts.
 struct Layout {
