@@ -133,8 +133,7 @@ struct RoutingDecision {
 };
 
 namespace detail {
-struct StepSettings;   // the option strings, parsed (core/src/optim/typed_options.h)
-class ExchangeStage;   // the reused average buffers (core/src/optim/exchange_stage.h)
+struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
 }  // namespace detail
 
 class CompressedSGD : public torch::optim::Optimizer {
@@ -174,9 +173,9 @@ class CompressedSGD : public torch::optim::Optimizer {
 
   std::vector<std::string> names_;  // parallel to the flattened parameter list
   std::shared_ptr<Communicator> comm_;
-  std::unique_ptr<GradientExchange> exchange_;  // over *comm_; keeps its byte buffers between steps
+  // Over *comm_; keeps its byte buffers and every tensor's average buffer between steps.
+  std::unique_ptr<GradientExchange> exchange_;
   std::unique_ptr<detail::StepSettings> settings_;
-  std::unique_ptr<detail::ExchangeStage> averages_;
   std::map<std::string, Route> routes_;
   std::vector<RoutingDecision> routing_log_;
   StepStats last_;

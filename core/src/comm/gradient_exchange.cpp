@@ -114,12 +114,13 @@ class ZeroOutputs {
 
 int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
 
-// True when the slot's mean goes to its coalesced list (CPU float/double selections).
-bool coalesces(const SparseSlot& s) {
-  if (!s.coalesced) return false;
-  const Compressed& c = *s.local;
+// True when a selection's mean can be written as a coalesced list (CPU float/double selections).
+bool coalescable(const Compressed& c) {
   return (c.dtype == at::kFloat || c.dtype == at::kDouble) && (!c.values.defined() || c.values.is_cpu());
 }
+
+// True when the slot's mean goes to its coalesced list.
+bool coalesces(const SparseSlot& s) { return s.coalesced && coalescable(*s.local); }
 
 // The slot's coalesced list from this rank's own indices and `values` (its selection's at world
 // size 1, the sum over ranks for shared indices): (+0 + value) / world at each index, the bits
@@ -373,6 +374,53 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   stats.bytes_sent += sent;
   stats.bytes_received += (world - 1) * sent;
   stats.comm_ms += ms_since(t0);
+}
+
+// The slots of `requests`, over the outputs kept under their keys. A dense output is
+// (re)allocated when its size, dtype or device no longer fit the selection, which forgets what
+// its state knew; with `keep_zero` false (average_shared writes all of it) the state is reset
+// anyway. A coalesced request leaves the kept dense output and its state alone.
+std::vector<SparseSlot> GradientExchange::kept_slots(const std::vector<SparseRequest>& requests, bool keep_zero,
+                                                     std::vector<const AverageOf*>& outputs) {
+  std::vector<SparseSlot> slots;
+  outputs.clear();
+  for (const SparseRequest& r : requests) {
+    AverageOf& kept = kept_[r.key];
+    SparseSlot slot{r.local, r.codec, &kept.tensor_, nullptr, r.expected_count, nullptr};
+    if (r.coalesce && coalescable(*r.local)) {
+      slot.coalesced = &kept.list_;
+    } else {
+      const auto opts = r.local->values.options();
+      at::Tensor& t = kept.tensor_;
+      if (!t.defined() || t.numel() != r.local->numel || t.scalar_type() != opts.dtype().toScalarType() ||
+          t.device() != opts.device()) {
+        kept.zeros_.reset();
+        t = at::empty({r.local->numel}, opts);
+      }
+      if (keep_zero) slot.reuse = &kept.zeros_;
+      else kept.zeros_.reset();
+      kept.list_.valid = false;  // this call's result is the dense one
+    }
+    slots.push_back(slot);
+    outputs.push_back(&kept);
+  }
+  return slots;
+}
+
+std::vector<const AverageOf*> GradientExchange::average_sparse(const std::vector<SparseRequest>& requests,
+                                                               StepStats& stats) {
+  std::vector<const AverageOf*> outputs;
+  std::vector<SparseSlot> slots = kept_slots(requests, /*keep_zero=*/true, outputs);
+  average_sparse(slots, stats);
+  return outputs;
+}
+
+std::vector<const AverageOf*> GradientExchange::average_shared(const std::vector<SparseRequest>& requests,
+                                                               StepStats& stats) {
+  std::vector<const AverageOf*> outputs;
+  std::vector<SparseSlot> slots = kept_slots(requests, /*keep_zero=*/false, outputs);
+  average_shared(slots, stats);
+  return outputs;
 }
 
 void GradientExchange::average_shared(std::vector<SparseSlot>& slots, StepStats& stats) {

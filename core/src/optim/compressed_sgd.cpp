@@ -96,7 +96,6 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
   adopt_new_param_groups();
   exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
-  averages_ = std::make_unique<detail::ExchangeStage>();
 }
 
 CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -183,7 +182,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent.
-  averages_->run(routed, model, *exchange_, comm_->world_size(), st);
+  detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
 
   // 5. Apply, as torch::optim::SGD does; momentum too where it was not applied before compression.
   detail::apply_sgd_updates(tensors);

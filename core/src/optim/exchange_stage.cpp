@@ -1,58 +1,51 @@
-// exchange_stage.cpp — building GradientExchange's slots and calling it (exchange_stage.h).
+// exchange_stage.cpp — asking GradientExchange for each tensor's average (exchange_stage.h).
 #include "exchange_stage.h"
 
 #include <ATen/ATen.h>
+
+#include <vector>
 
 namespace cddp::detail {
 namespace {
 
 // The sparse apply (sgd_update.cpp) needs a plain CPU parameter and an update that is the
-// average itself: momentum already applied locally (DGC) and no whole-model split. The rest is
-// what the exchange coalesces: CPU float/double selections of the parameter's dtype.
+// average itself: momentum already applied locally (DGC) and no whole-model split. The exchange
+// then coalesces CPU float/double selections; the parameter's dtype must match.
 bool applies_sparsely(const TensorStep& t, bool model_used) {
   const auto dtype = t.p.scalar_type();
   return t.momentum_mode == MomentumMode::Dgc && !model_used && t.p.is_cpu() && t.p.is_contiguous() &&
-         (dtype == at::kFloat || dtype == at::kDouble) && t.sent.dtype == dtype &&
-         (!t.sent.values.defined() || t.sent.values.is_cpu());
+         (dtype == at::kFloat || dtype == at::kDouble) && t.sent.dtype == dtype;
+}
+
+std::vector<SparseRequest> requests_for(const std::vector<TensorStep*>& tensors, bool model_used) {
+  std::vector<SparseRequest> requests;
+  for (const TensorStep* t : tensors) {
+    SparseRequest r;
+    r.key = t->name;
+    r.local = &t->sent;
+    r.codec = t->compressor.get();
+    // Fixed-k compressors at a density every rank shares select the same number of entries
+    // everywhere: the exchange can skip gathering the counts.
+    if (t->compressor->default_density() > 0 && t->density > 0) r.expected_count = k_for_ratio(t->density, t->sent.numel);
+    r.coalesce = applies_sparsely(*t, model_used);
+    requests.push_back(std::move(r));
+  }
+  return requests;
+}
+
+void take_averages(const std::vector<TensorStep*>& tensors, const std::vector<const AverageOf*>& averages) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (averages[i]->is_coalesced()) tensors[i]->coalesced = &averages[i]->list();
+    else tensors[i]->average = averages[i]->dense();
+  }
 }
 
 }  // namespace
 
-std::vector<SparseSlot> ExchangeStage::slots_for(const std::vector<TensorStep*>& tensors, bool keep_zero,
-                                                 bool model_used) {
-  std::vector<SparseSlot> slots;
-  for (TensorStep* t : tensors) {
-    AverageBuffer& buffer = buffers_[t->name];
-    const bool coalesced = applies_sparsely(*t, model_used);  // sparse and shared routes alike
-    if (!coalesced) {  // the exchange writes the dense average; a coalesced one needs no tensor
-      const auto opts = t->sent.values.options();
-      if (!buffer.tensor.defined() || buffer.tensor.numel() != t->sent.numel ||
-          buffer.tensor.scalar_type() != opts.dtype().toScalarType() || buffer.tensor.device() != opts.device()) {
-        buffer.zeros.reset();
-        buffer.tensor = at::empty({t->sent.numel}, opts);
-      }
-      if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
-      t->average = buffer.tensor;
-    }
-    SparseSlot slot{&t->sent, t->compressor.get(), &t->average, keep_zero && !coalesced ? &buffer.zeros : nullptr};
-    // Fixed-k compressors at a density every rank shares select the same number of entries
-    // everywhere: the exchange can skip gathering the counts.
-    if (t->compressor->default_density() > 0 && t->density > 0) slot.expected_count = k_for_ratio(t->density, t->sent.numel);
-    if (coalesced) {
-      slot.coalesced = &buffer.coalesced;
-      t->coalesced = &buffer.coalesced;
-    }
-    slots.push_back(slot);
-  }
-  return slots;
-}
-
-void ExchangeStage::run(RoutedTensors& routed, ModelSelection& model, GradientExchange& exchange, int world,
-                        StepStats& st) {
-  auto sparse_slots = slots_for(routed.sparse, /*keep_zero=*/true, model.used());
-  exchange.average_sparse(sparse_slots, st);
-  auto shared_slots = slots_for(routed.shared, /*keep_zero=*/false, model.used());
-  exchange.average_shared(shared_slots, st);
+void exchange_averages(RoutedTensors& routed, ModelSelection& model, GradientExchange& exchange, int world,
+                       StepStats& st) {
+  take_averages(routed.sparse, exchange.average_sparse(requests_for(routed.sparse, model.used()), st));
+  take_averages(routed.shared, exchange.average_shared(requests_for(routed.shared, model.used()), st));
   std::vector<at::Tensor> dense_grads;
   for (TensorStep* t : routed.dense) {
     // Averaged in place: never in the user's .grad itself.
