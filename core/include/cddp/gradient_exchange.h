@@ -175,9 +175,18 @@ class GradientExchange {
   bool any_rank(bool local_flag);
 
   struct OutputPlan;  // internal to average_sparse: how it clears one output before decoding
+  struct Layout;      // internal: where each slot's bytes lie in one rank's packed buffer
   enum class Written { Listed, ListedSorted, Everything };  // internal: how a decode left an output
 
  private:
+  // The stages of average_sparse.
+  void average_own(std::vector<SparseSlot>& slots);  // world size 1
+  std::vector<at::Tensor> gather_counts(const std::vector<SparseSlot>& slots, at::Tensor& counts, bool& counts_known);
+  void pack(const std::vector<SparseSlot>& slots, const Layout& mine, int64_t packed_bytes);
+  std::vector<Compressed> unpack(const SparseSlot& slot, int64_t i, const std::vector<at::Tensor>& all_counts,
+                                 const std::vector<Layout>& layouts, std::vector<int>& from);
+  void decode_mean(SparseSlot& slot, const OutputPlan& plan, const std::vector<Compressed>& parts,
+                   const std::vector<int>& from);
   std::vector<SparseSlot> kept_slots(const std::vector<SparseRequest>& requests, bool keep_zero,
                                      std::vector<const AverageOf*>& outputs);
   std::vector<OutputPlan> begin_outputs(std::vector<SparseSlot>& slots, bool may_defer);
