@@ -412,6 +412,94 @@ TEST(CompressedSGD, RulesOverrideDensityAndRouteDense) {
   EXPECT_EQ(opt.routing()[1].reason, "a rule marks it dense");
 }
 
+// Options a param group cannot have for itself (they are optimizer-wide) are refused, naming
+// the option — at construction, or at the first step after add_param_group, before anything
+// changes.
+TEST(CompressedSGD, ParamGroupsRefuseOptimizerWideOptions) {
+  auto loader = build_tree_loader();
+  auto topk = loader.create("topk", {{"ratio", 0.1}});
+  at::Tensor a = at::randn({20}).set_requires_grad(true), b = at::randn({20}).set_requires_grad(true);
+  const auto defaults = cddp::CompressedSGDOptions(0.1).compressor(topk);
+  auto with_group = [&](cddp::CompressedSGDOptions group) {
+    std::vector<torch::optim::OptimizerParamGroup> groups;
+    groups.emplace_back(std::vector<at::Tensor>{a});
+    groups.emplace_back(std::vector<at::Tensor>{b}, std::make_unique<cddp::CompressedSGDOptions>(group));
+    cddp::CompressedSGD opt(groups, defaults);
+  };
+  auto refused = [&](cddp::CompressedSGDOptions group, const std::string& option) {
+    const std::string msg = error_of([&] { with_group(group); });
+    EXPECT_NE(msg.find("param group 1 sets " + option + " differently from the optimizer's defaults(); " + option +
+                       " is optimizer-wide"),
+              std::string::npos)
+        << option << ": " << msg;
+  };
+  refused(cddp::CompressedSGDOptions(defaults).nonfinite("skip_step"), "nonfinite");
+  refused(cddp::CompressedSGDOptions(defaults).scope("model"), "scope");
+  refused(cddp::CompressedSGDOptions(defaults).index_coding("plain"), "index_coding");
+  refused(cddp::CompressedSGDOptions(defaults).track_residual_norm(true), "track_residual_norm");
+  refused(cddp::CompressedSGDOptions(defaults).communicator(std::make_shared<cddp::LocalCommunicator>()),
+          "communicator");
+  EXPECT_NE(error_of([&] { with_group(cddp::CompressedSGDOptions(defaults).lr(-1)); })
+                .find("param group 1: Invalid learning rate: -1"),
+            std::string::npos);
+  EXPECT_NO_THROW(with_group(cddp::CompressedSGDOptions(defaults).lr(0.5).momentum(0.9).density(0.5)));
+
+  // scope "model" makes one selection for every group's tensors: they must agree on it.
+  const auto model = cddp::CompressedSGDOptions(defaults).scope("model");
+  for (auto [group, option] : {std::pair{cddp::CompressedSGDOptions(model).density(0.5), "density"},
+                               std::pair{cddp::CompressedSGDOptions(model).error_feedback(false), "error_feedback"},
+                               std::pair{cddp::CompressedSGDOptions(model).seed(7), "seed"},
+                               std::pair{cddp::CompressedSGDOptions(model).compressor(loader.create("topk")), "compressor"}}) {
+    const std::string msg = error_of([&, group = group] {
+      std::vector<torch::optim::OptimizerParamGroup> groups;
+      groups.emplace_back(std::vector<at::Tensor>{a});
+      groups.emplace_back(std::vector<at::Tensor>{b}, std::make_unique<cddp::CompressedSGDOptions>(group));
+      cddp::CompressedSGD opt(groups, model);
+    });
+    EXPECT_NE(msg.find(std::string("param group 1 sets ") + option + " differently"), std::string::npos) << msg;
+  }
+
+  // add_param_group cannot be intercepted: the group is checked at the next step, which then
+  // changes nothing.
+  cddp::CompressedSGD opt({{"a", a}}, defaults);
+  opt.add_param_group(torch::optim::OptimizerParamGroup(
+      std::vector<at::Tensor>{b}, std::make_unique<cddp::CompressedSGDOptions>(cddp::CompressedSGDOptions(defaults).scope("model"))));
+  a.mutable_grad() = at::ones({20});
+  b.mutable_grad() = at::ones({20});
+  const at::Tensor a0 = a.detach().clone();
+  EXPECT_NE(error_of([&] { opt.step(); }).find("param group 1 sets scope differently"), std::string::npos);
+  EXPECT_TRUE(at::equal(a, a0));
+  EXPECT_EQ(opt.step_count(), 0);
+}
+
+// momentum_mode is honoured per param group: one optimizer with a "global" and a "dgc" group
+// moves each parameter exactly as two optimizers, one per mode, do.
+TEST(CompressedSGD, MomentumModeIsHonouredPerParamGroup) {
+  auto loader = build_tree_loader();
+  auto topk = loader.create("topk", {{"ratio", 0.1}});
+  auto make = [] { return at::randn({30, 20}, at::make_generator<at::CPUGeneratorImpl>(11)).set_requires_grad(true); };
+  at::Tensor g1 = make(), d1 = make(), g2 = make(), d2 = make();
+  const auto base = cddp::CompressedSGDOptions(0.05).momentum(0.9).compressor(topk).auto_dense(false);
+  std::vector<torch::optim::OptimizerParamGroup> groups;
+  groups.emplace_back(std::vector<at::Tensor>{g1},
+                      std::make_unique<cddp::CompressedSGDOptions>(cddp::CompressedSGDOptions(base).momentum_mode("global")));
+  groups.emplace_back(std::vector<at::Tensor>{d1},
+                      std::make_unique<cddp::CompressedSGDOptions>(cddp::CompressedSGDOptions(base).momentum_mode("dgc")));
+  cddp::CompressedSGD both(groups, base);
+  cddp::CompressedSGD global({{"param0", g2}}, cddp::CompressedSGDOptions(base).momentum_mode("global"));
+  cddp::CompressedSGD dgc({{"param1", d2}}, cddp::CompressedSGDOptions(base).momentum_mode("dgc"));
+  for (int64_t step = 0; step < 8; ++step) {
+    at::Tensor grad = at::randn({30, 20}, at::make_generator<at::CPUGeneratorImpl>(50 + step));
+    for (at::Tensor p : {g1, d1, g2, d2}) p.mutable_grad() = grad.clone();
+    both.step();
+    global.step();
+    dgc.step();
+    ASSERT_TRUE(at::equal(g1, g2)) << "global group, step " << step;
+    ASSERT_TRUE(at::equal(d1, d2)) << "dgc group, step " << step;
+  }
+  EXPECT_FALSE(at::equal(g1, d1));  // the modes really differ
+}
+
 TEST(GlobMatch, StarsAndQuestionMarks) {
   EXPECT_TRUE(cddp::glob_match("*.bias", "fc1.bias"));
   EXPECT_TRUE(cddp::glob_match("layer?.*", "layer1.0.conv1.weight"));

@@ -444,6 +444,58 @@ TEST(GradientExchange, CoalescedAverageEqualsDenseDecodeBitwise) {
   }
 }
 
+// The exchange keeps each request's output under its key (AverageOf): step after step the same
+// buffer, kept zero on the sparse route, bitwise what a fresh, fully cleared output gives; a
+// coalescing request gets its list and no dense tensor; the shared route rewrites all of it.
+TEST(GradientExchange, KeptOutputsPerKeyEqualFreshOutputsBitwise) {
+  const int W = 2;
+  const int64_t N = 4096;
+  const std::vector<std::string> kinds = {"few", "few", "sorted", "sorted", "empty", "unsorted", "dense", "few"};
+  PlainCodec codec;
+  std::vector<int> failures(W, 0);
+  on_ranks(W, [&](cddp::Communicator& comm, int r) {
+    cddp::GradientExchange ex(comm), reference(comm);
+    const void* buffer = nullptr;
+    for (int step = 0; step < int(kinds.size()); ++step) {
+      cddp::Compressed a = step_selection(kinds[step], r, step, N), b = step_selection("sorted", r, step + 50, N);
+      cddp::StepStats st;
+      std::vector<cddp::SparseRequest> requests(2);
+      requests[0].key = "a";
+      requests[0].local = &a;
+      requests[0].codec = &codec;
+      requests[1].key = "b";
+      requests[1].local = &b;
+      requests[1].codec = &codec;
+      requests[1].coalesce = true;
+      std::vector<const cddp::AverageOf*> out = ex.average_sparse(requests, st);
+      at::Tensor fresh_a = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+      at::Tensor fresh_b = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+      std::vector<cddp::SparseSlot> slots = {{&a, &codec, &fresh_a}, {&b, &codec, &fresh_b}};
+      reference.average_sparse(slots, st);
+      failures[r] += out.size() != 2 || out[0]->is_coalesced() || !out[1]->is_coalesced();
+      failures[r] += !bitwise_equal(out[0]->dense(), fresh_a);
+      at::Tensor rebuilt = at::zeros({N});
+      if (out[1]->list().count() > 0) rebuilt.index_put_({out[1]->list().indices.to(at::kLong)}, out[1]->list().values);
+      failures[r] += !bitwise_equal(rebuilt, fresh_b) || out[1]->dense().defined();
+      if (step == 0) buffer = out[0]->dense().data_ptr();
+      failures[r] += out[0]->dense().data_ptr() != buffer;  // reused, not reallocated
+    }
+    // The same key through the shared route: the whole output is rewritten.
+    cddp::Compressed c = step_selection("sorted", 0, 3, N);  // the same indices on every rank
+    cddp::StepStats st;
+    std::vector<cddp::SparseRequest> shared(1);
+    shared[0].key = "a";
+    shared[0].local = &c;
+    shared[0].codec = &codec;
+    const cddp::AverageOf* kept = ex.average_shared(shared, st).front();
+    at::Tensor fresh = at::full({N}, std::numeric_limits<float>::quiet_NaN());
+    std::vector<cddp::SparseSlot> slot = {{&c, &codec, &fresh}};
+    reference.average_shared(slot, st);
+    failures[r] += !bitwise_equal(kept->dense(), fresh) || kept->dense().data_ptr() != buffer;
+  });
+  for (int r = 0; r < W; ++r) EXPECT_EQ(failures[r], 0) << "rank " << r;
+}
+
 // add_sparse_ changes the listed entries only, by alpha·value, and leaves every other bit alone
 // (−0 and NaN included), as dense.add_(average, alpha) leaves them; a list that does not fit the
 // tensor is refused with both shapes named.

@@ -10,6 +10,10 @@
 // momentum_mode "dgc" (the default) momentum is corrected locally before compression, as in
 // Deep Gradient Compression; with "global" it is applied to the averaged gradient, as SGD does.
 //
+// step() drives named stages, one file each in core/src/optim/: step_plan (gradients, rules,
+// routing), nonfinite_guard, error_feedback, dgc_momentum, compression_stage, exchange_stage,
+// sgd_update; typed_options checks the options and parses their strings.
+//
 // It will not pick a compressor, load plugins, log, or own the process group: those arrive
 // through Options (a Compressor, a Communicator) and results leave through stats().
 #pragma once
@@ -60,6 +64,8 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // better: docs/results.md, 2.0 points better at 94 steps of a cosine schedule, 0.1 worse at
   // 470. No effect at a constant lr.
   TORCH_ARG(bool, residual_lr_scaling) = false;
+  // The four string options below (momentum_mode, nonfinite, scope, index_coding) are parsed once,
+  // when the optimizer is constructed or a param group added: edit them before that.
   // "dgc" (default): momentum corrected locally before compression, with momentum factor
   // masking — Lin et al. 2018; in docs/results.md it ended 1.9–2.2 points above "global" in
   // every top-k run (1 % and 0.1 %, 94 steps) and 2.2 above on the main job.
@@ -73,6 +79,13 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // Dense-routing policy: tensors smaller than min_numel, 1-D tensors (biases, norms) when
   // compress_1d is false, and tensors whose sparse exchange would cost at least as many bytes
   // as a dense ring allreduce (W·density ≥ 1) when auto_dense is true.
+  // min_numel is 0 here and 32768 in the trainer (trainer/config/train_config.h), on purpose:
+  // the library compresses every tensor it is given, with no threshold measured on anybody's
+  // model; the trainer's default is a measured choice for the models it trains — at 1 % a small
+  // tensor gets a handful of entries a step, and the small tensors (biases, the classifier) are
+  // the ones that matter most per parameter: sending the study mlp's 20,480-entry classifier
+  // dense lifted top-k 1 % from 1.34 to 0.57 points under dense, over three seeds, for 80 kB of
+  // dense allreduce a step (docs/results.md, "Small tensors dense: the min_numel default").
   TORCH_ARG(int64_t, min_numel) = 0;
   TORCH_ARG(bool, compress_1d) = true;
   TORCH_ARG(bool, auto_dense) = true;
@@ -84,8 +97,13 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   TORCH_ARG(std::string, index_coding) = "block16";
   // How ranks talk; null means a LocalCommunicator (world size 1).
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
-  // Compute the residual norm into StepStats (one extra pass over residuals).
+  // Compute the residual norm into StepStats (one extra pass over residuals). Read from
+  // defaults() at every step (the trainer turns it on for the steps it logs).
   TORCH_ARG(bool, track_residual_norm) = false;
+  // Param groups: nonfinite, scope, index_coding, communicator and track_residual_norm are
+  // optimizer-wide, and with scope "model" so are compressor, density, error_feedback and seed:
+  // a group that sets another value than defaults() is refused (at construction, or at the
+  // first step after add_param_group). Every other option is honoured per group.
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -114,12 +132,20 @@ struct RoutingDecision {
   std::string reason;
 };
 
+namespace detail {
+struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
+}  // namespace detail
+
 class CompressedSGD : public torch::optim::Optimizer {
  public:
   static constexpr int64_t kFormatVersion = 2;  // 2: residual_lr, residual_lr_scaling
 
   CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params, CompressedSGDOptions options);
   CompressedSGD(std::vector<at::Tensor> params, CompressedSGDOptions options);
+  // As torch::optim::SGD's: groups with options of their own (see Options, "Param groups");
+  // parameters are named param0, param1, ... in order.
+  CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups, CompressedSGDOptions defaults);
+  ~CompressedSGD() override;
 
   at::Tensor step(LossClosure closure = nullptr) override;
   void save(torch::serialize::OutputArchive& archive) const override;
@@ -137,37 +163,25 @@ class CompressedSGD : public torch::optim::Optimizer {
   const CompressedSGDOptions& defaults_options() const;
 
  private:
-  struct Item;
   template <typename Self, typename Archive>
   static void serialize(Self& self, Archive& archive) {
     _TORCH_OPTIM_SERIALIZE_WITH_TEMPLATE_ARG(CompressedSGD);
   }
   CompressedSGDParamState& state_for(const at::Tensor& p);
-  Route route_for(const Item& item, std::string& reason) const;
-  bool nonfinite_skip(const std::vector<Item>& items);  // throws for nonfinite = "error"
+  // Checks and parses the param groups not seen yet (add_param_group): a size check per step.
+  void adopt_new_param_groups();
 
   std::vector<std::string> names_;  // parallel to the flattened parameter list
   std::shared_ptr<Communicator> comm_;
-  std::unique_ptr<GradientExchange> exchange_;  // over *comm_; keeps its byte buffers between steps
+  // Over *comm_; keeps its byte buffers and every tensor's average buffer between steps.
+  std::unique_ptr<GradientExchange> exchange_;
+  std::unique_ptr<detail::StepSettings> settings_;
   std::map<std::string, Route> routes_;
   std::vector<RoutingDecision> routing_log_;
   StepStats last_;
   CumulativeStats total_;
   int64_t step_ = 0;
   double density_override_ = -1;
-  // Per compressed tensor, reused each step: the averaged gradient, and (sparse route) the
-  // SparseOutputState that lets it stay zero between steps, so a step re-zeroes only the O(k·W)
-  // entries the previous step wrote instead of the whole tensor. step() only READS these
-  // buffers after the exchange (momentum clones/accumulates into its own buffer, the update
-  // reads d_p): anything that writes into one must reset() its state first.
-  // With momentum_mode "dgc" on a CPU float/double parameter the average arrives instead as a
-  // coalesced list (`coalesced`), applied to the O(k·W) entries it names; `tensor` is never allocated.
-  struct AverageBuffer {
-    at::Tensor tensor;
-    SparseOutputState zeros;
-    SparseAverage coalesced;
-  };
-  std::map<std::string, AverageBuffer> average_buffers_;
 };
 
 // Shell-style glob match ('*' any run, '?' one character), used for rules and skip lists.

@@ -21,6 +21,8 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 namespace cddp {
@@ -41,7 +43,8 @@ enum class IndexCoding { Plain, Block16 };
 int64_t index_wire_bytes(int64_t count, int64_t numel, IndexCoding coding);
 
 // Lets average_sparse keep one output tensor zero between calls instead of clearing all of it.
-// The caller owns one per output and passes it in SparseSlot::reuse, call after call.
+// The caller owns one per output and passes it in SparseSlot::reuse, call after call — or
+// passes SparseRequests and lets the exchange keep both (AverageOf).
 //
 // After a call that succeeded, the state records "this output holds that call's result and is
 // +0 everywhere except at these entries" (the union of the indices every rank sent, O(k·W)).
@@ -118,6 +121,38 @@ struct SparseSlot {
   SparseAverage* coalesced = nullptr;
 };
 
+// One tensor's selection for the calls whose outputs the exchange keeps (AverageOf below).
+struct SparseRequest {
+  std::string key;                     // the output's stable name (a parameter name): reused under it
+  const Compressed* local = nullptr;   // this rank's selection
+  const Compressor* codec = nullptr;   // decodes it
+  int64_t expected_count = -1;         // as SparseSlot::expected_count
+  // The caller can apply the mean as a coalesced list: it gets one when the selection is a CPU
+  // float/double one (no dense tensor is then allocated), else a dense output as usual.
+  bool coalesce = false;
+};
+
+// The mean over ranks of one request, kept by the exchange under the request's key, in a
+// buffer reused by the next call with that key (a fresh one would be page-faulted in on every
+// step: ~100 ms for 25M floats, more than the sparse exchange itself). The exchange alone
+// manages its SparseOutputState: on the sparse route the dense output stays +0 between calls
+// except where the last call wrote, and only those entries are re-zeroed.
+// Read-only for the caller, and valid until the next call with the same key. Reading it
+// (momentum, p −= lr·avg, views, copies) is fine; an in-place ATen op on it is detected and
+// costs a full clear at the next call; a write through data_ptr() breaks the next result.
+class AverageOf {
+ public:
+  bool is_coalesced() const { return list_.valid; }
+  const at::Tensor& dense() const { return tensor_; }   // [numel] contiguous; when !is_coalesced()
+  const SparseAverage& list() const { return list_; }  // when is_coalesced()
+
+ private:
+  friend class GradientExchange;
+  at::Tensor tensor_;
+  SparseOutputState zeros_;
+  SparseAverage list_;
+};
+
 class GradientExchange {
  public:
   explicit GradientExchange(Communicator& comm, IndexCoding coding = IndexCoding::Block16)
@@ -130,15 +165,30 @@ class GradientExchange {
   // Always writes the whole output (or the slot's coalesced list); a slot's `reuse` state, if
   // any, is reset.
   void average_shared(std::vector<SparseSlot>& slots, StepStats& stats);
+  // The same two, into outputs the exchange keeps per SparseRequest::key (AverageOf): one
+  // result per request, in order. The sparse route keeps its dense outputs zero between calls.
+  std::vector<const AverageOf*> average_sparse(const std::vector<SparseRequest>& requests, StepStats& stats);
+  std::vector<const AverageOf*> average_shared(const std::vector<SparseRequest>& requests, StepStats& stats);
   // In place: each tensor becomes the mean over ranks.
   void average_dense(std::vector<at::Tensor>& tensors, StepStats& stats);
   // True on every rank if `local_flag` is true on any rank.
   bool any_rank(bool local_flag);
 
   struct OutputPlan;  // internal to average_sparse: how it clears one output before decoding
+  struct Layout;      // internal: where each slot's bytes lie in one rank's packed buffer
   enum class Written { Listed, ListedSorted, Everything };  // internal: how a decode left an output
 
  private:
+  // The stages of average_sparse.
+  void average_own(std::vector<SparseSlot>& slots);  // world size 1
+  std::vector<at::Tensor> gather_counts(const std::vector<SparseSlot>& slots, at::Tensor& counts, bool& counts_known);
+  void pack(const std::vector<SparseSlot>& slots, const Layout& mine, int64_t packed_bytes);
+  std::vector<Compressed> unpack(const SparseSlot& slot, int64_t i, const std::vector<at::Tensor>& all_counts,
+                                 const std::vector<Layout>& layouts, std::vector<int>& from);
+  void decode_mean(SparseSlot& slot, const OutputPlan& plan, const std::vector<Compressed>& parts,
+                   const std::vector<int>& from);
+  std::vector<SparseSlot> kept_slots(const std::vector<SparseRequest>& requests, bool keep_zero,
+                                     std::vector<const AverageOf*>& outputs);
   std::vector<OutputPlan> begin_outputs(std::vector<SparseSlot>& slots, bool may_defer);
   static std::vector<int64_t>* record_into(SparseSlot& slot);
   void end_output(SparseSlot& slot, bool recorded, Written how);
@@ -149,6 +199,7 @@ class GradientExchange {
   at::Tensor packed_;
   std::vector<at::Tensor> gathered_;
   std::vector<at::Tensor> decoded_;  // Block16: each (slot, rank)'s indices, unpacked
+  std::map<std::string, AverageOf> kept_;  // the outputs of the SparseRequest calls, by key
 };
 
 }  // namespace cddp

@@ -4,6 +4,7 @@
 
 #include "index_coding.h"
 #include "sparse_decode.h"
+#include "wire_cost.h"
 
 #include <ATen/ATen.h>
 
@@ -15,9 +16,17 @@
 #include <thread>
 
 namespace cddp {
+
+// Byte layout of one rank's packed selections, given that rank's counts.
+struct GradientExchange::Layout {
+  std::vector<int64_t> value_offset, index_offset;
+  int64_t total = 0;
+};
+
 namespace {
 
 using detail::clear_stale;
+using detail::ring_allreduce_bytes;
 using detail::Stale;
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) {
@@ -26,15 +35,7 @@ double ms_since(Clock::time_point t0) {
 
 int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
 
-int64_t ring_allreduce_bytes(int64_t bytes, int world) {
-  return world > 1 ? (2 * (world - 1) * bytes) / world : 0;
-}
-
-// Byte layout of one rank's packed selections, given that rank's counts.
-struct Layout {
-  std::vector<int64_t> value_offset, index_offset;
-  int64_t total = 0;
-};
+using Layout = GradientExchange::Layout;
 
 Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts, IndexCoding coding) {
   Layout l;
@@ -116,12 +117,13 @@ class ZeroOutputs {
 
 int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_cast<int64_t>(t._version()); }
 
-// True when the slot's mean goes to its coalesced list (CPU float/double selections).
-bool coalesces(const SparseSlot& s) {
-  if (!s.coalesced) return false;
-  const Compressed& c = *s.local;
+// True when a selection's mean can be written as a coalesced list (CPU float/double selections).
+bool coalescable(const Compressed& c) {
   return (c.dtype == at::kFloat || c.dtype == at::kDouble) && (!c.values.defined() || c.values.is_cpu());
 }
+
+// True when the slot's mean goes to its coalesced list.
+bool coalesces(const SparseSlot& s) { return s.coalesced && coalescable(*s.local); }
 
 // The slot's coalesced list from this rank's own indices and `values` (its selection's at world
 // size 1, the sum over ranks for shared indices): (+0 + value) / world at each index, the bits
@@ -208,73 +210,52 @@ void GradientExchange::end_output(SparseSlot& slot, bool recorded, Written how) 
   z->valid_ = true;
 }
 
-void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats& stats) {
-  if (slots.empty()) return;
-  const int world = comm_.world_size();
-  const int me = comm_.rank();
-  auto t0 = Clock::now();
-  int64_t payload = 0;
-  for (auto& s : slots) payload += s.local->wire_bytes();
-
-  if (world == 1) {
-    const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/false);
-    ZeroOutputs zeroing(slots, plans, /*may_overlap=*/false);
-    for (auto& s : slots) {
-      if (coalesces(s)) {
-        coalesce_own(s, s.local->values, 1, 0);
-        continue;
-      }
-      std::vector<int64_t>* written = record_into(s);
-      // decompress_add_ writes dense.view(-1)[indices] and nothing else (Compressor's contract)
-      s.codec->decompress_add_(*s.local, *s.average);
-      if (written && s.local->count() > 0) {
-        at::Tensor idx = s.local->indices.to(at::kLong).contiguous();
-        written->assign(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
-      }
-      end_output(s, written != nullptr, Written::Listed);
+// World size 1: each slot's mean is its own selection, decoded by its codec (or coalesced).
+void GradientExchange::average_own(std::vector<SparseSlot>& slots) {
+  const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/false);
+  ZeroOutputs zeroing(slots, plans, /*may_overlap=*/false);
+  for (auto& s : slots) {
+    if (coalesces(s)) {
+      coalesce_own(s, s.local->values, 1, 0);
+      continue;
     }
-    stats.payload_bytes += payload;
-    stats.bytes_sent += payload;
-    stats.comm_ms += ms_since(t0);
-    return;
+    std::vector<int64_t>* written = record_into(s);
+    // decompress_add_ writes dense.view(-1)[indices] and nothing else (Compressor's contract)
+    s.codec->decompress_add_(*s.local, *s.average);
+    if (written && s.local->count() > 0) {
+      at::Tensor idx = s.local->indices.to(at::kLong).contiguous();
+      written->assign(idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+    }
+    end_output(s, written != nullptr, Written::Listed);
   }
+}
 
-  // 1. Counts: selections may differ in size between ranks (threshold compressors), and
-  //    an empty selection must still take part, or the collective would hang.
+// Every rank's count per slot: known already when every slot declares its expected count (then
+// checked here, before any collective), else allgathered. `counts` receives this rank's.
+std::vector<at::Tensor> GradientExchange::gather_counts(const std::vector<SparseSlot>& slots, at::Tensor& counts,
+                                                        bool& counts_known) {
   const int64_t P = static_cast<int64_t>(slots.size());
-  const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/true);
-  ZeroOutputs zeroing(slots, plans, /*may_overlap=*/true);  // overlaps the two allgathers
-  at::Tensor counts = at::empty({P}, at::kLong);
-  bool counts_known = true;
+  counts = at::empty({P}, at::kLong);
+  counts_known = true;
   for (int64_t i = 0; i < P; ++i) {
     counts.data_ptr<int64_t>()[i] = slots[i].local->count();
     counts_known = counts_known && slots[i].expected_count >= 0;
   }
-  std::vector<at::Tensor> all_counts;
-  if (counts_known) {  // every rank knows every count already: no collective needed
-    for (int64_t i = 0; i < P; ++i)
-      TORCH_CHECK(slots[i].local->count() == slots[i].expected_count, "sparse exchange: slot ", i, " selected ",
-                  slots[i].local->count(), " entries but every rank expects ", slots[i].expected_count,
-                  " (a compressor whose count varies must not declare a fixed count)");
-    all_counts.assign(world, counts);
-  } else {
-    all_counts = comm_.allgather(counts);
-  }
-  std::vector<Layout> layouts;
-  int64_t max_total = 0;
-  for (int r = 0; r < world; ++r) {
-    at::Tensor c = all_counts[r].contiguous();
-    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>(), coding_));
-    max_total = std::max(max_total, layouts.back().total);
-  }
+  if (!counts_known) return comm_.allgather(counts);
+  for (int64_t i = 0; i < P; ++i)  // every rank knows every count already: no collective needed
+    TORCH_CHECK(slots[i].local->count() == slots[i].expected_count, "sparse exchange: slot ", i, " selected ",
+                slots[i].local->count(), " entries but every rank expects ", slots[i].expected_count,
+                " (a compressor whose count varies must not declare a fixed count)");
+  return std::vector<at::Tensor>(static_cast<size_t>(comm_.world_size()), counts);
+}
 
-  // 2. Pack this rank's values and indices into one padded byte buffer; gather it.
-  const int64_t packed_bytes = std::max<int64_t>(max_total, 8);
+// This rank's values and indices at their places in packed_ (`mine`), indices as the coding
+// says; Block16 regroups a list by block, and its values follow.
+void GradientExchange::pack(const std::vector<SparseSlot>& slots, const Layout& mine, int64_t packed_bytes) {
   if (!packed_.defined() || packed_.numel() != packed_bytes) packed_ = at::zeros({packed_bytes}, at::kByte);
   at::Tensor& packed = packed_;  // bytes outside this call's value and index ranges are never read
-  const Layout& mine = layouts[me];
   std::vector<int64_t> order;
-  for (int64_t i = 0; i < P; ++i) {
+  for (size_t i = 0; i < slots.size(); ++i) {
     const Compressed& c = *slots[i].local;
     const int64_t n = c.count();
     if (n == 0) continue;
@@ -293,8 +274,121 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       for (size_t pos = 0; pos < order.size(); ++pos) std::memcpy(to + pos * es, from + order[pos] * es, es);
     }
   }
-  comm_.allgather_into(packed, gathered_);
-  const std::vector<at::Tensor>& gathered = gathered_;
+}
+
+// Slot i's selection from each rank that sent any, in rank order (`from` the ranks), viewed in
+// gathered_ (Block16 indices decoded into decoded_, reused from call to call).
+std::vector<Compressed> GradientExchange::unpack(const SparseSlot& slot, int64_t i,
+                                                 const std::vector<at::Tensor>& all_counts,
+                                                 const std::vector<Layout>& layouts, std::vector<int>& from) {
+  const int world = comm_.world_size();
+  const Compressed& local = *slot.local;
+  const at::ScalarType it = index_dtype_for(local.numel);
+  std::vector<Compressed> parts;
+  from.clear();
+  for (int r = 0; r < world; ++r) {
+    const int64_t n = all_counts[r].data_ptr<int64_t>()[i];
+    if (n == 0) continue;
+    Compressed c;
+    c.numel = local.numel;
+    c.shape = local.shape;
+    c.dtype = local.dtype;
+    c.values = gathered_[r].narrow(0, layouts[r].value_offset[i], n * c10::elementSize(c.dtype)).view(c.dtype);
+    if (detail::block16(coding_, n, local.numel)) {
+      at::Tensor& idx = decoded_[static_cast<size_t>(i * world + r)];
+      if (!idx.defined() || idx.scalar_type() != it) idx = at::empty({0}, it);
+      idx.resize_({n});  // reused from call to call
+      const uint8_t* src = gathered_[r].data_ptr<uint8_t>() + layouts[r].index_offset[i];
+      detail::decode_block16(src, n, local.numel, idx, r);
+      c.indices = idx;
+    } else {
+      c.indices = gathered_[r].narrow(0, layouts[r].index_offset[i], n * c10::elementSize(it)).view(it);
+    }
+    parts.push_back(std::move(c));
+    from.push_back(r);
+  }
+  return parts;
+}
+
+// The mean of `parts` into the slot's output (or its coalesced list), clearing what the plan
+// deferred to the decode. The library's loops for CPU float/double (mean_raw), else the codec's
+// decode and ATen's division.
+void GradientExchange::decode_mean(SparseSlot& slot, const OutputPlan& plan, const std::vector<Compressed>& parts,
+                                   const std::vector<int>& from) {
+  const int world = comm_.world_size();
+  if (coalesces(slot)) {
+    detail::coalesce(*slot.coalesced, parts, from, world, *slot.local);
+    return;
+  }
+  at::Tensor& avg = *slot.average;
+  std::vector<int64_t>* written = record_into(slot);
+  const Stale stale = plan.deferred ? plan.stale : Stale();  // what the decode still has to clear
+  if (parts.empty()) {  // nothing sent: the output is all +0
+    clear_stale(avg, stale);
+    end_output(slot, written != nullptr, Written::ListedSorted);
+    return;
+  }
+  Written how = Written::Listed;
+  if (detail::mean_raw(avg, parts, from, world, written, stale, &how)) {
+    end_output(slot, written != nullptr, how);
+    return;
+  }
+  clear_stale(avg, stale);  // mean_raw wrote nothing
+  int64_t touched = 0;
+  for (const auto& c : parts) {
+    slot.codec->decompress_add_(c, avg);
+    touched += c.count();
+  }
+  if (touched * 8 >= avg.numel()) {
+    avg.div_(world);
+  } else {  // index_select reads every entry before index_put_ writes: duplicates are harmless
+    std::vector<at::Tensor> longs;
+    for (const auto& c : parts) longs.push_back(c.indices.to(at::kLong));
+    at::Tensor idx = at::cat(longs);
+    at::Tensor flat = avg.view(-1);
+    flat.index_put_({idx}, flat.index_select(0, idx).div_(world));
+  }
+  if (written)  // decompress_add_ wrote the selected entries only; +0 / W is +0 elsewhere
+    for (const auto& c : parts) {
+      at::Tensor idx = c.indices.to(at::kLong).contiguous();
+      written->insert(written->end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
+    }
+  end_output(slot, written != nullptr, Written::Listed);
+}
+
+void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats& stats) {
+  if (slots.empty()) return;
+  const int world = comm_.world_size();
+  auto t0 = Clock::now();
+  int64_t payload = 0;
+  for (auto& s : slots) payload += s.local->wire_bytes();
+  if (world == 1) {
+    average_own(slots);
+    stats.payload_bytes += payload;
+    stats.bytes_sent += payload;
+    stats.comm_ms += ms_since(t0);
+    return;
+  }
+
+  // 1. Counts: selections may differ in size between ranks (threshold compressors), and
+  //    an empty selection must still take part, or the collective would hang.
+  const int64_t P = static_cast<int64_t>(slots.size());
+  const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/true);
+  ZeroOutputs zeroing(slots, plans, /*may_overlap=*/true);  // overlaps the two allgathers
+  at::Tensor counts;
+  bool counts_known = false;
+  const std::vector<at::Tensor> all_counts = gather_counts(slots, counts, counts_known);
+  std::vector<Layout> layouts;
+  int64_t max_total = 0;
+  for (int r = 0; r < world; ++r) {
+    at::Tensor c = all_counts[r].contiguous();
+    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>(), coding_));
+    max_total = std::max(max_total, layouts.back().total);
+  }
+
+  // 2. Pack this rank's values and indices into one padded byte buffer; gather it.
+  pack(slots, layouts[comm_.rank()], std::max<int64_t>(max_total, 8));
+  comm_.allgather_into(packed_, gathered_);
 
   // 3. Decode in rank order, so every rank adds the same numbers in the same order, then
   //    divide by W. Entries no rank selected are +0 and stay +0, so when few entries were
@@ -302,79 +396,65 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   //    over the whole tensor.
   zeroing.wait();
   decoded_.resize(static_cast<size_t>(P * world));
+  std::vector<int> from;
   for (int64_t i = 0; i < P; ++i) {
-    const Compressed& local = *slots[i].local;
-    at::Tensor& avg = *slots[i].average;
-    const at::ScalarType it = index_dtype_for(local.numel);
-    std::vector<Compressed> parts;  // each rank's selection, rank order
-    std::vector<int> from;
-    for (int r = 0; r < world; ++r) {
-      const int64_t n = all_counts[r].data_ptr<int64_t>()[i];
-      if (n == 0) continue;
-      Compressed c;
-      c.numel = local.numel;
-      c.shape = local.shape;
-      c.dtype = local.dtype;
-      c.values = gathered[r].narrow(0, layouts[r].value_offset[i], n * c10::elementSize(c.dtype)).view(c.dtype);
-      if (detail::block16(coding_, n, local.numel)) {
-        at::Tensor& idx = decoded_[static_cast<size_t>(i * world + r)];
-        if (!idx.defined() || idx.scalar_type() != it) idx = at::empty({0}, it);
-        idx.resize_({n});  // reused from call to call
-        const uint8_t* src = gathered[r].data_ptr<uint8_t>() + layouts[r].index_offset[i];
-        detail::decode_block16(src, n, local.numel, idx, r);
-        c.indices = idx;
-      } else {
-        c.indices = gathered[r].narrow(0, layouts[r].index_offset[i], n * c10::elementSize(it)).view(it);
-      }
-      parts.push_back(std::move(c));
-      from.push_back(r);
-    }
-    if (coalesces(slots[i])) {
-      detail::coalesce(*slots[i].coalesced, parts, from, world, local);
-      continue;
-    }
-    std::vector<int64_t>* written = record_into(slots[i]);
-    const Stale stale = plans[i].deferred ? plans[i].stale : Stale();  // what the decode still has to clear
-    if (parts.empty()) {  // nothing sent: the output is all +0
-      clear_stale(avg, stale);
-      end_output(slots[i], written != nullptr, Written::ListedSorted);
-      continue;
-    }
-    Written how = Written::Listed;
-    if (detail::mean_raw(avg, parts, from, world, written, stale, &how)) {
-      end_output(slots[i], written != nullptr, how);
-      continue;
-    }
-    clear_stale(avg, stale);  // mean_raw wrote nothing
-    // Other dtypes and devices: the codec's own decode, and ATen for the division.
-    int64_t touched = 0;
-    for (const auto& c : parts) {
-      slots[i].codec->decompress_add_(c, avg);
-      touched += c.count();
-    }
-    if (touched * 8 >= avg.numel()) {
-      avg.div_(world);
-    } else {  // index_select reads every entry before index_put_ writes: duplicates are harmless
-      std::vector<at::Tensor> longs;
-      for (const auto& c : parts) longs.push_back(c.indices.to(at::kLong));
-      at::Tensor idx = at::cat(longs);
-      at::Tensor flat = avg.view(-1);
-      flat.index_put_({idx}, flat.index_select(0, idx).div_(world));
-    }
-    if (written)  // decompress_add_ wrote the selected entries only; +0 / W is +0 elsewhere
-      for (const auto& c : parts) {
-        at::Tensor idx = c.indices.to(at::kLong).contiguous();
-        written->insert(written->end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
-      }
-    end_output(slots[i], written != nullptr, Written::Listed);
+    const std::vector<Compressed> parts = unpack(slots[i], i, all_counts, layouts, from);
+    decode_mean(slots[i], plans[i], parts, from);
   }
 
   const int64_t count_bytes = counts_known ? 0 : counts.numel() * 8;
-  const int64_t sent = packed.numel() + count_bytes;
+  const int64_t sent = packed_.numel() + count_bytes;
   stats.payload_bytes += payload + count_bytes;
   stats.bytes_sent += sent;
   stats.bytes_received += (world - 1) * sent;
   stats.comm_ms += ms_since(t0);
+}
+
+// The slots of `requests`, over the outputs kept under their keys. A dense output is
+// (re)allocated when its size, dtype or device no longer fit the selection, which forgets what
+// its state knew; with `keep_zero` false (average_shared writes all of it) the state is reset
+// anyway. A coalesced request leaves the kept dense output and its state alone.
+std::vector<SparseSlot> GradientExchange::kept_slots(const std::vector<SparseRequest>& requests, bool keep_zero,
+                                                     std::vector<const AverageOf*>& outputs) {
+  std::vector<SparseSlot> slots;
+  outputs.clear();
+  for (const SparseRequest& r : requests) {
+    AverageOf& kept = kept_[r.key];
+    SparseSlot slot{r.local, r.codec, &kept.tensor_, nullptr, r.expected_count, nullptr};
+    if (r.coalesce && coalescable(*r.local)) {
+      slot.coalesced = &kept.list_;
+    } else {
+      const auto opts = r.local->values.options();
+      at::Tensor& t = kept.tensor_;
+      if (!t.defined() || t.numel() != r.local->numel || t.scalar_type() != opts.dtype().toScalarType() ||
+          t.device() != opts.device()) {
+        kept.zeros_.reset();
+        t = at::empty({r.local->numel}, opts);
+      }
+      if (keep_zero) slot.reuse = &kept.zeros_;
+      else kept.zeros_.reset();
+      kept.list_.valid = false;  // this call's result is the dense one
+    }
+    slots.push_back(slot);
+    outputs.push_back(&kept);
+  }
+  return slots;
+}
+
+std::vector<const AverageOf*> GradientExchange::average_sparse(const std::vector<SparseRequest>& requests,
+                                                               StepStats& stats) {
+  std::vector<const AverageOf*> outputs;
+  std::vector<SparseSlot> slots = kept_slots(requests, /*keep_zero=*/true, outputs);
+  average_sparse(slots, stats);
+  return outputs;
+}
+
+std::vector<const AverageOf*> GradientExchange::average_shared(const std::vector<SparseRequest>& requests,
+                                                               StepStats& stats) {
+  std::vector<const AverageOf*> outputs;
+  std::vector<SparseSlot> slots = kept_slots(requests, /*keep_zero=*/false, outputs);
+  average_shared(slots, stats);
+  return outputs;
 }
 
 void GradientExchange::average_shared(std::vector<SparseSlot>& slots, StepStats& stats) {

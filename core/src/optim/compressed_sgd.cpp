@@ -1,16 +1,23 @@
-// compressed_sgd.cpp — CompressedSGD::step(): error feedback, compression, exchange, update.
+// compressed_sgd.cpp — CompressedSGD: options, construction, serialization, and step(), a
+// driver over the stages in this directory (one file each; see compressed_sgd.h).
 #include <cddp/compressed_sgd.h>
 #include <cddp/gradient_exchange.h>
 #include <cddp/local_communicator.h>
+
+#include "compression_stage.h"
+#include "error_feedback.h"
+#include "exchange_stage.h"
+#include "nonfinite_guard.h"
+#include "sgd_update.h"
+#include "step_plan.h"
+#include "typed_options.h"
 
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
 #include <sstream>
-#include <cmath>
 #include <type_traits>
-#include <unordered_map>
 
 namespace cddp {
 
@@ -20,34 +27,6 @@ double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
 }
 }  // namespace
-
-bool glob_match(const std::string& pattern, const std::string& text) {
-  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
-  while (t < text.size()) {
-    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p, ++t;
-    } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++;
-      mark = t;
-    } else if (star != std::string::npos) {
-      p = star + 1;
-      t = ++mark;
-    } else {
-      return false;
-    }
-  }
-  while (p < pattern.size() && pattern[p] == '*') ++p;
-  return p == pattern.size();
-}
-
-const char* route_name(Route r) {
-  switch (r) {
-    case Route::Sparse: return "sparse-allgather";
-    case Route::SharedIndices: return "shared-indices-allreduce";
-    case Route::Dense: return "dense-allreduce";
-  }
-  return "?";
-}
 
 // ---------------------------------------------------------------- Options / ParamState
 
@@ -96,32 +75,6 @@ void CompressedSGDParamState::serialize(torch::serialize::InputArchive& archive)
 // ---------------------------------------------------------------- construction
 
 namespace {
-void check_options(const CompressedSGDOptions& o) {
-  TORCH_CHECK(o.lr() >= 0, "Invalid learning rate: ", o.lr());
-  TORCH_CHECK(o.momentum() >= 0, "Invalid momentum value: ", o.momentum());
-  TORCH_CHECK(o.dampening() >= 0, "Invalid dampening value: ", o.dampening());
-  TORCH_CHECK(o.weight_decay() >= 0, "Invalid weight_decay value: ", o.weight_decay());
-  TORCH_CHECK(!o.nesterov() || (o.momentum() > 0 && o.dampening() == 0),
-              "Nesterov momentum requires a momentum and zero dampening");
-  TORCH_CHECK(o.density() < 0 || (o.density() > 0 && o.density() <= 1),
-              "Invalid compression ratio (density): ", o.density(), "; expected 0 < ratio <= 1");
-  for (const auto& r : o.rules())
-    TORCH_CHECK(r.density < 0 || (r.density > 0 && r.density <= 1), "Invalid compression ratio ", r.density,
-                " in rule '", r.match, "'; expected 0 < ratio <= 1");
-  TORCH_CHECK(o.momentum_mode() == "global" || o.momentum_mode() == "dgc", "Invalid momentum_mode '",
-              o.momentum_mode(), "'; expected \"global\" or \"dgc\"");
-  TORCH_CHECK(o.nonfinite() == "error" || o.nonfinite() == "skip_step", "Invalid nonfinite policy '",
-              o.nonfinite(), "'; expected \"error\" or \"skip_step\"");
-  TORCH_CHECK(o.scope() == "layer" || o.scope() == "model", "Invalid scope '", o.scope(),
-              "'; expected \"layer\" or \"model\"");
-  TORCH_CHECK(o.min_numel() >= 0, "Invalid min_numel: ", o.min_numel());
-  TORCH_CHECK(o.index_coding() == "block16" || o.index_coding() == "plain", "Invalid index_coding '",
-              o.index_coding(), "'; expected \"block16\" or \"plain\"");
-  TORCH_CHECK(!(o.scope() == "model" && o.momentum_mode() == "dgc" && o.momentum() != 0),
-              "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is "
-              "kept per tensor); momentum_mode is \"dgc\", the default");
-}
-
 std::vector<at::Tensor> tensors_of(const std::vector<std::pair<std::string, at::Tensor>>& named) {
   std::vector<at::Tensor> out;
   for (const auto& [name, t] : named) out.push_back(t);
@@ -135,22 +88,37 @@ std::vector<std::pair<std::string, at::Tensor>> auto_named(const std::vector<at:
 }
 }  // namespace
 
+CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
+                             CompressedSGDOptions defaults)
+    : Optimizer(std::move(param_groups), std::make_unique<CompressedSGDOptions>(defaults)) {
+  detail::check_options(defaults);
+  comm_ = defaults.communicator() ? defaults.communicator() : std::make_shared<LocalCommunicator>();
+  settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
+  adopt_new_param_groups();
+  exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
+}
+
 CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params,
                              CompressedSGDOptions options)
-    : Optimizer({torch::optim::OptimizerParamGroup(tensors_of(named_params))},
-                std::make_unique<CompressedSGDOptions>(options)) {
-  check_options(options);
+    : CompressedSGD(std::vector<torch::optim::OptimizerParamGroup>{torch::optim::OptimizerParamGroup(
+                        tensors_of(named_params))},
+                    std::move(options)) {
   for (auto& [name, t] : named_params) names_.push_back(name);
-  comm_ = options.communicator() ? options.communicator() : std::make_shared<LocalCommunicator>();
-  exchange_ = std::make_unique<GradientExchange>(
-      *comm_, defaults_options().index_coding() == "plain" ? IndexCoding::Plain : IndexCoding::Block16);
 }
 
 CompressedSGD::CompressedSGD(std::vector<at::Tensor> params, CompressedSGDOptions options)
     : CompressedSGD(auto_named(params), std::move(options)) {}
 
+CompressedSGD::~CompressedSGD() = default;
+
 const CompressedSGDOptions& CompressedSGD::defaults_options() const {
   return static_cast<const CompressedSGDOptions&>(defaults());
+}
+
+void CompressedSGD::adopt_new_param_groups() {
+  for (size_t i = settings_->momentum_mode.size(); i < param_groups_.size(); ++i)
+    detail::adopt_group(*settings_, static_cast<const CompressedSGDOptions&>(param_groups_[i].options()),
+                        defaults_options(), i);
 }
 
 namespace {
@@ -178,70 +146,6 @@ CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
 
 // ---------------------------------------------------------------- step
 
-struct CompressedSGD::Item {
-  at::Tensor p, g;
-  std::string name;
-  int64_t index = 0;
-  const CompressedSGDOptions* opt = nullptr;
-  CompressedSGDParamState* state = nullptr;
-  std::shared_ptr<Compressor> compressor;
-  double density = -1;
-  bool error_feedback = true;
-  bool forced_dense = false;
-  Route route = Route::Dense;
-  Compressed sent;
-  at::Tensor average;  // [numel] contiguous: the mean over ranks of what was sent
-  const SparseAverage* coalesced = nullptr;  // or, when valid, that mean as a coalesced list
-};
-
-Route CompressedSGD::route_for(const Item& it, std::string& reason) const {
-  const auto& o = *it.opt;
-  if (!it.compressor) return reason = "no compressor", Route::Dense;
-  if (it.forced_dense) return reason = "a rule marks it dense", Route::Dense;
-  if (it.p.numel() < o.min_numel())
-    return reason = "numel " + std::to_string(it.p.numel()) + " < min_numel " + std::to_string(o.min_numel()),
-           Route::Dense;
-  if (!o.compress_1d() && it.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
-  const bool shared = it.compressor->shared_indices();
-  const int W = comm_->world_size();
-  // Sparse allgather receives (W−1)·(k·value bytes + index bytes); a dense ring allreduce moves
-  // 2(W−1)/W·numel·value bytes. With 4-byte values and plain 4-byte indices: sparse wins iff
-  // W·density < 1; with Block16 indices (≈ 2 bytes) iff W·density < 4/3, about.
-  // Shared indices allreduce k values, so they win whenever density < 1.
-  if (o.auto_dense() && it.density > 0) {
-    const int64_t kk = k_for_ratio(it.density, it.p.numel());
-    double vb = double(c10::elementSize(it.p.scalar_type()));
-    double n = double(it.p.numel()), k = double(kk);
-    double idx = double(index_wire_bytes(kk, it.p.numel(), exchange_->index_coding()));
-    double sparse = shared ? k * vb : (W > 1 ? (W - 1) * (k * vb + idx) : k * vb + idx);
-    double dense = W > 1 ? 2.0 * (W - 1) / W * n * vb : n * vb;
-    if (sparse >= dense) {
-      reason = "sparse bytes " + std::to_string(int64_t(sparse)) + " >= dense bytes " + std::to_string(int64_t(dense));
-      return Route::Dense;
-    }
-  }
-  reason = shared ? "indices shared across ranks" : "compressed";
-  return shared ? Route::SharedIndices : Route::Sparse;
-}
-
-bool CompressedSGD::nonfinite_skip(const std::vector<Item>& items) {
-  const Item* bad = nullptr;
-  for (const auto& it : items)
-    if (!at::isfinite(it.g).all().item<bool>()) {
-      bad = &it;
-      break;
-    }
-  GradientExchange& exchange = *exchange_;
-  const bool anywhere = exchange.any_rank(bad != nullptr);  // every rank takes the same decision
-  if (!anywhere) return false;
-  if (defaults_options().nonfinite() == "skip_step") return true;
-  if (bad)
-    TORCH_CHECK(false, "non-finite gradient (NaN or Inf) in parameter '", bad->name, "' at step ", step_ + 1,
-                " on rank ", comm_->rank(), "; set nonfinite = \"skip_step\" to skip such steps");
-  TORCH_CHECK(false, "non-finite gradient (NaN or Inf) on another rank at step ", step_ + 1,
-              "; stopping on every rank");
-}
-
 at::Tensor CompressedSGD::step(LossClosure closure) {
   at::NoGradGuard no_grad;
   at::Tensor loss;
@@ -249,46 +153,17 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
     at::AutoGradMode enable_grad(true);
     loss = closure();
   }
-  const int W = comm_->world_size();
+  adopt_new_param_groups();
+  const detail::StepSettings& settings = *settings_;
   StepStats st;
   st.step = step_ + 1;
 
-  // 1. Collect gradients: g = grad + weight_decay·p (exactly as torch::optim::SGD does).
-  std::vector<Item> items;
-  int64_t flat_index = 0;
-  for (auto& group : param_groups_) {
-    const auto& o = static_cast<const CompressedSGDOptions&>(group.options());
-    for (auto& p : group.params()) {
-      const int64_t index = flat_index++;
-      if (!p.grad().defined()) continue;
-      Item it;
-      it.p = p;
-      it.index = index;
-      it.name = index < int64_t(names_.size()) ? names_[index] : "param" + std::to_string(index);
-      it.opt = &o;
-      it.g = p.grad().data();
-      if (o.weight_decay() != 0) it.g = it.g.add(p.data(), o.weight_decay());
-      it.compressor = o.compressor();
-      it.density = density_override_ > 0 ? density_override_ : o.density();
-      if (it.density <= 0 && it.compressor) it.density = it.compressor->default_density();
-      it.error_feedback = o.error_feedback();
-      for (const auto& rule : o.rules()) {
-        if (!glob_match(rule.match, it.name)) continue;
-        if (rule.compressor) {
-          it.compressor = rule.compressor;
-          if (density_override_ <= 0 && o.density() <= 0) it.density = rule.compressor->default_density();
-        }
-        if (rule.density > 0 && density_override_ <= 0) it.density = rule.density;
-        if (rule.error_feedback >= 0) it.error_feedback = rule.error_feedback == 1;
-        if (rule.dense) it.forced_dense = true;
-      }
-      items.push_back(std::move(it));
-    }
-  }
+  // 1. Plan: g = grad + weight_decay·p, compressor, density and error feedback per tensor.
+  std::vector<detail::TensorStep> tensors = detail::collect_gradients(param_groups_, settings, names_, density_override_);
 
   // 2. Non-finite gradients: all ranks error, or all ranks skip. Nothing has changed yet.
-  if (nonfinite_skip(items)) {  // leave every state untouched, the step count too
-    st.step = step_;
+  if (detail::nonfinite_skips_step(tensors, *exchange_, settings.nonfinite, step_ + 1, comm_->rank())) {
+    st.step = step_;  // every state untouched, the step count too
     st.skipped = true;
     last_ = st;
     total_.add(st);
@@ -296,210 +171,23 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   }
   ++step_;
 
-  // 3. Route each tensor (decided once, logged once), then compress locally.
-  auto t_compress = Clock::now();
-  std::vector<Item*> sparse, shared, dense;
-  for (auto& it : items) {
-    std::string reason;
-    Route r = route_for(it, reason);
-    auto known = routes_.find(it.name);
-    if (known == routes_.end() || known->second != r) {
-      routes_[it.name] = r;
-      routing_log_.push_back({it.name, r, reason});
-    }
-    it.route = r;
-    it.state = &state_for(it.p);
-    st.elements_in += it.p.numel();
-    st.bytes_dense_equivalent += int64_t(double(it.p.numel() * int64_t(it.p.element_size())) *
-                                         (W > 1 ? 2.0 * (W - 1) / W : 1.0));
-    (r == Route::Dense ? dense : r == Route::Sparse ? sparse : shared).push_back(&it);
-  }
-
-  const auto& d = defaults_options();
-  const bool dgc = d.momentum_mode() == "dgc";
-  auto compress_one = [&](Item& it) {
-    const auto& o = *it.opt;
-    CompressContext ctx;
-    ctx.step = step_;
-    ctx.param_index = it.index;
-    ctx.param_name = it.name;
-    ctx.seed = static_cast<uint64_t>(o.seed());
-    ctx.ratio = it.density;
-    at::Tensor source = it.g;
-    if (dgc && o.momentum() != 0) {
-      // Deep Gradient Compression, Lin et al. 2018, §3.2 "momentum correction":
-      //   u_t = m·u_{t−1} + g_t            (local velocity)
-      //   v_t = v_{t−1} + u_t              (accumulated in the residual below)
-      // Nesterov variant: v_t = v_{t−1} + (m·u_t + g_t).
-      at::Tensor& u = it.state->momentum_buffer();
-      if (!u.defined()) it.state->momentum_buffer(at::zeros_like(it.p));
-      it.state->momentum_buffer().mul_(o.momentum()).add_(it.g);
-      source = o.nesterov() ? it.g.add(it.state->momentum_buffer(), o.momentum()) : it.state->momentum_buffer();
-    }
-    if (it.error_feedback) {
-      if (!it.state->residual().defined()) it.state->residual(at::zeros_like(it.p, at::MemoryFormat::Contiguous));
-      at::Tensor residual = it.state->residual();
-      it.sent = it.compressor->compress_with_feedback(source, residual, ctx);  // residual = acc − D(sent)
-    } else {
-      it.sent = it.compressor->compress(source, ctx);
-    }
-    if (dgc && o.momentum() != 0 && it.sent.count() > 0) {
-      // DGC §3.2 "momentum factor masking": u_t ← u_t ⊙ ¬mask, so that stale momentum of the
-      // coordinates just sent does not keep pushing them.
-      it.state->momentum_buffer().view(-1).index_fill_(0, it.sent.indices.to(at::kLong), 0);
-    }
-    st.elements_sent += it.sent.count();
-  };
-
-  // Error feedback in units of the current lr (Options::residual_lr_scaling): a residual
-  // written at lr' is multiplied by lr'/lr before it is read, so lr·residual — the parameter
-  // change still owed — survives a schedule step. lr = 0 (the end of a cosine schedule) leaves
-  // it alone: nothing is applied at that lr anyway.
-  for (auto& it : items) {
-    if (it.route == Route::Dense || !it.error_feedback || !it.opt->residual_lr_scaling()) continue;
-    CompressedSGDParamState& s = *it.state;
-    const double lr = it.opt->lr();
-    if (lr <= 0) continue;
-    if (s.residual().defined() && s.residual_lr() > 0 && s.residual_lr() != lr) s.residual().mul_(s.residual_lr() / lr);
-    s.residual_lr(lr);
-  }
-
-  // scope = "model": one selection over all compressible gradients flattened together.
-  std::vector<Item> model_item;  // holds the virtual whole-model parameter when used
-  if (d.scope() == "model" && !sparse.empty()) {
-    std::vector<at::Tensor> gs, rs;
-    for (Item* it : sparse) {
-      gs.push_back(it->g.reshape(-1));
-      if (!it->state->residual().defined()) it->state->residual(at::zeros_like(it->p, at::MemoryFormat::Contiguous));
-      rs.push_back(it->state->residual().view(-1));
-    }
-    Item whole;
-    whole.g = at::cat(gs);
-    whole.p = whole.g;
-    whole.name = "<model>";
-    whole.index = -1;
-    whole.opt = sparse.front()->opt;
-    whole.compressor = sparse.front()->compressor;
-    whole.density = sparse.front()->density;
-    whole.error_feedback = sparse.front()->error_feedback;
-    CompressedSGDParamState whole_state;
-    if (whole.error_feedback) whole_state.residual(at::cat(rs));
-    whole.state = &whole_state;
-    TORCH_CHECK(!(dgc && whole.opt->momentum() != 0), "scope \"model\" with momentum needs momentum_mode \"global\" "
-                "(DGC's momentum correction is kept per tensor)");
-    compress_one(whole);
-    if (whole.error_feedback) {  // scatter the whole-model residual back into each parameter's
-      int64_t off = 0;
-      for (Item* it : sparse) {
-        it->state->residual().view(-1).copy_(whole_state.residual().narrow(0, off, it->p.numel()));
-        off += it->p.numel();
-      }
-    }
-    model_item.push_back(std::move(whole));
-    sparse.assign({&model_item.front()});
-  } else {
-    for (Item* it : sparse) compress_one(*it);
-  }
-  for (Item* it : shared) compress_one(*it);
-  for (Item* it : dense) st.elements_sent += it->p.numel();
-  st.compressed_tensors = int64_t(sparse.size() + shared.size());
-  st.dense_tensors = int64_t(dense.size());
+  // 3. Route each tensor (decided per step, logged when it changes), then compress locally:
+  //    error feedback and DGC momentum included. Nothing has left this rank yet.
+  const auto t_compress = Clock::now();
+  for (auto& t : tensors) t.state = &state_for(t.p);
+  detail::RoutedTensors routed =
+      detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
+  detail::rescale_residuals_to_lr(tensors);
+  detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, st);
   st.compress_ms = ms_since(t_compress);
 
-  // 4. Exchange: average over ranks.
-  GradientExchange& exchange = *exchange_;
-  // The sparse apply below needs a plain CPU parameter, and an update that is the average
-  // itself: momentum already applied locally ("dgc"), and no whole-model split.
-  auto applies_sparsely = [&](const Item& it) {
-    const auto t = it.p.scalar_type();
-    return dgc && model_item.empty() && it.p.is_cpu() && it.p.is_contiguous() &&
-           (t == at::kFloat || t == at::kDouble) && it.sent.dtype == t &&
-           (!it.sent.values.defined() || it.sent.values.is_cpu());  // what the exchange coalesces
-  };
-  auto slots_of = [&](std::vector<Item*>& group, bool keep_zero) {
-    std::vector<SparseSlot> slots;
-    for (Item* it : group) {
-      // Reused from step to step: a fresh tensor would be page-faulted in on every step
-      // (~100 ms for 25M floats), more than the sparse exchange itself costs. On the sparse
-      // route it also stays zero between steps outside the entries last written (its state).
-      AverageBuffer& buffer = average_buffers_[it->name];
-      const bool coalesced = applies_sparsely(*it);  // sparse and shared routes alike
-      if (!coalesced) {  // the exchange writes the dense average; a coalesced one needs no tensor
-        const auto opts = it->sent.values.options();
-        if (!buffer.tensor.defined() || buffer.tensor.numel() != it->sent.numel ||
-            buffer.tensor.scalar_type() != opts.dtype().toScalarType() || buffer.tensor.device() != opts.device()) {
-          buffer.zeros.reset();
-          buffer.tensor = at::empty({it->sent.numel}, opts);
-        }
-        if (!keep_zero) buffer.zeros.reset();  // average_shared writes all of it
-        it->average = buffer.tensor;
-      }
-      cddp::SparseSlot slot{&it->sent, it->compressor.get(), &it->average,
-                            keep_zero && !coalesced ? &buffer.zeros : nullptr};
-      // Fixed-k compressors at a density every rank shares select the same number of entries
-      // everywhere: the exchange can skip gathering the counts.
-      if (it->compressor->default_density() > 0 && it->density > 0)
-        slot.expected_count = k_for_ratio(it->density, it->sent.numel);
-      if (coalesced) {
-        slot.coalesced = &buffer.coalesced;
-        it->coalesced = &buffer.coalesced;
-      }
-      slots.push_back(slot);
-    }
-    return slots;
-  };
-  auto sparse_slots = slots_of(sparse, true);
-  exchange.average_sparse(sparse_slots, st);
-  auto shared_slots = slots_of(shared, false);
-  exchange.average_shared(shared_slots, st);
-  std::vector<at::Tensor> dense_grads;
-  for (Item* it : dense) {
-    // Averaged in place: never in the user's .grad itself.
-    if (W > 1 && it->g.is_alias_of(it->p.grad())) it->g = it->g.clone();  // .data() is a new TensorImpl: compare storage
-    dense_grads.push_back(it->g);
-  }
-  exchange.average_dense(dense_grads, st);
-  for (size_t i = 0; i < dense.size(); ++i) dense[i]->average = dense_grads[i];
-  if (!model_item.empty()) {  // split the whole-model average back into parameters
-    int64_t off = 0;
-    for (auto& it : items)
-      if (it.route == Route::Sparse) {
-        it.average = model_item.front().average.narrow(0, off, it.p.numel());
-        off += it.p.numel();
-      }
-  }
+  // 4. Exchange: the mean over ranks of what every rank sent.
+  detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
 
-  // 5. Apply, exactly as torch::optim::SGD does for "global" momentum (and dense tensors).
-  //    A coalesced average updates only the entries it lists: p −= lr·avg at the others is
-  //    p + (−lr)·(+0), which leaves every value, ±0 included, as it is.
-  for (auto& it : items) {
-    const auto& o = *it.opt;
-    if (it.coalesced) {
-      TORCH_INTERNAL_ASSERT(it.coalesced->valid, "the exchange did not coalesce '", it.name, "'");
-      add_sparse_(it.p.data(), *it.coalesced, -o.lr());
-      continue;
-    }
-    at::Tensor d_p = it.average.view(it.p.sizes());
-    const bool local_momentum = dgc && it.route != Route::Dense;
-    if (o.momentum() != 0 && !local_momentum) {
-      at::Tensor buf = it.state->momentum_buffer();
-      if (!buf.defined()) {
-        buf = at::clone(d_p).detach();
-        it.state->momentum_buffer(buf);
-      } else {
-        buf.mul_(o.momentum()).add_(d_p, 1 - o.dampening());
-      }
-      d_p = o.nesterov() ? d_p.add(buf, o.momentum()) : buf;
-    }
-    it.p.data().add_(d_p, -1 * o.lr());
-  }
+  // 5. Apply, as torch::optim::SGD does; momentum too where it was not applied before compression.
+  detail::apply_sgd_updates(tensors);
 
-  if (d.track_residual_norm()) {
-    double sq = 0;
-    for (auto& it : items)
-      if (it.state->residual().defined()) sq += it.state->residual().to(at::kDouble).pow(2).sum().item<double>();
-    st.residual_norm = std::sqrt(sq);
-  }
+  if (defaults_options().track_residual_norm()) st.residual_norm = detail::residual_norm(tensors);
   last_ = st;
   total_.add(st);
   return loss;
@@ -529,6 +217,9 @@ void CompressedSGD::load(torch::serialize::InputArchive& archive) {
     o.nonfinite(live[i].nonfinite()).min_numel(live[i].min_numel()).compress_1d(live[i].compress_1d());
     o.auto_dense(live[i].auto_dense()).track_residual_norm(live[i].track_residual_norm());
     o.index_coding(live[i].index_coding());
+    // Parsed once (typed_options.h): the live strings stay, the checkpoint's are only a record —
+    // as before, when step() read them from defaults(), which loading never changes.
+    o.momentum_mode(live[i].momentum_mode()).scope(live[i].scope());
   }
   c10::IValue step;
   TORCH_CHECK(archive.try_read("cddp_step", step), "CompressedSGD state has no step count");

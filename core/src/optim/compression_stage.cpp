@@ -1,0 +1,84 @@
+// compression_stage.cpp — calling the compressor, per tensor or over the whole model
+// (compression_stage.h).
+#include "compression_stage.h"
+
+#include "dgc_momentum.h"
+#include "error_feedback.h"
+
+#include <ATen/ATen.h>
+
+namespace cddp::detail {
+namespace {
+
+void compress_one(TensorStep& t, int64_t step, StepStats& st) {
+  CompressContext ctx;
+  ctx.step = step;
+  ctx.param_index = t.index;
+  ctx.param_name = t.name;
+  ctx.seed = static_cast<uint64_t>(t.opt->seed());
+  ctx.ratio = t.density;
+  const at::Tensor source = momentum_corrected_gradient(t);
+  t.sent = compress_with_error_feedback(t, source, ctx);
+  mask_momentum_of_sent(t);
+  st.elements_sent += t.sent.count();
+}
+
+// One selection over the concatenation of `parts` (scope "model").
+ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t step, StepStats& st) {
+  ModelSelection m;
+  m.parts = parts;
+  const TensorStep& first = *parts.front();
+  std::vector<at::Tensor> gs;
+  for (TensorStep* t : parts) {
+    gs.push_back(t->g.reshape(-1));
+    residual_of(*t);  // every part gets a residual, whole-model error feedback or not
+  }
+  m.whole = std::make_unique<TensorStep>();
+  m.state = std::make_unique<CompressedSGDParamState>();
+  TensorStep& whole = *m.whole;
+  whole.g = at::cat(gs);
+  whole.p = whole.g;
+  whole.name = "<model>";
+  whole.index = -1;
+  whole.opt = first.opt;
+  whole.momentum_mode = first.momentum_mode;
+  whole.compressor = first.compressor;
+  whole.density = first.density;
+  whole.error_feedback = first.error_feedback;
+  whole.route = Route::Sparse;
+  if (whole.error_feedback) m.state->residual(concat_residuals(parts));
+  whole.state = m.state.get();
+  TORCH_CHECK(!(whole.momentum_mode == MomentumMode::Dgc && whole.opt->momentum() != 0),
+              "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is kept per "
+              "tensor)");
+  compress_one(whole, step, st);
+  if (whole.error_feedback) scatter_residuals(m.state->residual(), parts);
+  return m;
+}
+
+}  // namespace
+
+ModelSelection compress_routed(RoutedTensors& routed, SelectionScope scope, int64_t step, StepStats& st) {
+  ModelSelection model;
+  if (scope == SelectionScope::Model && !routed.sparse.empty()) {
+    model = compress_model(routed.sparse, step, st);
+    routed.sparse.assign({model.whole.get()});
+  } else {
+    for (TensorStep* t : routed.sparse) compress_one(*t, step, st);
+  }
+  for (TensorStep* t : routed.shared) compress_one(*t, step, st);
+  for (TensorStep* t : routed.dense) st.elements_sent += t->p.numel();
+  st.compressed_tensors = int64_t(routed.sparse.size() + routed.shared.size());
+  st.dense_tensors = int64_t(routed.dense.size());
+  return model;
+}
+
+void split_model_average(ModelSelection& model) {
+  int64_t off = 0;
+  for (TensorStep* t : model.parts) {
+    t->average = model.whole->average.narrow(0, off, t->p.numel());
+    off += t->p.numel();
+  }
+}
+
+}  // namespace cddp::detail

@@ -1,0 +1,134 @@
+// step_plan.cpp — collecting the step's gradients, resolving rules, routing (step_plan.h).
+#include "step_plan.h"
+
+#include "../comm/wire_cost.h"
+
+#include <ATen/ATen.h>
+
+namespace cddp {
+
+bool glob_match(const std::string& pattern, const std::string& text) {
+  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p, ++t;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+const char* route_name(Route r) {
+  switch (r) {
+    case Route::Sparse: return "sparse-allgather";
+    case Route::SharedIndices: return "shared-indices-allreduce";
+    case Route::Dense: return "dense-allreduce";
+  }
+  return "?";
+}
+
+namespace detail {
+namespace {
+
+// The group's compressor, density and error feedback, then every matching rule in order. A
+// rule's compressor brings its own default density unless a density is configured (by the
+// group or set_density); a rule's density yields to set_density.
+void resolve_compression(TensorStep& t, const CompressedSGDOptions& o, double density_override) {
+  t.compressor = o.compressor();
+  t.density = density_override > 0 ? density_override : o.density();
+  if (t.density <= 0 && t.compressor) t.density = t.compressor->default_density();
+  t.error_feedback = o.error_feedback();
+  for (const auto& rule : o.rules()) {
+    if (!glob_match(rule.match, t.name)) continue;
+    if (rule.compressor) {
+      t.compressor = rule.compressor;
+      if (density_override <= 0 && o.density() <= 0) t.density = rule.compressor->default_density();
+    }
+    if (rule.density > 0 && density_override <= 0) t.density = rule.density;
+    if (rule.error_feedback >= 0) t.error_feedback = rule.error_feedback == 1;
+    if (rule.dense) t.forced_dense = true;
+  }
+}
+
+}  // namespace
+
+std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
+                                          const StepSettings& settings, const std::vector<std::string>& names,
+                                          double density_override) {
+  std::vector<TensorStep> tensors;
+  int64_t flat_index = 0;
+  for (size_t gi = 0; gi < groups.size(); ++gi) {
+    const auto& o = static_cast<const CompressedSGDOptions&>(groups[gi].options());
+    for (auto& p : groups[gi].params()) {
+      const int64_t index = flat_index++;
+      if (!p.grad().defined()) continue;
+      TensorStep t;
+      t.p = p;
+      t.index = index;
+      t.name = index < int64_t(names.size()) ? names[index] : "param" + std::to_string(index);
+      t.opt = &o;
+      t.momentum_mode = settings.momentum_mode[gi];
+      t.g = p.grad().data();
+      if (o.weight_decay() != 0) t.g = t.g.add(p.data(), o.weight_decay());
+      resolve_compression(t, o, density_override);
+      tensors.push_back(std::move(t));
+    }
+  }
+  return tensors;
+}
+
+Route route_for(const TensorStep& t, int world, IndexCoding coding, std::string& reason) {
+  const auto& o = *t.opt;
+  if (!t.compressor) return reason = "no compressor", Route::Dense;
+  if (t.forced_dense) return reason = "a rule marks it dense", Route::Dense;
+  if (t.p.numel() < o.min_numel())
+    return reason = "numel " + std::to_string(t.p.numel()) + " < min_numel " + std::to_string(o.min_numel()),
+           Route::Dense;
+  if (!o.compress_1d() && t.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
+  const bool shared = t.compressor->shared_indices();
+  // With 4-byte values and plain 4-byte indices the sparse allgather wins iff W·density < 1;
+  // with Block16 indices (≈ 2 bytes) iff W·density < 4/3, about. Shared indices allreduce
+  // only k values, so they win whenever density < 1 (wire_cost.h).
+  if (o.auto_dense() && t.density > 0) {
+    const int64_t k = k_for_ratio(t.density, t.p.numel());
+    const int64_t value_bytes = int64_t(c10::elementSize(t.p.scalar_type()));
+    const double sparse = sparse_exchange_bytes(k, t.p.numel(), value_bytes, shared, world, coding);
+    const double dense = dense_exchange_bytes(t.p.numel(), value_bytes, world);
+    if (sparse >= dense) {
+      reason = "sparse bytes " + std::to_string(int64_t(sparse)) + " >= dense bytes " + std::to_string(int64_t(dense));
+      return Route::Dense;
+    }
+  }
+  reason = shared ? "indices shared across ranks" : "compressed";
+  return shared ? Route::SharedIndices : Route::Sparse;
+}
+
+RoutedTensors route_tensors(std::vector<TensorStep>& tensors, int world, IndexCoding coding, RoutingMemory memory,
+                            StepStats& st) {
+  RoutedTensors routed;
+  for (auto& t : tensors) {
+    std::string reason;
+    const Route r = route_for(t, world, coding, reason);
+    auto known = memory.current.find(t.name);
+    if (known == memory.current.end() || known->second != r) {
+      memory.current[t.name] = r;
+      memory.log.push_back({t.name, r, reason});
+    }
+    t.route = r;
+    st.elements_in += t.p.numel();
+    st.bytes_dense_equivalent += int64_t(dense_exchange_bytes(t.p.numel(), int64_t(t.p.element_size()), world));
+    (r == Route::Dense ? routed.dense : r == Route::Sparse ? routed.sparse : routed.shared).push_back(&t);
+  }
+  return routed;
+}
+
+}  // namespace detail
+}  // namespace cddp

@@ -1,0 +1,87 @@
+// step_plan.h — planning a CompressedSGD step: which gradients take part, with which
+// compressor, density and error feedback (the group's options, then the rules), and how each
+// travels (its Route), by the wire-cost model of core/src/comm/wire_cost.h.
+//
+// TensorStep is one parameter's record for the step; every later stage reads what planning put
+// there and adds what it produced (the selection, the average). Internal to core/src/optim.
+//
+// It will not change a gradient, a parameter or optimizer state, and does not communicate.
+#pragma once
+
+#include <cddp/compressed_sgd.h>
+#include <cddp/compression_stats.h>
+#include <cddp/compressor.h>
+#include <cddp/gradient_exchange.h>
+
+#include "typed_options.h"
+
+#include <ATen/core/Tensor.h>
+#include <torch/optim/optimizer.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace cddp::detail {
+
+struct TensorStep {
+  // Planning (collect_gradients, route_tensors):
+  at::Tensor p;                        // the parameter
+  at::Tensor g;                        // its gradient, g = grad + weight_decay·p
+  std::string name;                    // for rules, routing and messages
+  int64_t index = 0;                   // in the flattened parameter list (CompressContext::param_index)
+  const CompressedSGDOptions* opt = nullptr;  // its param group's options
+  MomentumMode momentum_mode = MomentumMode::Dgc;  // its group's, parsed
+  CompressedSGDParamState* state = nullptr;        // momentum buffer, residual
+  std::shared_ptr<Compressor> compressor;          // the group's, or a rule's; null: dense
+  double density = -1;                 // CompressContext::ratio; <= 0: the compressor's own
+  bool error_feedback = true;
+  bool forced_dense = false;           // a rule marks it dense
+  Route route = Route::Dense;
+  // Compression (compression_stage): this rank's selection.
+  Compressed sent;
+  // Exchange (exchange_stage): the mean over ranks of what was sent, as a [numel] contiguous
+  // tensor, or (when set and valid) as a coalesced list of the entries any rank sent.
+  at::Tensor average;
+  const SparseAverage* coalesced = nullptr;
+
+  // DGC: momentum is accumulated locally before compression (dgc_momentum.h) rather than on
+  // the average after the exchange (sgd_update.h). Never on the dense route.
+  bool momentum_before_compression() const {
+    return momentum_mode == MomentumMode::Dgc && route != Route::Dense && opt->momentum() != 0;
+  }
+};
+
+// Every parameter with a gradient, in param_groups() order: g = grad + weight_decay·p (as
+// torch::optim::SGD computes it), its group's compressor, density and error feedback, then the
+// rules matching its name, in order. `density_override` > 0 (set_density) replaces every density.
+std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
+                                          const StepSettings& settings, const std::vector<std::string>& names,
+                                          double density_override);
+
+// The tensors of each route, in parameter order.
+struct RoutedTensors {
+  std::vector<TensorStep*> sparse;  // allgather of values and indices
+  std::vector<TensorStep*> shared;  // indices equal on every rank: allreduce of the values
+  std::vector<TensorStep*> dense;   // ring allreduce of the whole gradient
+};
+
+// Where each routing decision is remembered, and logged when it is new or changes.
+struct RoutingMemory {
+  std::map<std::string, Route>& current;
+  std::vector<RoutingDecision>& log;
+};
+
+// Routes every tensor (route_for), records the decisions, and counts elements_in and
+// bytes_dense_equivalent into `stats`.
+RoutedTensors route_tensors(std::vector<TensorStep>& tensors, int world, IndexCoding coding, RoutingMemory memory,
+                            StepStats& stats);
+
+// One tensor's route and why: dense when it has no compressor, a rule says so, it is under
+// min_numel, it is 1-D and compress_1d is off, or (auto_dense) its sparse exchange would cost
+// at least as many bytes as a dense one.
+Route route_for(const TensorStep& t, int world, IndexCoding coding, std::string& reason);
+
+}  // namespace cddp::detail
