@@ -3,9 +3,17 @@
 
 #include "philox.h"
 
+#include "launch_check.h"
+
 #include <algorithm>
 #include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
 
 namespace cddp::topk_cuda {
 namespace {
@@ -79,6 +87,7 @@ struct ReadSrc {
   const float* x;
   int64_t n;
   static constexpr bool kHasValues = true;
+  static constexpr const char* kName = kAligned ? "read" : "read,unaligned";
   __device__ __forceinline__ int load4(int64_t g, unsigned int key[4], float val[4]) const {
     const int64_t i = g * 4;
     if (kAligned && i + 3 < n) {
@@ -102,6 +111,7 @@ struct FusedSrc {
   float* r;
   int64_t n;
   static constexpr bool kHasValues = true;
+  static constexpr const char* kName = kAligned ? "fused" : "fused,unaligned";
   __device__ __forceinline__ int load4(int64_t grp, unsigned int key[4], float val[4]) const {
     const int64_t i = grp * 4;
     if (kAligned && i + 3 < n) {
@@ -140,6 +150,7 @@ struct RandkSrc {
   int64_t param_index;
   int64_t n;
   static constexpr bool kHasValues = false;
+  static constexpr const char* kName = "randomk";
   __device__ __forceinline__ int load4(int64_t g, unsigned int key[4], float val[4]) const {
     const philox::Block b = philox::philox4x32_10(
         philox::randomk_counter(static_cast<uint64_t>(g), step, param_index),
@@ -487,60 +498,64 @@ k3_tiles(Src src, int64_t n, int64_t num_tiles, State* st, unsigned int* tile_gt
   if (threadIdx.x == 0) st->blocks_done = 0;
 }
 
-// K4: one tile per block. Selected: key > T, or key == T with tie rank (by index) < need.
-// Writes (value, index) at tile_off + in-tile rank, zeroes the residual there.
+// K4: tile by tile (one tile per block while the grid is under the device's gridDim.x limit,
+// else each block walks tiles blockIdx.x, + gridDim.x, ...: the grid is capped by the checked
+// launch, so a huge n never asks for more blocks than the device takes). Selected: key > T, or
+// key == T with tie rank (by index) < need. Writes (value, index) at tile_off + in-tile rank,
+// zeroes the residual there.
 template <class Src, typename IdxT, bool kZeroResidual>
 __global__ void __launch_bounds__(kThreads)
-k4_compact(Src src, int64_t n, const State* st, const unsigned long long* tile_off,
-           const unsigned long long* tile_eqb, float* out_values, IdxT* out_indices,
-           float* residual) {
-  const int64_t tile = blockIdx.x;
+k4_compact(Src src, int64_t n, int64_t num_tiles, const State* st,
+           const unsigned long long* tile_off, const unsigned long long* tile_eqb,
+           float* out_values, IdxT* out_indices, float* residual) {
   const unsigned int T = st->prefix;
   const long long need = static_cast<long long>(st->k_rem);
-  unsigned long long out_base = tile_off[tile];
-  long long eq_seen = static_cast<long long>(tile_eqb[tile]);  // ties before this round
+  for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {  // uniform per block
+    unsigned long long out_base = tile_off[tile];
+    long long eq_seen = static_cast<long long>(tile_eqb[tile]);  // ties before this round
 #pragma unroll 1
-  for (int r = 0; r < kRounds; ++r) {
-    const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
-    unsigned int key[4];
-    float val[4];
-    const int cnt = src.load4(g, key, val);
-    unsigned int gt = 0, eq = 0;
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      if (j < cnt) {
-        gt += key[j] > T ? 1u : 0u;
-        eq += key[j] == T ? 1u : 0u;
-      }
-    }
-    unsigned int tot;
-    const unsigned int excl = block_exclusive_scan((gt << 16) | eq, tot);  // <= 2048 each
-    const unsigned int gt_excl = excl >> 16, eq_excl = excl & 0xffffu;
-    const unsigned int gt_tot = tot >> 16, eq_tot = tot & 0xffffu;
-    const long long need_rem = need - eq_seen;  // ties still to take from this round on
-    auto clampll = [](long long v, long long hi) { return v < 0 ? 0 : (v > hi ? hi : v); };
-    unsigned long long pos = out_base + gt_excl + clampll(need_rem, eq_excl);
-    long long rank = eq_seen + eq_excl;  // tie rank of this thread's first tie
-    if (gt | eq) {
+    for (int r = 0; r < kRounds; ++r) {
+      const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+      unsigned int key[4];
+      float val[4];
+      const int cnt = src.load4(g, key, val);
+      unsigned int gt = 0, eq = 0;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        if (j >= cnt) continue;
-        bool take = key[j] > T;
-        if (key[j] == T) {
-          take = rank < need;
-          ++rank;
-        }
-        if (take) {
-          const int64_t idx = g * 4 + j;
-          if (Src::kHasValues) out_values[pos] = val[j];
-          out_indices[pos] = static_cast<IdxT>(idx);
-          if (kZeroResidual) residual[idx] = 0.0f;
-          ++pos;
+        if (j < cnt) {
+          gt += key[j] > T ? 1u : 0u;
+          eq += key[j] == T ? 1u : 0u;
         }
       }
+      unsigned int tot;
+      const unsigned int excl = block_exclusive_scan((gt << 16) | eq, tot);  // <= 2048 each
+      const unsigned int gt_excl = excl >> 16, eq_excl = excl & 0xffffu;
+      const unsigned int gt_tot = tot >> 16, eq_tot = tot & 0xffffu;
+      const long long need_rem = need - eq_seen;  // ties still to take from this round on
+      auto clampll = [](long long v, long long hi) { return v < 0 ? 0 : (v > hi ? hi : v); };
+      unsigned long long pos = out_base + gt_excl + clampll(need_rem, eq_excl);
+      long long rank = eq_seen + eq_excl;  // tie rank of this thread's first tie
+      if (gt | eq) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          if (j >= cnt) continue;
+          bool take = key[j] > T;
+          if (key[j] == T) {
+            take = rank < need;
+            ++rank;
+          }
+          if (take) {
+            const int64_t idx = g * 4 + j;
+            if (Src::kHasValues) out_values[pos] = val[j];
+            out_indices[pos] = static_cast<IdxT>(idx);
+            if (kZeroResidual) residual[idx] = 0.0f;
+            ++pos;
+          }
+        }
+      }
+      out_base += gt_tot + clampll(need_rem, eq_tot);
+      eq_seen += eq_tot;
     }
-    out_base += gt_tot + clampll(need_rem, eq_tot);
-    eq_seen += eq_tot;
   }
 }
 
@@ -566,42 +581,193 @@ k_plain_add(const float* a, const float* b, float* out, int64_t n, bool aligned)
 
 // ---------------------------------------------------------------------------------------------
 // Host side.
+//
+// Every kernel launch and memset goes through launch() / memset_async() below: the launch is
+// checked against the device limits (launch_check.h) before it is made, a refused or failed
+// launch leaves a one-line description naming the kernel in last_error_detail(), and with
+// tracing on (set_trace) each call is written to the trace file before and after it is made,
+// so that under CUDA_LAUNCH_BLOCKING=1 the last line of a hung run names the call that hung.
 
-int sm_count() {
-#if defined(CDDP_CUDA_EMULATION)
-  return ::cudaemu::sm_count();
-#endif
-  static std::atomic<int> cache[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
-  if (dev >= 0 && dev < 64) {
-    const int c = cache[dev].load(std::memory_order_relaxed);
-    if (c > 0) return c;
-  }
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || sms <= 0)
-    sms = 132;
-  if (dev >= 0 && dev < 64) cache[dev].store(sms, std::memory_order_relaxed);
-  return sms;
+std::atomic<std::FILE*> g_trace{nullptr};
+thread_local std::string t_detail;  // the last failure of this thread, for last_error_detail()
+
+__attribute__((format(printf, 1, 2))) void trace(const char* fmt, ...) {
+  std::FILE* f = g_trace.load(std::memory_order_relaxed);
+  if (f == nullptr) return;
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  std::fprintf(f, "cddp-cuda: %s\n", line);
+  std::fflush(f);  // the line must be out before the call that may hang
 }
 
-unsigned int stream_grid(int64_t work_items) {
-  const int64_t want = std::max<int64_t>(1, (work_items + kThreads - 1) / kThreads);
-  return static_cast<unsigned int>(std::min<int64_t>(want, int64_t{sm_count()} * kBlocksPerSM));
+cudaError_t fail(cudaError_t e, std::string why) {
+  trace("error: %s", why.c_str());
+  t_detail = std::move(why);
+  return e;
 }
 
-// Every launch goes through here: kThreads threads per block, no dynamic shared memory. Under
-// CDDP_CUDA_EMULATION (the CPU test, tests/gpu/topk_kernels_emu_test.cpp) the same kernels run
-// on cooperative CPU fibers instead.
-template <typename... P, typename... A>
-void launch(void (*kernel)(P...), unsigned int grid, cudaStream_t stream, const A&... args) {
+// The device's SM count and limits (the stated DeviceLimits lowered to what it reports),
+// cached per device. Under the emulator: the emulator's settable ones, never cached.
+struct DeviceInfo {
+  int sms = 132;
+  DeviceLimits lim;
+};
+
 #if defined(CDDP_CUDA_EMULATION)
-  (void)stream;
-  ::cudaemu::launch(grid, kThreads, [&] { kernel(args...); });
+DeviceInfo device_info() {
+  DeviceInfo d;
+  d.sms = ::cudaemu::sm_count();
+  const ::cudaemu::Limits& e = ::cudaemu::limits();
+  DeviceLimits dev;
+  dev.max_threads_per_block = e.max_threads_per_block;
+  dev.max_grid_x = e.max_grid_x;
+  d.lim = tighter(DeviceLimits{}, dev);
+  return d;
+}
 #else
-  kernel<<<grid, kThreads, 0, stream>>>(args...);
-#endif
+DeviceInfo device_info() {
+  static std::mutex mu;
+  static DeviceInfo cache[64];
+  static bool known[64] = {};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) dev = -1;
+  std::lock_guard<std::mutex> lock(mu);
+  if (dev >= 0 && dev < 64 && known[dev]) return cache[dev];
+  DeviceInfo d;
+  DeviceLimits q;
+  int v = 0;
+  auto get = [&](cudaDeviceAttr a, int64_t& out) {
+    if (dev >= 0 && cudaDeviceGetAttribute(&v, a, dev) == cudaSuccess && v > 0) out = v;
+  };
+  int64_t sms = 0, warp = 32;
+  get(cudaDevAttrMultiProcessorCount, sms);
+  get(cudaDevAttrMaxThreadsPerBlock, q.max_threads_per_block);
+  get(cudaDevAttrMaxGridDimX, q.max_grid_x);
+  get(cudaDevAttrMaxGridDimY, q.max_grid_y);
+  get(cudaDevAttrMaxGridDimZ, q.max_grid_z);
+  get(cudaDevAttrMaxSharedMemoryPerBlock, q.max_smem_per_block);
+  get(cudaDevAttrWarpSize, warp);
+  (void)cudaGetLastError();  // an attribute this driver does not know is not our failure
+  if (sms > 0) d.sms = static_cast<int>(sms);
+  d.lim = tighter(DeviceLimits{}, q);
+  if (warp != 32) d.lim.max_threads_per_block = 0;  // refuse: every kernel assumes 32 lanes
+  if (dev >= 0 && dev < 64) {
+    cache[dev] = d;
+    known[dev] = true;
+  }
+  trace("device %d: %d SMs, max %lld threads/block, grid.x <= %lld, %lld B shared/block", dev,
+        d.sms, static_cast<long long>(d.lim.max_threads_per_block),
+        static_cast<long long>(d.lim.max_grid_x),
+        static_cast<long long>(d.lim.max_smem_per_block));
+  return d;
 }
+
+// cudaFuncGetAttributes of a kernel (its static shared memory and the most threads per block
+// its registers allow), cached per kernel.
+struct FuncInfo {
+  int64_t static_smem = 0;
+  int64_t max_threads = 0;
+};
+FuncInfo func_info(const void* fn) {
+  static std::mutex mu;
+  static std::vector<std::pair<const void*, FuncInfo>> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const auto& [f, info] : cache)
+    if (f == fn) return info;
+  FuncInfo info;
+  cudaFuncAttributes a{};
+  if (cudaFuncGetAttributes(&a, fn) == cudaSuccess) {
+    info.static_smem = static_cast<int64_t>(a.sharedSizeBytes);
+    info.max_threads = a.maxThreadsPerBlock;
+  } else {
+    (void)cudaGetLastError();  // the launch itself will report what is wrong
+  }
+  cache.emplace_back(fn, info);
+  return info;
+}
+#endif
+
+// Declared static shared memory of each kernel (upper bounds; on a GPU the larger of this and
+// what cudaFuncGetAttributes reports is checked): the histogram, the scan's per-warp sums for
+// both types it is used with, and arrive_last's flag.
+constexpr int64_t kScanSmem = int64_t{kWarps} * (4 + 8) + 16;
+constexpr int64_t kSmemK0 = kBins0 * 4 + kScanSmem;
+constexpr int64_t kSmemK1 = kBins1 * 4 + kScanSmem;
+constexpr int64_t kSmemK2 = kBins2 * 4 + kScanSmem;
+constexpr int64_t kSmemK3 = kScanSmem;
+constexpr int64_t kSmemK4 = kScanSmem;
+static_assert(kSmemK0 <= 48 * 1024 && kSmemK1 <= 48 * 1024, "static shared memory over 48 KiB");
+
+// Grid of the grid-stride kernels: enough blocks for the work, at most kBlocksPerSM per SM
+// (they loop), never more than the device's gridDim.x.
+int64_t stream_grid(const DeviceInfo& d, int64_t work_items) {
+  const int64_t want = std::max<int64_t>(1, (work_items + kThreads - 1) / kThreads);
+  return std::min({want, int64_t{d.sms} * kBlocksPerSM, d.lim.max_grid_x});
+}
+int64_t tile_grid(const DeviceInfo& d, int64_t num_tiles, bool per_sm_cap) {
+  const int64_t cap = per_sm_cap ? std::min(int64_t{d.sms} * kBlocksPerSM, d.lim.max_grid_x)
+                                 : d.lim.max_grid_x;
+  return std::max<int64_t>(1, std::min(num_tiles, cap));
+}
+
+struct Launcher {
+  DeviceInfo dev;
+  cudaStream_t stream;
+};
+
+// The one launch path: kThreads threads per block, no dynamic shared memory, checked first.
+// Under CDDP_CUDA_EMULATION (tests/gpu/*_emu_test.cpp) the same kernels run on CPU fibers.
+template <typename... P, typename... A>
+cudaError_t launch(const Launcher& L, const char* name, const char* variant, void (*kernel)(P...),
+                   int64_t grid, int64_t declared_smem, const A&... args) {
+  char label[96];
+  std::snprintf(label, sizeof label, "%s<%s>", name, variant);
+  LaunchConfig c;
+  c.kernel = label;
+  c.grid_x = grid;
+  c.block_x = kThreads;
+  c.static_smem = declared_smem;
+#if !defined(CDDP_CUDA_EMULATION)
+  const FuncInfo fi = func_info(reinterpret_cast<const void*>(kernel));
+  c.static_smem = std::max(declared_smem, fi.static_smem);
+  c.kernel_max_threads = fi.max_threads;
+#endif
+  std::string why = launch_config_error(c, L.dev.lim);
+  if (!why.empty()) return fail(cudaErrorInvalidConfiguration, "refused launch: " + why);
+  trace("> %s grid=%lld block=%d smem=%lld stream=%p", label, static_cast<long long>(grid),
+        kThreads, static_cast<long long>(c.static_smem), static_cast<void*>(L.stream));
+#if defined(CDDP_CUDA_EMULATION)
+  const cudaError_t e =
+      ::cudaemu::launch(static_cast<unsigned int>(grid), kThreads, [&] { kernel(args...); });
+#else
+  kernel<<<static_cast<unsigned int>(grid), kThreads, 0, L.stream>>>(args...);
+  const cudaError_t e = cudaGetLastError();
+#endif
+  trace("< %s: %s", label, cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    return fail(e, std::string("launch of ") + label + " (grid " + std::to_string(grid) +
+                       ", block " + std::to_string(kThreads) + "): " + cudaGetErrorString(e));
+  return cudaSuccess;
+}
+
+cudaError_t memset_async(const Launcher& L, void* p, size_t bytes, const char* what) {
+  trace("> cudaMemsetAsync(%s, %zu bytes) stream=%p", what, bytes, static_cast<void*>(L.stream));
+  const cudaError_t e = cudaMemsetAsync(p, 0, bytes, L.stream);
+  trace("< cudaMemsetAsync(%s): %s", what, cudaGetErrorString(e));
+  if (e != cudaSuccess)
+    return fail(e, std::string("cudaMemsetAsync(") + what + ", " + std::to_string(bytes) +
+                       " bytes): " + cudaGetErrorString(e));
+  return cudaSuccess;
+}
+
+#define CDDP_TRY(call)                                  \
+  do {                                                  \
+    if (const cudaError_t e_ = (call); e_ != cudaSuccess) \
+      return e_;                                        \
+  } while (0)
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
 
@@ -612,9 +778,9 @@ T* at_offset(void* base, size_t off) {
 
 // The passes K1..K4 over a read-only source (acc for top-k, Philox for random-k).
 template <class Src, typename IdxT, bool kZeroResidual>
-cudaError_t run_select_tail(int stages, const Src& src, int64_t n, const Layout& l, void* ws,
-                            float* out_values, IdxT* out_indices, float* residual,
-                            cudaStream_t stream) {
+cudaError_t run_select_tail(const Launcher& L, int stages, const Src& src, int64_t n,
+                            const Layout& l, void* ws, float* out_values, IdxT* out_indices,
+                            float* residual) {
   State* st = at_offset<State>(ws, l.state);
   auto* hist = at_offset<unsigned long long>(ws, l.hist);
   auto* tile_gt = at_offset<unsigned int>(ws, l.tile_gt);
@@ -624,93 +790,110 @@ cudaError_t run_select_tail(int stages, const Src& src, int64_t n, const Layout&
   auto* cand_key = at_offset<unsigned int>(ws, l.cand_key);
   auto* cand_idx = at_offset<IdxT>(ws, l.cand_idx);
   const int64_t ngroups = (n + 3) / 4;
-
-  const unsigned int g1 =
-      static_cast<unsigned int>(std::min<int64_t>(l.num_tiles, int64_t{sm_count()} * kBlocksPerSM));
-  if (stages < 2) return cudaGetLastError();
-  launch(&k1_hist<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, hist, tile_gt, tile_eq, cand_key,
-         cand_idx, l.cand_cap);
+  const int64_t g1 = tile_grid(L.dev, l.num_tiles, true);
+  if (stages < 2) return cudaSuccess;
+  CDDP_TRY(launch(L, "k1_hist", Src::kName, &k1_hist<Src, IdxT>, g1, kSmemK1, src, n, l.num_tiles,
+                  st, hist, tile_gt, tile_eq, cand_key, cand_idx, l.cand_cap));
   // K2/K3 grids are sized for the worst case (overflow: the whole array); in the usual
   // candidate mode the surplus blocks find no work and only take part in the last-block count.
-  const unsigned int g2 = stream_grid(ngroups);
-  if (stages < 3) return cudaGetLastError();
-  launch(&k2_hist<Src, IdxT>, g2, stream, src, n, st, hist, cand_key, l.cand_cap);
-  if (stages < 4) return cudaGetLastError();
-  launch(&k3_tiles<Src, IdxT>, g1, stream, src, n, l.num_tiles, st, tile_gt, tile_eq, tile_off,
-         tile_eqb, cand_key, cand_idx, l.cand_cap);
-  if (stages < 5) return cudaGetLastError();
-  launch(&k4_compact<Src, IdxT, kZeroResidual>, static_cast<unsigned int>(l.num_tiles), stream, src,
-         n, st, tile_off, tile_eqb, out_values, out_indices, residual);
-  return cudaGetLastError();
+  if (stages < 3) return cudaSuccess;
+  CDDP_TRY(launch(L, "k2_hist", Src::kName, &k2_hist<Src, IdxT>, stream_grid(L.dev, ngroups),
+                  kSmemK2, src, n, st, hist, cand_key, l.cand_cap));
+  if (stages < 4) return cudaSuccess;
+  CDDP_TRY(launch(L, "k3_tiles", Src::kName, &k3_tiles<Src, IdxT>, g1, kSmemK3, src, n,
+                  l.num_tiles, st, tile_gt, tile_eq, tile_off, tile_eqb, cand_key, cand_idx,
+                  l.cand_cap));
+  if (stages < 5) return cudaSuccess;
+  return launch(L, "k4_compact", Src::kName, &k4_compact<Src, IdxT, kZeroResidual>,
+                tile_grid(L.dev, l.num_tiles, false), kSmemK4, src, n, l.num_tiles, st, tile_off,
+                tile_eqb, out_values, out_indices, residual);
+}
+
+template <class Src>
+cudaError_t launch_k0(const Launcher& L, const Src& src, int64_t n, int64_t k, State* st,
+                      unsigned long long* hist, unsigned int* nan_flag) {
+  return launch(L, "k0_hist", Src::kName, &k0_hist<Src>, stream_grid(L.dev, (n + 3) / 4), kSmemK0,
+                src, n, static_cast<unsigned long long>(k), st, hist, nan_flag);
 }
 
 template <typename IdxT>
-cudaError_t topk_impl(int stages, const float* grad, float* residual, int64_t n, int64_t k,
-                      float* out_values, IdxT* out_indices, unsigned int* nan_flag, void* ws,
-                      const Layout& l, cudaStream_t stream) {
+cudaError_t topk_impl(const Launcher& L, int stages, const float* grad, float* residual,
+                      int64_t n, int64_t k, float* out_values, IdxT* out_indices,
+                      unsigned int* nan_flag, void* ws, const Layout& l) {
   State* st = at_offset<State>(ws, l.state);
   auto* hist = at_offset<unsigned long long>(ws, l.hist);
   const bool al = aligned16(grad) && (residual == nullptr || aligned16(residual));
-  const unsigned int g0 = stream_grid((n + 3) / 4);
-  const auto kk = static_cast<unsigned long long>(k);
   if (residual != nullptr) {
-    if (al)
-      launch(&k0_hist<FusedSrc<true>>, g0, stream, FusedSrc<true>{grad, residual, n}, n, kk, st,
-             hist, nan_flag);
-    else
-      launch(&k0_hist<FusedSrc<false>>, g0, stream, FusedSrc<false>{grad, residual, n}, n, kk, st,
-             hist, nan_flag);
+    CDDP_TRY(al ? launch_k0(L, FusedSrc<true>{grad, residual, n}, n, k, st, hist, nan_flag)
+                : launch_k0(L, FusedSrc<false>{grad, residual, n}, n, k, st, hist, nan_flag));
   } else {
-    if (al)
-      launch(&k0_hist<ReadSrc<true>>, g0, stream, ReadSrc<true>{grad, n}, n, kk, st, hist,
-             nan_flag);
-    else
-      launch(&k0_hist<ReadSrc<false>>, g0, stream, ReadSrc<false>{grad, n}, n, kk, st, hist,
-             nan_flag);
+    CDDP_TRY(al ? launch_k0(L, ReadSrc<true>{grad, n}, n, k, st, hist, nan_flag)
+                : launch_k0(L, ReadSrc<false>{grad, n}, n, k, st, hist, nan_flag));
   }
   const float* acc = residual != nullptr ? residual : grad;
   if (residual != nullptr) {
     if (al)
-      return run_select_tail<ReadSrc<true>, IdxT, true>(stages, ReadSrc<true>{acc, n}, n, l, ws,
-                                                        out_values, out_indices, residual, stream);
-    return run_select_tail<ReadSrc<false>, IdxT, true>(stages, ReadSrc<false>{acc, n}, n, l, ws,
-                                                       out_values, out_indices, residual, stream);
+      return run_select_tail<ReadSrc<true>, IdxT, true>(L, stages, ReadSrc<true>{acc, n}, n, l, ws,
+                                                        out_values, out_indices, residual);
+    return run_select_tail<ReadSrc<false>, IdxT, true>(L, stages, ReadSrc<false>{acc, n}, n, l, ws,
+                                                       out_values, out_indices, residual);
   }
   if (al)
-    return run_select_tail<ReadSrc<true>, IdxT, false>(stages, ReadSrc<true>{acc, n}, n, l, ws,
-                                                       out_values, out_indices, nullptr, stream);
-  return run_select_tail<ReadSrc<false>, IdxT, false>(stages, ReadSrc<false>{acc, n}, n, l, ws,
-                                                      out_values, out_indices, nullptr, stream);
+    return run_select_tail<ReadSrc<true>, IdxT, false>(L, stages, ReadSrc<true>{acc, n}, n, l, ws,
+                                                       out_values, out_indices, nullptr);
+  return run_select_tail<ReadSrc<false>, IdxT, false>(L, stages, ReadSrc<false>{acc, n}, n, l, ws,
+                                                      out_values, out_indices, nullptr);
 }
 
 template <typename IdxT>
-cudaError_t randomk_impl(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
-                         IdxT* out_indices, void* ws, const Layout& l, cudaStream_t stream) {
+cudaError_t randomk_impl(const Launcher& L, uint64_t seed, int64_t step, int64_t param_index,
+                         int64_t n, int64_t k, IdxT* out_indices, void* ws, const Layout& l) {
   State* st = at_offset<State>(ws, l.state);
   auto* hist = at_offset<unsigned long long>(ws, l.hist);
   const RandkSrc src{seed, step, param_index, n};
-  launch(&k0_hist<RandkSrc>, stream_grid((n + 3) / 4), stream, src, n,
-         static_cast<unsigned long long>(k), st, hist, nullptr);
-  return run_select_tail<RandkSrc, IdxT, false>(5, src, n, l, ws, nullptr, out_indices, nullptr,
-                                                stream);
+  CDDP_TRY(launch_k0(L, src, n, k, st, hist, nullptr));
+  return run_select_tail<RandkSrc, IdxT, false>(L, 5, src, n, l, ws, nullptr, out_indices, nullptr);
 }
 
 // The launchers report launch failures through cudaGetLastError(), which returns (and clears)
 // the last error of ANY runtime call on this thread. A non-sticky error left behind by someone
 // else (a LibTorch call, or cudart unregistering the fatbinary of a dlclose'd plugin .so that
-// carried these same kernels: the compressed-SGD test unloads the topk plugin, then loads
-// randomk) would otherwise surface here as "invalid argument" from perfectly valid launches.
-// Consume it on entry; a sticky error still fails the memset / the launches themselves.
-void clear_stale_error() { (void)cudaGetLastError(); }
+// carried these same kernels) would otherwise surface here as "invalid argument" from
+// perfectly valid launches. Consume it on entry, and say so in the trace: such an error is a
+// clue to the caller's bug. A sticky error still fails the memset / the launches themselves.
+void clear_stale_error(const char* entry) {
+  const cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess)
+    trace("%s: cleared a stale error left by an earlier CUDA call (not ours): %s", entry,
+          cudaGetErrorString(e));
+}
 
-cudaError_t check_args(int64_t n, int64_t k, bool idx64, void* ws, size_t ws_size) {
-  if (n <= 0 || k < 1 || k > n) return cudaErrorInvalidValue;
-  if (!idx64 && needs_int64_indices(n)) return cudaErrorInvalidValue;
-  if (ws == nullptr || ws_size < make_layout(n, idx64).total) return cudaErrorInvalidValue;
+// 0 <= k <= n; indices wide enough; workspace big enough and 16-byte aligned when work is
+// to be done (k >= 1).
+cudaError_t check_args(const char* who, int64_t n, int64_t k, bool idx64, void* ws,
+                       size_t ws_size) {
+  if (n < 0 || k < 0 || k > n)
+    return fail(cudaErrorInvalidValue, std::string(who) + ": k = " + std::to_string(k) +
+                                           " out of range [0, n = " + std::to_string(n) + "]");
+  if (!idx64 && needs_int64_indices(n))
+    return fail(cudaErrorInvalidValue, std::string(who) + ": n = " + std::to_string(n) +
+                                           " needs int64 indices");
+  if (k == 0) return cudaSuccess;
+  const size_t need = make_layout(n, idx64).total;
+  if (ws == nullptr || ws_size < need)
+    return fail(cudaErrorInvalidValue, std::string(who) + ": workspace of " +
+                                           std::to_string(ws_size) + " bytes, " +
+                                           std::to_string(need) + " needed");
+  if (!aligned16(ws))
+    return fail(cudaErrorInvalidValue, std::string(who) + ": workspace not 16-byte aligned");
   return cudaSuccess;
 }
 
 }  // namespace
+
+void set_trace(std::FILE* sink) { g_trace.store(sink, std::memory_order_relaxed); }
+
+const char* last_error_detail() { return t_detail.c_str(); }
 
 size_t workspace_bytes(int64_t n, bool indices_int64) {
   return make_layout(std::max<int64_t>(n, 1), indices_int64).total;
@@ -727,45 +910,67 @@ cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, i
                                float* out_values, void* out_indices, bool indices_int64,
                                unsigned int* nan_flag, void* workspace, size_t workspace_size,
                                cudaStream_t stream) {
-  if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
-    return e;
-  if (grad == nullptr || out_values == nullptr || out_indices == nullptr)
-    return cudaErrorInvalidValue;
-  clear_stale_error();
+  t_detail.clear();
+  CDDP_TRY(check_args("launch_topk", n, k, indices_int64, workspace, workspace_size));
+  clear_stale_error("launch_topk");
+  trace("launch_topk n=%lld k=%lld residual=%d idx64=%d stages=%d", static_cast<long long>(n),
+        static_cast<long long>(k), residual != nullptr, indices_int64, stages);
+  if (n == 0) return cudaSuccess;
+  if (grad == nullptr) return fail(cudaErrorInvalidValue, "launch_topk: grad is null");
+  const Launcher L{device_info(), stream};
+  if (k == 0) {
+    // Nothing is selected: residual = acc = grad + residual, one rounding, the same add as
+    // K0's. No grid, no workspace and no output is needed, so none is asked for (a k = 0
+    // launch of the selection would otherwise be a zero-sized output and a pointless pass).
+    // NaN is not flagged on this path.
+    if (residual == nullptr || stages < 1) return cudaSuccess;
+    const bool al = aligned16(grad) && aligned16(residual);
+    return launch(L, "k_plain_add", "ef,k=0", &k_plain_add, stream_grid(L.dev, (n + 3) / 4), 0,
+                  grad, static_cast<const float*>(residual), residual, n, al);
+  }
+  if (out_values == nullptr || out_indices == nullptr)
+    return fail(cudaErrorInvalidValue, "launch_topk: output pointer is null");
   const Layout l = make_layout(n, indices_int64);
   // Zero the state and the histogram; the tile arrays are initialised by K1.
-  if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
+  CDDP_TRY(memset_async(L, workspace, l.tile_gt, "topk state+histogram"));
   if (stages < 1) return cudaSuccess;
   if (indices_int64)
-    return topk_impl<int64_t>(stages, grad, residual, n, k, out_values,
-                              static_cast<int64_t*>(out_indices), nan_flag, workspace, l, stream);
-  return topk_impl<int32_t>(stages, grad, residual, n, k, out_values,
-                            static_cast<int32_t*>(out_indices), nan_flag, workspace, l, stream);
+    return topk_impl<int64_t>(L, stages, grad, residual, n, k, out_values,
+                              static_cast<int64_t*>(out_indices), nan_flag, workspace, l);
+  return topk_impl<int32_t>(L, stages, grad, residual, n, k, out_values,
+                            static_cast<int32_t*>(out_indices), nan_flag, workspace, l);
 }
 
 cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
                            void* out_indices, bool indices_int64, void* workspace,
                            size_t workspace_size, cudaStream_t stream) {
-  if (cudaError_t e = check_args(n, k, indices_int64, workspace, workspace_size); e != cudaSuccess)
-    return e;
-  if (out_indices == nullptr) return cudaErrorInvalidValue;
-  clear_stale_error();
+  t_detail.clear();
+  CDDP_TRY(check_args("launch_randomk", n, k, indices_int64, workspace, workspace_size));
+  clear_stale_error("launch_randomk");
+  trace("launch_randomk n=%lld k=%lld step=%lld param=%lld idx64=%d", static_cast<long long>(n),
+        static_cast<long long>(k), static_cast<long long>(step),
+        static_cast<long long>(param_index), indices_int64);
+  if (k == 0) return cudaSuccess;  // nothing to select, nothing launched
+  if (out_indices == nullptr) return fail(cudaErrorInvalidValue, "launch_randomk: output is null");
+  const Launcher L{device_info(), stream};
   const Layout l = make_layout(n, indices_int64);
-  if (cudaError_t e = cudaMemsetAsync(workspace, 0, l.tile_gt, stream); e != cudaSuccess) return e;
+  CDDP_TRY(memset_async(L, workspace, l.tile_gt, "randomk state+histogram"));
   if (indices_int64)
-    return randomk_impl<int64_t>(seed, step, param_index, n, k, static_cast<int64_t*>(out_indices),
-                                 workspace, l, stream);
-  return randomk_impl<int32_t>(seed, step, param_index, n, k, static_cast<int32_t*>(out_indices),
-                               workspace, l, stream);
+    return randomk_impl<int64_t>(L, seed, step, param_index, n, k,
+                                 static_cast<int64_t*>(out_indices), workspace, l);
+  return randomk_impl<int32_t>(L, seed, step, param_index, n, k,
+                               static_cast<int32_t*>(out_indices), workspace, l);
 }
 
 cudaError_t launch_plain_add(const float* a, const float* b, float* out, int64_t n,
                              cudaStream_t stream) {
+  t_detail.clear();
   if (n <= 0) return cudaSuccess;
-  clear_stale_error();
+  clear_stale_error("launch_plain_add");
+  const Launcher L{device_info(), stream};
   const bool al = aligned16(a) && aligned16(b) && aligned16(out);
-  launch(&k_plain_add, stream_grid((n + 3) / 4), stream, a, b, out, n, al);
-  return cudaGetLastError();
+  return launch(L, "k_plain_add", al ? "float4" : "scalar", &k_plain_add,
+                stream_grid(L.dev, (n + 3) / 4), 0, a, b, out, n, al);
 }
 
 }  // namespace cddp::topk_cuda
