@@ -5,7 +5,9 @@
 // world_size ranks have joined; then a Gloo process group (CPU tensors) is set up over that
 // store. When cddp is compiled with USE_C10D_NCCL, the first collective on a CUDA tensor
 // creates an NCCL process group over the same store (every rank must then pass CUDA tensors
-// in the same call, as with any collective).
+// in the same call, as with any collective). With cuda_over_gloo, CUDA tensors go through Gloo
+// instead, staged through host memory: what several ranks sharing one GPU need, since NCCL
+// refuses two ranks on one device.
 //
 // Failures never hang: the store, the rendezvous and every collective are bounded by
 // `timeout`. A failed collective throws c10::Error naming the rank(s) that did not answer
@@ -41,6 +43,9 @@ struct C10dOptions {
   // How often each rank bumps its heartbeat counter (at most timeout/4); a rank whose counter
   // stands still for three intervals is reported as not responding.
   std::chrono::milliseconds heartbeat_interval{500};
+  // CUDA tensors: false — NCCL (needs USE_C10D_NCCL and one GPU per rank); true — copied to
+  // the host, reduced / gathered / broadcast over Gloo, copied back (slower, any layout).
+  bool cuda_over_gloo = false;
 };
 
 class C10dCommunicator final : public Communicator {
@@ -54,7 +59,8 @@ class C10dCommunicator final : public Communicator {
 
   int rank() const override;
   int world_size() const override;
-  std::string backend_name() const override;  // "gloo", or "gloo+nccl" once NCCL is up
+  std::string backend_name() const override;  // "gloo", "gloo+nccl" once NCCL is up, or
+                                               // "gloo (cuda staged)" with cuda_over_gloo
 
   void allreduce_sum_(at::Tensor& tensor) override;
   std::vector<at::Tensor> allgather(const at::Tensor& tensor) override;

@@ -54,7 +54,9 @@ std::string first_slurm_host(const std::string& nodelist);
 // World size 1: a LocalCommunicator (no store, no sockets). Otherwise a C10dCommunicator
 // after a TCPStore rendezvous bounded by `timeout` (a port in use, a missing rank or an
 // unreachable master throw c10::Error saying address:port, time waited and ranks joined).
+// cuda_over_gloo: C10dOptions::cuda_over_gloo (CUDA tensors through Gloo, not NCCL).
 std::shared_ptr<Communicator> connect(const DistEnv& env,
-                                      std::chrono::milliseconds timeout = std::chrono::seconds(60));
+                                      std::chrono::milliseconds timeout = std::chrono::seconds(60),
+                                      bool cuda_over_gloo = false);
 
 }  // namespace cddp

@@ -172,7 +172,8 @@ DistEnv parse_dist_env(const EnvMap& env) {
   return d;
 }
 
-std::shared_ptr<Communicator> connect(const DistEnv& env, std::chrono::milliseconds timeout) {
+std::shared_ptr<Communicator> connect(const DistEnv& env, std::chrono::milliseconds timeout,
+                                      bool cuda_over_gloo) {
   TORCH_CHECK(env.world_size >= 1, "connect: world size must be >= 1, got ", env.world_size);
   if (env.world_size == 1) return std::make_shared<LocalCommunicator>();
   C10dOptions o;
@@ -182,6 +183,7 @@ std::shared_ptr<Communicator> connect(const DistEnv& env, std::chrono::milliseco
   o.master_port = env.master_port;
   o.timeout = timeout;
   o.gloo_interface = env.gloo_interface;
+  o.cuda_over_gloo = cuda_over_gloo;
   return std::make_shared<C10dCommunicator>(o);
 }
 

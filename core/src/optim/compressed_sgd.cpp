@@ -4,11 +4,13 @@
 #include <cddp/local_communicator.h>
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
 #include <sstream>
 #include <cmath>
+#include <optional>
 #include <type_traits>
 #include <unordered_map>
 
@@ -297,6 +299,20 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   ++step_;
 
   // 3. Route each tensor (decided once, logged once), then compress locally.
+  // On an accelerator the compressors only enqueue work: compress_ms is timed to its completion
+  // (the current stream synchronised before and after), or it would be the launch overhead
+  // alone. nonfinite_skip's .item() has just waited on the device, so the first wait is free;
+  // the second costs one round trip per step.
+  std::optional<c10::Device> accelerator;
+  for (const auto& it : items)
+    if (!it.p.is_cpu()) {
+      accelerator = it.p.device();
+      break;
+    }
+  auto wait_for_device = [&] {
+    if (accelerator) c10::impl::VirtualGuardImpl(accelerator->type()).getStream(*accelerator).synchronize();
+  };
+  wait_for_device();
   auto t_compress = Clock::now();
   std::vector<Item*> sparse, shared, dense;
   for (auto& it : items) {
@@ -404,6 +420,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   for (Item* it : dense) st.elements_sent += it->p.numel();
   st.compressed_tensors = int64_t(sparse.size() + shared.size());
   st.dense_tensors = int64_t(dense.size());
+  wait_for_device();
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: average over ranks.
