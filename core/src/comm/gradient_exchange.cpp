@@ -278,7 +278,10 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
     const Compressed& c = *slots[i].local;
     const int64_t n = c.count();
     if (n == 0) continue;
-    at::Tensor vb = as_bytes(c.values.to(c.dtype)), idx = c.indices.to(index_dtype_for(c.numel)).contiguous();
+    // The packed buffer is host memory: a selection made on a GPU is brought over first (the
+    // index coding and the reorder below read raw host pointers).
+    at::Tensor vb = as_bytes(c.values.to(at::kCPU, c.dtype)),
+               idx = c.indices.to(at::kCPU, index_dtype_for(c.numel)).contiguous();
     order.clear();
     if (detail::block16(coding_, n, c.numel))
       detail::encode_block16(idx, c.numel, packed.data_ptr<uint8_t>() + mine.index_offset[i], order);
@@ -346,7 +349,13 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
       continue;
     }
     clear_stale(avg, stale);  // mean_raw wrote nothing
-    // Other dtypes and devices: the codec's own decode, and ATen for the division.
+    // Other dtypes and devices: the codec's own decode, and ATen for the division. The parts
+    // are views of the host buffers gathered: an output on a GPU gets them copied over.
+    if (!avg.is_cpu())
+      for (auto& c : parts) {
+        c.values = c.values.to(avg.device());
+        c.indices = c.indices.to(avg.device());
+      }
     int64_t touched = 0;
     for (const auto& c : parts) {
       slots[i].codec->decompress_add_(c, avg);
@@ -363,7 +372,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
     }
     if (written)  // decompress_add_ wrote the selected entries only; +0 / W is +0 elsewhere
       for (const auto& c : parts) {
-        at::Tensor idx = c.indices.to(at::kLong).contiguous();
+        at::Tensor idx = c.indices.to(at::kCPU, at::kLong).contiguous();
         written->insert(written->end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
       }
     end_output(slots[i], written != nullptr, Written::Listed);
