@@ -4,10 +4,13 @@
 // numel smaller than one block, grids the device limits cap, launches the limits refuse — each
 // compared bit for bit with what the CPU plugins return (their shared kernels,
 // cddp::kernels::RadixTopK, and the topk / randomk plugins loaded as the trainer loads them).
-// Also the CUDA-call trace and the stale-error clearing.
+// Also the single-pass design (launch_topk_single_pass) through both of its tails, the
+// CUDA-call trace and the stale-error clearing.
 //
 // It will not say anything about real concurrency, memory ordering, the CUDA driver or speed
-// (topk_cuda_test, compressed_sgd_cuda_test and bench_topk_cuda do, on a GPU). Label unit.
+// (topk_cuda_test, compressed_sgd_cuda_test and bench_topk_cuda do, on a GPU): in particular
+// the emulator runs blocks one after another, so the single-pass look-back never waits here.
+// Label unit.
 #include "launch_check.h"
 #include "radix_topk_cpu.h"
 #include "topk_kernels.cuh"
@@ -20,6 +23,7 @@
 
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -328,6 +332,126 @@ TEST(CudaEmuVsPlugins, RandomkAndTopkPluginsSelectTheSame) {
       EXPECT_EQ(std::memcmp(rd.p, residual.data_ptr<float>(), n * 4), 0) << "top-k residual";
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The single-pass design (launch_topk_single_pass): the same selection, values and residual as
+// the CPU plugin's RadixTopK and as launch_topk, bit for bit, through either of its tails.
+
+// Returns the tail taken: 1 exact over the candidates, 2 the multi-pass fallback.
+int expect_single_pass_like_cpu(const std::vector<float>& g, const std::vector<float>& r,
+                                int64_t k, bool misalign) {
+  const int64_t n = static_cast<int64_t>(g.size());
+  SCOPED_TRACE(::testing::Message() << "single pass n=" << n << " k=" << k << " misalign=" << misalign);
+  std::vector<float> r_cpu = r, v_cpu(k);
+  std::vector<int32_t> i_cpu(k);
+  cddp::kernels::RadixTopK cpu;
+  cpu.select_float(g.data(), r_cpu.data(), n, k, v_cpu.data(), i_cpu.data());
+  const size_t shift = misalign ? 4 : 0;
+  Aligned<float> gd(n, shift), rd(n, shift), vd(k);
+  Aligned<int32_t> id(k);
+  std::memcpy(gd.p, g.data(), n * 4);
+  std::memcpy(rd.p, r.data(), n * 4);
+  const size_t wsb = ct::workspace_bytes_single_pass(n, k, false);
+  EXPECT_GE(wsb, ct::workspace_bytes(n, false));
+  Aligned<unsigned char> ws(wsb);
+  unsigned int nan_flag = 0;
+  const cudaError_t e = ct::launch_topk_single_pass(gd.p, rd.p, n, k, vd.p, id.p, false,
+                                                    &nan_flag, ws.p, wsb, nullptr);
+  EXPECT_EQ(e, cudaSuccess) << ct::last_error_detail();
+  EXPECT_EQ(std::vector<int32_t>(id.p, id.p + k), i_cpu) << "indices differ from RadixTopK";
+  EXPECT_TRUE(same_bits(v_cpu, vd.p, k)) << "values differ from RadixTopK";
+  EXPECT_TRUE(same_bits(r_cpu, rd.p, n)) << "residual differs from RadixTopK";
+  EXPECT_EQ(nan_flag, 0u);
+  return ct::single_pass_tail_for_tests(ws.p, n, k);
+}
+
+std::vector<float> scaled_normal(int64_t n, uint32_t seed, float scale) {
+  auto v = normal(n, seed);
+  for (auto& x : v) x *= scale;
+  return v;
+}
+
+TEST(CudaEmuSinglePass, RandomGradientsTakeTheExactTail) {
+  const Emu emu(3);
+  struct C { int64_t n, k; bool misalign; };
+  const C cases[] = {{1, 1, false},        {100, 7, true},       {8192, 82, false},
+                     {8193, 8193, false},  {40000, 400, false},  {40001, 4000, true},
+                     {100000, 1000, false}, {100000, 25000, true}};
+  uint32_t seed = 50;
+  for (const C& c : cases) {
+    const auto g = normal(c.n, seed++);
+    const auto r = scaled_normal(c.n, seed++, 0.3f);
+    const int tail = expect_single_pass_like_cpu(g, r, c.k, c.misalign);
+    if (c.n >= 40000) EXPECT_EQ(tail, 1) << "n=" << c.n << ": a normal gradient should not need the fallback";
+  }
+}
+
+// The sample sees only large values (they sit exactly at the sampled positions), so its
+// threshold lies above the k-th largest key: fewer than k candidates, the device takes the
+// multi-pass tail — and the result is still exact.
+TEST(CudaEmuSinglePass, MisleadingSampleFallsBackOnTheDevice) {
+  const Emu emu(2);
+  const int64_t n = 100000, m = 8192, k = 20000;
+  std::vector<float> g(n, 0.125f), r(n, 0.0f);
+  for (int64_t s = 0; s < m; ++s) g[(s * n) / m] = 10.0f + static_cast<float>(s % 7);
+  EXPECT_EQ(expect_single_pass_like_cpu(g, r, k, false), 2);
+}
+
+// Every magnitude equal: every element is a candidate, far more than the list holds (4k +
+// 8192): the fallback again, ties to the lower index.
+TEST(CudaEmuSinglePass, CandidateOverflowFallsBackOnTheDevice) {
+  const Emu emu(2);
+  const int64_t n = 60000, k = 1000;
+  std::vector<float> g(n, -1.5f), r(n, 0.0f);
+  for (int64_t i = 0; i < n; i += 3) g[i] = 1.5f;
+  EXPECT_EQ(expect_single_pass_like_cpu(g, r, k, true), 2);
+}
+
+// Few blocks for many tiles (gridDim.x capped at 2): the tile counter hands tiles out and the
+// look-back chains their offsets; ties spread over many tiles.
+TEST(CudaEmuSinglePass, ManyTilesFewBlocksAndTies) {
+  cudaemu::Limits lim;
+  lim.max_grid_x = 2;
+  const Emu emu(8, lim);
+  const int64_t n = 90001;  // 11 tiles
+  std::vector<float> g(n), r(n, 0.0f);
+  std::mt19937 rng(3);
+  for (int64_t i = 0; i < n; ++i) g[i] = static_cast<float>(static_cast<int>(rng() % 64)) * 0.25f;
+  for (int64_t k : {int64_t{900}, int64_t{9000}, int64_t{22000}})
+    expect_single_pass_like_cpu(g, r, k, k == 9000);
+}
+
+TEST(CudaEmuSinglePass, NanIsFlaggedAndOtherCasesAreTheMultiPass) {
+  const Emu emu(2);
+  const int64_t n = 50000, k = 500;
+  auto g = normal(n, 77);
+  auto r = scaled_normal(n, 78, 0.2f);
+  g[4321] = std::numeric_limits<float>::quiet_NaN();
+  Aligned<float> gd(n), rd(n), vd(k), rd2(n), vd2(k);
+  Aligned<int32_t> id(k), id2(k);
+  std::memcpy(gd.p, g.data(), n * 4);
+  std::memcpy(rd.p, r.data(), n * 4);
+  std::memcpy(rd2.p, r.data(), n * 4);
+  const size_t wsb = ct::workspace_bytes_single_pass(n, k, false);
+  Aligned<unsigned char> ws(wsb);
+  unsigned int nan1 = 0, nan2 = 0;
+  ASSERT_EQ(ct::launch_topk_single_pass(gd.p, rd.p, n, k, vd.p, id.p, false, &nan1, ws.p, wsb,
+                                        nullptr),
+            cudaSuccess);
+  ASSERT_EQ(ct::launch_topk(gd.p, rd2.p, n, k, vd2.p, id2.p, false, &nan2, ws.p, wsb, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(nan1, 1u);
+  EXPECT_EQ(nan2, 1u);
+  EXPECT_EQ(std::vector<int32_t>(id.p, id.p + k), std::vector<int32_t>(id2.p, id2.p + k))
+      << "NaN sorts as the largest magnitude in both designs";
+  EXPECT_EQ(std::memcmp(rd.p, rd2.p, n * 4), 0);
+  // k = 0 and no residual: launch_topk's paths (one add kernel; nothing).
+  const unsigned long long before = cudaemu::launches();
+  EXPECT_EQ(ct::launch_topk_single_pass(gd.p, rd.p, n, 0, nullptr, nullptr, false, nullptr,
+                                        nullptr, 0, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(cudaemu::launches() - before, 1u);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 //           acc.index_fill_(0, idx, 0)      — what the default compress_with_feedback costs
 //   plain:  one device pass reading two arrays and writing one (our float4 kernel, and
 //           at::add_out) — the bandwidth floor for anything that must read g and r and write r
+//   single: launch_topk_single_pass (the single-pass design: a sampled threshold, one filtering
+//           pass writing candidates, the exact selection over them), raw launcher, preallocated
+//           workspace — beside the multi-pass raw launcher (the stage table's last column)
 // at N in {1M, 25M, 100M} fp32, k = 1%. Self-timed with CUDA events (mean over iterations after
 // warm-up), no Google Benchmark. Prints a markdown table.
 //   bench_topk_cuda [--md PATH] [--json PATH] [--sizes N,N,...]
@@ -105,9 +108,10 @@ int main(int argc, char** argv) {
   std::ostringstream md;
   md << "## bench_topk_cuda — fused EF + top-k vs chain vs plain pass (fp32, k = 1%)\n\n"
      << "device: " << prop.name << ", " << prop.multiProcessorCount << " SMs\n\n"
-     << "| N | k | fused ms | chain ms | plain kernel ms | at::add_out ms | chain/fused | "
-        "fused/plain | fused GB/s (12 B/elem) | random-k ms | fused idx == chain idx |\n"
-     << "|---|---|---|---|---|---|---|---|---|---|---|\n";
+     << "| N | k | fused ms | single-pass ms | chain ms | plain kernel ms | at::add_out ms | "
+        "chain/fused | fused/plain | chain/single | single/plain | random-k ms | "
+        "fused idx == chain idx | single == fused |\n"
+     << "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::ostringstream stages_md;
   stages_md << "\n### fused, by stage (cumulative ms: stop after stage s; raw launcher, "
                "preallocated workspace)\n\n"
@@ -157,6 +161,29 @@ int main(int argc, char** argv) {
         },
         5, iters);
     const double addout = time_ms([&] { at::add_out(out, g, r0); }, 5, iters);
+    // The single-pass design: the same selection as the fused multi-pass on the same input
+    // (values, indices, residual), then its time with preallocated buffers.
+    bool single_same = false;
+    double single = 0;
+    {
+      const size_t wsb = ct::workspace_bytes_single_pass(n, k, false);
+      at::Tensor ws = at::empty({static_cast<int64_t>(wsb)}, opts.dtype(at::kByte));
+      at::Tensor v = at::empty({k}, opts);
+      at::Tensor ix = at::empty({k}, opts.dtype(at::kInt));
+      at::Tensor rs = r0.clone(), rf = r0.clone();
+      BENCH_CUDA(ct::launch_topk_single_pass(g.data_ptr<float>(), rs.data_ptr<float>(), n, k,
+                                             v.data_ptr<float>(), ix.data_ptr(), false, nullptr,
+                                             ws.data_ptr(), wsb, stream));
+      cddp::Compressed c = ct::topk_cuda_compress_with_feedback(g, &rf, k);
+      single_same = at::equal(ix, c.indices) && at::equal(v, c.values) && at::equal(rs, rf);
+      single = time_ms(
+          [&] {
+            BENCH_CUDA(ct::launch_topk_single_pass(g.data_ptr<float>(), rs.data_ptr<float>(), n, k,
+                                                   v.data_ptr<float>(), ix.data_ptr(), false,
+                                                   nullptr, ws.data_ptr(), wsb, stream));
+          },
+          5, iters);
+    }
     const double randk = time_ms(
         [&] { (void)ct::randomk_cuda_indices(42, 1, 0, n, k, g.device()); }, 5, iters);
 
@@ -181,20 +208,25 @@ int main(int argc, char** argv) {
       stages_md << " | " << fmt(plain) << " |\n";
     }
 
-    const double gbs = 12.0 * static_cast<double>(n) / (fused * 1e-3) / 1e9;
-    md << "| " << n << " | " << k << " | " << fmt(fused) << " | " << fmt(chain) << " | "
-       << fmt(plain) << " | " << fmt(addout) << " | " << fmt(chain / fused, 2) << "x | "
-       << fmt(fused / plain, 2) << "x | " << fmt(gbs, 0) << " | " << fmt(randk) << " | "
-       << (same ? "yes" : "NO") << " |\n";
+    md << "| " << n << " | " << k << " | " << fmt(fused) << " | " << fmt(single) << " | "
+       << fmt(chain) << " | " << fmt(plain) << " | " << fmt(addout) << " | "
+       << fmt(chain / fused, 2) << "x | " << fmt(fused / plain, 2) << "x | "
+       << fmt(chain / single, 2) << "x | " << fmt(single / plain, 2) << "x | " << fmt(randk)
+       << " | " << (same ? "yes" : "NO") << " | " << (single_same ? "yes" : "NO") << " |\n";
     const bool speed = chain / fused >= 3.0;
     const bool floor = fused / plain <= 2.5;
     all_met = all_met && speed && floor;
+    verdict += "single pass at N=" + std::to_string(n) + ": chain/single = " +
+               fmt(chain / single, 2) + "x, single/plain = " + fmt(single / plain, 2) + "x" +
+               (single_same ? "" : " (DIFFERS from the multi-pass selection)") + "\n";
     verdict += "targets at N=" + std::to_string(n) + ", 1%: chain/fused = " + fmt(chain / fused, 2) +
                "x (want >= 3x: " + (speed ? "MET" : "NOT MET") + "), fused/plain = " +
                fmt(fused / plain, 2) + "x (want <= 2.5x: " + (floor ? "MET" : "NOT MET") + ")\n";
     json << (json.tellp() > 1 ? ",\n " : "\n ") << "{\"n\": " << n << ", \"k\": " << k
          << ", \"fused_ms\": " << fmt(fused, 4) << ", \"chain_ms\": " << fmt(chain, 4)
          << ", \"plain_ms\": " << fmt(plain, 4) << ", \"add_out_ms\": " << fmt(addout, 4)
+         << ", \"single_pass_ms\": " << fmt(single, 4)
+         << ", \"single_pass_equals_fused\": " << (single_same ? "true" : "false")
          << ", \"randomk_ms\": " << fmt(randk, 4) << ", \"fused_idx_equals_chain\": "
          << (same ? "true" : "false") << ", \"iters\": " << iters << "}";
     std::cout << "bench_topk_cuda: N=" << n << " done\n" << std::flush;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
@@ -45,6 +46,9 @@ struct State {
   unsigned long long k_rem;        // still to select among keys matching prefix; after K2: need
   unsigned long long cand_count;   // candidates K1 found (may exceed the capacity)
   unsigned long long bucket_count; // elements in the chosen bucket; after K2: #(key == T)
+  unsigned int skip;               // nonzero: K0..K4 on this state return at once (set on the
+                                   // device by the single-pass design's filter, which decides
+                                   // which of its two tails runs; 0 after the memset)
 };
 
 // Workspace layout (offsets from the base, each section 256-byte aligned).
@@ -275,6 +279,7 @@ template <class Src>
 __global__ void __launch_bounds__(kThreads)
 k0_hist(Src src, int64_t n, unsigned long long k, State* st, unsigned long long* ghist,
         unsigned int* nan_flag) {
+  if (st->skip) return;  // uniform: the whole grid skips
   __shared__ unsigned int sh[kBins0];
   smem_hist_clear(sh, kBins0);
   const int64_t ngroups = (n + 3) / 4;
@@ -325,6 +330,7 @@ __global__ void __launch_bounds__(kThreads)
 k1_hist(Src src, int64_t n, int64_t num_tiles, State* st, unsigned long long* ghist,
         unsigned int* tile_gt, unsigned int* tile_eq, unsigned int* cand_key, IdxT* cand_idx,
         unsigned long long cap) {
+  if (st->skip) return;
   __shared__ unsigned int sh[kBins1];
   smem_hist_clear(sh, kBins1);
   const unsigned int b0 = st->prefix >> kShift0;
@@ -363,6 +369,7 @@ template <class Src, typename IdxT>
 __global__ void __launch_bounds__(kThreads)
 k2_hist(Src src, int64_t n, State* st, unsigned long long* ghist, const unsigned int* cand_key,
         unsigned long long cap) {
+  if (st->skip) return;
   __shared__ unsigned int sh[kBins2];
   smem_hist_clear(sh, kBins2);
   const unsigned int p1 = st->prefix >> kShift1;
@@ -399,6 +406,7 @@ __global__ void __launch_bounds__(kThreads)
 k3_tiles(Src src, int64_t n, int64_t num_tiles, State* st, unsigned int* tile_gt,
          unsigned int* tile_eq, unsigned long long* tile_off, unsigned long long* tile_eqb,
          const unsigned int* cand_key, const IdxT* cand_idx, unsigned long long cap) {
+  if (st->skip) return;
   const unsigned int T = st->prefix;
   const unsigned int b0 = T >> kShift0;
   const unsigned long long count = st->cand_count;
@@ -508,6 +516,7 @@ __global__ void __launch_bounds__(kThreads)
 k4_compact(Src src, int64_t n, int64_t num_tiles, const State* st,
            const unsigned long long* tile_off, const unsigned long long* tile_eqb,
            float* out_values, IdxT* out_indices, float* residual) {
+  if (st->skip) return;
   const unsigned int T = st->prefix;
   const long long need = static_cast<long long>(st->k_rem);
   for (int64_t tile = blockIdx.x; tile < num_tiles; tile += gridDim.x) {  // uniform per block
@@ -556,6 +565,170 @@ k4_compact(Src src, int64_t n, int64_t num_tiles, const State* st,
       out_base += gt_tot + clampll(need_rem, eq_tot);
       eq_seen += eq_tot;
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The single-pass design (launch_topk_single_pass; topk_kernels.cuh says why):
+//   S0  K0 over a sample of m evenly spaced elements of acc (computed, not stored): the 11-bit
+//       bucket holding the q-th largest sampled key, q a little above m*k/n. Its lower bound
+//       `lo` is, with high probability, at or below the k-th largest key of the whole array.
+//   S1  sp1_filter: the one pass over the array. acc = g + r into r, and every element with
+//       key >= lo appended, in index order, to a candidate list (tiles taken in order from an
+//       atomic counter, their output offsets chained by a decoupled look-back). The block that
+//       finishes the last tile knows C, the number of candidates, and picks the tail:
+//         k <= C <= cap: the k largest keys of the array are all candidates (everything else
+//           is below lo, and at least k candidates are not) — exact selection over the list;
+//         otherwise (the sample misled, or too many candidates): the multi-pass K0'..K4 over
+//           acc, which is in r by now. Correct either way; only the time differs.
+//   S2  exact: K0..K4 over the list (padded with +0.0 to its capacity: padding sorts below and
+//       after every candidate), whose output positions sp_map turns into indices, zeroing the
+//       residual there. Ties: the list is in index order, so lower position = lower index.
+struct SampleSrc {
+  const float* g;
+  const float* r;
+  int64_t n;  // elements of the array
+  int64_t m;  // sampled: i(s) = floor(s * n / m), s < m
+  static constexpr bool kHasValues = false;
+  static constexpr const char* kName = "sample";
+  __device__ __forceinline__ int load4(int64_t grp, unsigned int key[4], float val[4]) const {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t s = grp * 4 + j;
+      key[j] = 0;
+      val[j] = 0.0f;
+      if (s < m) {
+        const int64_t i = m == n ? s : (s * n) / m;
+        key[j] = mag_key(__fadd_rn(g[i], r[i]));
+      }
+    }
+    const int64_t rem = m - grp * 4;
+    return rem <= 0 ? 0 : (rem >= 4 ? 4 : static_cast<int>(rem));
+  }
+};
+
+struct SpState {
+  unsigned int tiles_taken;  // the atomic tile counter of sp1_filter
+  unsigned int pad;
+  unsigned long long count;  // C, the candidates found (may exceed the capacity)
+};
+
+// Look-back status of a tile: 0 = not yet, A | n = this tile holds n candidates, P | n = the
+// tiles up to and including this one hold n.
+constexpr unsigned long long kStatA = 1ull << 62, kStatP = 2ull << 62;
+constexpr unsigned long long kStatMask = (1ull << 62) - 1;
+
+__device__ __forceinline__ void publish(unsigned long long* p, unsigned long long w) {
+  __threadfence();
+  *reinterpret_cast<volatile unsigned long long*>(p) = w;
+}
+__device__ __forceinline__ unsigned long long peek(const unsigned long long* p) {
+  return *reinterpret_cast<const volatile unsigned long long*>(p);
+}
+
+// S1. Tiles are taken from sp->tiles_taken, so a tile's predecessor was taken earlier by a
+// block that is running and publishes it without waiting on anything later: the look-back
+// spin always ends (it starts at tile 0, which waits on nothing). Under the emulator blocks
+// run one after another and block 0 takes every tile: the spin never spins.
+template <bool kAligned>
+__global__ void __launch_bounds__(kThreads)
+sp1_filter(FusedSrc<kAligned> src, int64_t n, int64_t num_tiles, const State* sample_st,
+           SpState* sp, unsigned long long* status, float* cand_val, int32_t* cand_idx,
+           unsigned long long cap, unsigned long long k, State* exact_st, State* full_st,
+           unsigned int* nan_flag) {
+  __shared__ long long s_tile;
+  __shared__ unsigned long long s_base;
+  const unsigned int lo = sample_st->prefix;  // candidates: key >= lo
+  bool nan = false;
+  for (;;) {
+    if (threadIdx.x == 0) s_tile = static_cast<long long>(atomicAdd(&sp->tiles_taken, 1u));
+    __syncthreads();
+    const int64_t tile = s_tile;
+    if (tile >= num_tiles) break;  // uniform
+    float val[kRounds][4];
+    unsigned int take = 0;          // bit r*4+j: element j of round r is a candidate
+    unsigned long long packed = 0;  // 16 bits per round: this thread's candidates (<= 4)
+#pragma unroll
+    for (int r = 0; r < kRounds; ++r) {
+      const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+      unsigned int key[4];
+      const int cnt = src.load4(g, key, val[r]);
+      unsigned int c = 0;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if (j < cnt) {
+          nan |= key[j] > 0x7f800000u;
+          if (key[j] >= lo) {
+            take |= 1u << (r * 4 + j);
+            ++c;
+          }
+        }
+      }
+      packed |= static_cast<unsigned long long>(c) << (16 * r);
+    }
+    // One scan for the four rounds: each 16-bit field sums to <= 2048 over the block.
+    unsigned long long tot;
+    const unsigned long long excl = block_exclusive_scan(packed, tot);
+    unsigned long long tile_total = 0;
+#pragma unroll
+    for (int r = 0; r < kRounds; ++r) tile_total += (tot >> (16 * r)) & 0xffffu;
+    if (threadIdx.x == 0) {
+      unsigned long long before = 0;
+      if (tile == 0) {
+        publish(&status[0], kStatP | tile_total);
+      } else {
+        publish(&status[tile], kStatA | tile_total);
+        for (int64_t p = tile - 1;;) {
+          const unsigned long long w = peek(&status[p]);
+          if (w == 0) continue;  // its block has the tile and is about to publish
+          before += w & kStatMask;
+          if ((w >> 62) == 2) break;
+          --p;
+        }
+        publish(&status[tile], kStatP | (before + tile_total));
+      }
+      s_base = before;
+      if (tile == num_tiles - 1) {  // every earlier tile is counted: C is known
+        const unsigned long long c = before + tile_total;
+        sp->count = c;
+        const bool exact = c >= k && c <= cap;
+        exact_st->skip = exact ? 0u : 1u;
+        full_st->skip = exact ? 1u : 0u;
+      }
+    }
+    __syncthreads();
+    const unsigned long long base = s_base;
+    unsigned long long round_off = 0;
+#pragma unroll
+    for (int r = 0; r < kRounds; ++r) {
+      const int64_t g = tile * kTileGroups + int64_t{r} * kThreads + threadIdx.x;
+      unsigned long long pos = base + round_off + ((excl >> (16 * r)) & 0xffffu);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        if ((take >> (r * 4 + j)) & 1u) {
+          if (pos < cap) {
+            cand_val[pos] = val[r][j];
+            cand_idx[pos] = static_cast<int32_t>(g * 4 + j);
+          }
+          ++pos;
+        }
+      }
+      round_off += (tot >> (16 * r)) & 0xffffu;
+    }
+  }
+  if (nan_flag != nullptr && nan) *nan_flag = 1u;
+}
+
+// S2's last step: positions in the candidate list -> indices, and the residual zeroed there.
+__global__ void __launch_bounds__(kThreads)
+sp_map(const State* exact_st, int64_t k, const int32_t* pos, const int32_t* cand_idx,
+       int32_t* out_indices, float* residual) {
+  if (exact_st->skip) return;
+  for (int64_t i = int64_t{blockIdx.x} * kThreads + threadIdx.x; i < k;
+       i += int64_t{gridDim.x} * kThreads) {
+    const int32_t idx = cand_idx[pos[i]];
+    out_indices[i] = idx;
+    residual[idx] = 0.0f;
   }
 }
 
@@ -868,6 +1041,48 @@ void clear_stale_error(const char* entry) {
           cudaGetErrorString(e));
 }
 
+// Workspace of the single-pass design. One memset clears everything from the start to the
+// end of the multi-pass tail's state: SpState, the look-back status, the sample's state, the
+// candidate values (their +0.0 padding), the exact tail's layout and the full tail's state.
+constexpr int64_t kSampleSize = 8192;
+
+struct SpLayout {
+  size_t sp, status, sample, cand_val, exact, full, cand_idx, pos, zero_bytes, total;
+  int64_t num_tiles, m, q;
+  unsigned long long cap;
+  Layout sample_l, exact_l, full_l;
+};
+
+SpLayout make_sp_layout(int64_t n, int64_t k) {
+  SpLayout s{};
+  s.num_tiles = std::max<int64_t>(1, (n + kTileElems - 1) / kTileElems);
+  s.m = std::min<int64_t>(n, kSampleSize);
+  if (s.m == n) {
+    s.q = k;  // the sample is the array: the bucket of the k-th largest key, exactly
+  } else {
+    // m*k/n expected in the sample above the k-th largest key; 4 standard deviations and 8 more
+    // make a sample that puts fewer than k elements of the array above lo very unlikely.
+    const double mp = static_cast<double>(s.m) * static_cast<double>(k) / static_cast<double>(n);
+    s.q = std::min<int64_t>(s.m, static_cast<int64_t>(mp + 4.0 * std::sqrt(mp) + 8.0) + 1);
+  }
+  s.cap = static_cast<unsigned long long>(std::min<int64_t>(n, 4 * k + 8192));
+  s.sample_l = make_layout(s.m, false);
+  s.exact_l = make_layout(static_cast<int64_t>(s.cap), false);
+  s.full_l = make_layout(n, false);
+  size_t off = 0;
+  s.sp = off;       off += align256(sizeof(SpState));
+  s.status = off;   off += align256(sizeof(unsigned long long) * s.num_tiles);
+  s.sample = off;   off += align256(s.sample_l.total);
+  s.cand_val = off; off += align256(sizeof(float) * s.cap);
+  s.exact = off;    off += align256(s.exact_l.total);
+  s.full = off;     off += align256(s.full_l.total);
+  s.zero_bytes = s.full + s.full_l.tile_gt;
+  s.cand_idx = off; off += align256(sizeof(int32_t) * s.cap);
+  s.pos = off;      off += align256(sizeof(int32_t) * static_cast<size_t>(k));
+  s.total = off;
+  return s;
+}
+
 // 0 <= k <= n; indices wide enough; workspace big enough and 16-byte aligned when work is
 // to be done (k >= 1).
 cudaError_t check_args(const char* who, int64_t n, int64_t k, bool idx64, void* ws,
@@ -940,6 +1155,100 @@ cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, i
   return topk_impl<int32_t>(L, stages, grad, residual, n, k, out_values,
                             static_cast<int32_t*>(out_indices), nan_flag, workspace, l);
 }
+
+size_t workspace_bytes_single_pass(int64_t n, int64_t k, bool indices_int64) {
+  const size_t multi = workspace_bytes(n, indices_int64);
+  if (indices_int64 || n < 1 || k < 1 || k > n) return multi;
+  return std::max(multi, make_sp_layout(n, k).total);
+}
+
+cudaError_t launch_topk_single_pass(const float* grad, float* residual, int64_t n, int64_t k,
+                                    float* out_values, void* out_indices, bool indices_int64,
+                                    unsigned int* nan_flag, void* workspace,
+                                    size_t workspace_size, cudaStream_t stream) {
+  // Outside the design (no residual to fuse, int64 indices, nothing to select): the multi-pass.
+  if (residual == nullptr || indices_int64 || k < 1 || n < 1 || k > n)
+    return launch_topk(grad, residual, n, k, out_values, out_indices, indices_int64, nan_flag,
+                       workspace, workspace_size, stream);
+  t_detail.clear();
+  CDDP_TRY(check_args("launch_topk_single_pass", n, k, false, workspace, workspace_size));
+  const SpLayout sl = make_sp_layout(n, k);
+  if (workspace_size < sl.total)
+    return fail(cudaErrorInvalidValue, "launch_topk_single_pass: workspace of " +
+                                           std::to_string(workspace_size) + " bytes, " +
+                                           std::to_string(sl.total) + " needed");
+  if (grad == nullptr || out_values == nullptr || out_indices == nullptr)
+    return fail(cudaErrorInvalidValue, "launch_topk_single_pass: null pointer");
+  clear_stale_error("launch_topk_single_pass");
+  trace("launch_topk_single_pass n=%lld k=%lld sample=%lld q=%lld cap=%llu",
+        static_cast<long long>(n), static_cast<long long>(k), static_cast<long long>(sl.m),
+        static_cast<long long>(sl.q), sl.cap);
+  const Launcher L{device_info(), stream};
+  void* ws = workspace;
+  auto* sp = at_offset<SpState>(ws, sl.sp);
+  auto* status = at_offset<unsigned long long>(ws, sl.status);
+  void* sample_ws = at_offset<unsigned char>(ws, sl.sample);
+  void* exact_ws = at_offset<unsigned char>(ws, sl.exact);
+  void* full_ws = at_offset<unsigned char>(ws, sl.full);
+  State* sample_st = at_offset<State>(sample_ws, sl.sample_l.state);
+  State* exact_st = at_offset<State>(exact_ws, sl.exact_l.state);
+  State* full_st = at_offset<State>(full_ws, sl.full_l.state);
+  auto* cand_val = at_offset<float>(ws, sl.cand_val);
+  auto* cand_idx = at_offset<int32_t>(ws, sl.cand_idx);
+  auto* pos = at_offset<int32_t>(ws, sl.pos);
+  auto* idx_out = static_cast<int32_t*>(out_indices);
+  const bool al = aligned16(grad) && aligned16(residual);
+
+  CDDP_TRY(memset_async(L, ws, sl.zero_bytes, "single-pass state+status+candidates"));
+  // S0: the sample's bucket.
+  CDDP_TRY(launch_k0(L, SampleSrc{grad, residual, n, sl.m}, sl.m, sl.q, sample_st,
+                     at_offset<unsigned long long>(sample_ws, sl.sample_l.hist), nullptr));
+  // S1: the one pass.
+  const int64_t g1 = tile_grid(L.dev, sl.num_tiles, true);
+  const auto kk = static_cast<unsigned long long>(k);
+  if (al)
+    CDDP_TRY(launch(L, "sp1_filter", "fused", &sp1_filter<true>, g1, kScanSmem + 16,
+                    FusedSrc<true>{grad, residual, n}, n, sl.num_tiles,
+                    static_cast<const State*>(sample_st), sp, status, cand_val, cand_idx, sl.cap,
+                    kk, exact_st, full_st, nan_flag));
+  else
+    CDDP_TRY(launch(L, "sp1_filter", "fused,unaligned", &sp1_filter<false>, g1, kScanSmem + 16,
+                    FusedSrc<false>{grad, residual, n}, n, sl.num_tiles,
+                    static_cast<const State*>(sample_st), sp, status, cand_val, cand_idx, sl.cap,
+                    kk, exact_st, full_st, nan_flag));
+  // S2, exact over the candidate list (skipped on the device unless k <= C <= cap).
+  const int64_t cap = static_cast<int64_t>(sl.cap);
+  const ReadSrc<true> list{cand_val, cap};  // cand_val is 256-byte aligned
+  CDDP_TRY(launch_k0(L, list, cap, k, exact_st,
+                     at_offset<unsigned long long>(exact_ws, sl.exact_l.hist), nullptr));
+  CDDP_TRY((run_select_tail<ReadSrc<true>, int32_t, false>(L, 5, list, cap, sl.exact_l, exact_ws,
+                                                           out_values, pos, nullptr)));
+  CDDP_TRY(launch(L, "sp_map", "exact", &sp_map, stream_grid(L.dev, k), 0,
+                  static_cast<const State*>(exact_st), k, static_cast<const int32_t*>(pos),
+                  static_cast<const int32_t*>(cand_idx), idx_out, residual));
+  // S2, otherwise: the multi-pass over acc, now in the residual (skipped unless needed).
+  State* fst = full_st;
+  auto* fhist = at_offset<unsigned long long>(full_ws, sl.full_l.hist);
+  if (al) {
+    CDDP_TRY(launch_k0(L, ReadSrc<true>{residual, n}, n, k, fst, fhist, nullptr));
+    return run_select_tail<ReadSrc<true>, int32_t, true>(L, 5, ReadSrc<true>{residual, n}, n,
+                                                         sl.full_l, full_ws, out_values, idx_out,
+                                                         residual);
+  }
+  CDDP_TRY(launch_k0(L, ReadSrc<false>{residual, n}, n, k, fst, fhist, nullptr));
+  return run_select_tail<ReadSrc<false>, int32_t, true>(L, 5, ReadSrc<false>{residual, n}, n,
+                                                        sl.full_l, full_ws, out_values, idx_out,
+                                                        residual);
+}
+
+#if defined(CDDP_CUDA_EMULATION)
+int single_pass_tail_for_tests(const void* workspace, int64_t n, int64_t k) {
+  const SpLayout sl = make_sp_layout(n, k);
+  const auto* exact_st = reinterpret_cast<const State*>(static_cast<const unsigned char*>(workspace) +
+                                                        sl.exact + sl.exact_l.state);
+  return exact_st->skip ? 2 : 1;
+}
+#endif
 
 cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
                            void* out_indices, bool indices_int64, void* workspace,

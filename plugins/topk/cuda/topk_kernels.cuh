@@ -81,6 +81,27 @@ cudaError_t launch_topk_stages(int stages, const float* grad, float* residual, i
                                bool indices_int64, unsigned int* nan_flag, void* workspace,
                                size_t workspace_size, cudaStream_t stream);
 
+// The single-pass design of issue #15, for the fused case (a residual, int32 indices): the
+// array is read once — acc = g + r written back, and every element at or above a threshold
+// taken from a sample of 8192 elements appended in index order to a candidate list — then
+// the exact selection runs over the list (about 1-4 % of n at k = 1 %). When the sample
+// misleads (fewer than k candidates, or more than 4k + 8192), the device falls back to the
+// multi-pass selection over acc by itself; nothing is read back. Same arguments, same result
+// bit for bit as launch_topk (tests/gpu/cuda_launch_emu_test.cpp checks both tails under the
+// emulator); workspace_bytes_single_pass(n, k, ...) bytes of workspace. Outside its case (no
+// residual, int64 indices, k == 0) it is launch_topk. Timed against launch_topk by
+// bench_topk_cuda; not yet what the bridge calls (it has not run on a GPU).
+size_t workspace_bytes_single_pass(int64_t n, int64_t k, bool indices_int64);
+cudaError_t launch_topk_single_pass(const float* grad, float* residual, int64_t n, int64_t k,
+                                    float* out_values, void* out_indices, bool indices_int64,
+                                    unsigned int* nan_flag, void* workspace,
+                                    size_t workspace_size, cudaStream_t stream);
+#if defined(CDDP_CUDA_EMULATION)
+// Emulator tests only (reads the workspace on the host): which tail the last
+// launch_topk_single_pass on this workspace took — 1: exact over the candidates, 2: fallback.
+int single_pass_tail_for_tests(const void* workspace, int64_t n, int64_t k);
+#endif
+
 // Seeded random-k: the k indices of smallest Philox priority (see above), ascending.
 // 0 <= k <= n (k == 0: nothing is launched). out_indices as for launch_topk.
 cudaError_t launch_randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n,
