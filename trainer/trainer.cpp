@@ -390,11 +390,26 @@ void Run::connect() {
     throw ConfigError("environment: error: " + error_text(e));
   }
   const auto timeout = std::chrono::milliseconds(int64_t(cfg_.distributed.timeout_s * 1000));
+  // CUDA tensors between ranks: NCCL, unless the config says "gloo", or says "auto" and the
+  // local ranks outnumber the GPUs — NCCL refuses two ranks on one device ("Duplicate GPU
+  // detected"), so ranks sharing a GPU stage their CUDA tensors through the host over Gloo.
+  bool cuda_over_gloo = cfg_.distributed.backend == "gloo";
+  if (denv_.world_size > 1 && resolve_device(cfg_, nullptr) == "cuda") {
+    const int gpus = std::max(1, int(at::getNumGPUs()));
+    if (denv_.local_world_size > gpus) {
+      if (cfg_.distributed.backend == "nccl")
+        throw ConfigError(cfg_.source + ": error: distributed.backend = \"nccl\" with " +
+                          std::to_string(denv_.local_world_size) + " local ranks on " + std::to_string(gpus) +
+                          " GPU(s): NCCL refuses two ranks on one device; use \"gloo\" (or \"auto\"), which "
+                          "stages CUDA tensors through the host");
+      if (cfg_.distributed.backend == "auto") cuda_over_gloo = true;
+    }
+  }
   if (denv_.world_size > 1)
     log_->info("rendezvous: {} waiting for {} ranks (distributed.timeout_s = {})", denv_.describe(),
                denv_.world_size, cfg_.distributed.timeout_s);
   try {
-    comm_ = cddp::connect(denv_, timeout, ctx_.stop);
+    comm_ = cddp::connect(denv_, timeout, ctx_.stop, cuda_over_gloo);
   } catch (const std::exception& e) {
     throw RuntimeFailure("rendezvous failed (" + denv_.describe() + "): " + error_text(e));
   }
@@ -412,7 +427,11 @@ void Run::setup() {
   const int64_t threads = cfg_.run.threads > 0 ? cfg_.run.threads : std::max<int64_t>(1, cores / local);
   at::set_num_threads(int(threads));
   device_name_ = resolve_device(cfg_, rank_ == 0 ? log_.get() : nullptr);
-  device_ = at::Device(device_name_ == "cuda" ? at::kCUDA : at::kCPU, device_name_ == "cuda" ? denv_.local_rank : -1);
+  // One GPU per local rank when there are enough; otherwise ranks share them round-robin
+  // (local rank r on cuda:r % GPUs — two processes on one H200 in tools/gpu/check.sh).
+  const int gpus = device_name_ == "cuda" ? std::max(1, int(at::getNumGPUs())) : 1;
+  device_ = at::Device(device_name_ == "cuda" ? at::kCUDA : at::kCPU,
+                       device_name_ == "cuda" ? static_cast<c10::DeviceIndex>(denv_.local_rank % gpus) : -1);
   log_->info("rank {}/{}: {} intra-op threads, device {}", rank_, world_, threads, device_.str());
 
   auto t = Clock::now();

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <string>
 #include <vector>
 
 namespace ct = cddp::topk_cuda;
@@ -175,19 +176,28 @@ TEST(TopkKernelsEmu, RejectsBadArguments) {
   float g[100] = {};
   float v[100];
   int32_t idx[100];
-  EXPECT_EQ(ct::launch_topk(g, nullptr, 100, 0, v, idx, false, nullptr, ws.data(), ws.size(),
+  EXPECT_EQ(ct::launch_topk(g, nullptr, 100, -1, v, idx, false, nullptr, ws.data(), ws.size(),
                             nullptr),
             cudaErrorInvalidValue);
   EXPECT_EQ(ct::launch_topk(g, nullptr, 100, 101, v, idx, false, nullptr, ws.data(), ws.size(),
                             nullptr),
             cudaErrorInvalidValue);
+  EXPECT_NE(std::string(ct::last_error_detail()).find("out of range"), std::string::npos)
+      << ct::last_error_detail();
   EXPECT_EQ(ct::launch_topk(g, nullptr, 100, 5, v, idx, false, nullptr, ws.data(), 8, nullptr),
             cudaErrorInvalidValue);
+  EXPECT_NE(std::string(ct::last_error_detail()).find("workspace"), std::string::npos)
+      << ct::last_error_detail();
   EXPECT_EQ(ct::launch_randomk(1, 1, 0, int64_t{1} << 31, 5, idx, false, ws.data(), ws.size(),
                                nullptr),
             cudaErrorInvalidValue);  // needs int64 indices
   EXPECT_TRUE(ct::needs_int64_indices(int64_t{1} << 31));
   EXPECT_FALSE(ct::needs_int64_indices((int64_t{1} << 31) - 1));
+  // A good call clears the detail.
+  EXPECT_EQ(ct::launch_topk(g, nullptr, 100, 5, v, idx, false, nullptr, ws.data(), ws.size(),
+                            nullptr),
+            cudaSuccess);
+  EXPECT_STREQ(ct::last_error_detail(), "");
 }
 
 // The benchmark's stage-limited launcher: every prefix of the sequence runs; all five stages

@@ -5,7 +5,9 @@
 // world_size ranks have joined; then a Gloo process group (CPU tensors) is set up over that
 // store. When cddp is compiled with USE_C10D_NCCL, the first collective on a CUDA tensor
 // creates an NCCL process group over the same store (every rank must then pass CUDA tensors
-// in the same call, as with any collective).
+// in the same call, as with any collective). With cuda_over_gloo, CUDA tensors go through Gloo
+// instead, staged through host memory: what several ranks sharing one GPU need, since NCCL
+// refuses two ranks on one device.
 //
 // Failures never hang: the store, the rendezvous and every collective are bounded by
 // `timeout`. A failed collective throws c10::Error naming the rank(s) that did not answer
@@ -46,6 +48,9 @@ struct C10dOptions {
   // reads non-zero (a SIGINT/SIGTERM handler's flag, holding the signal number) the wait ends
   // within about 0.1–1 s with a c10::Error saying so, instead of running out the timeout.
   const std::atomic<int>* stop = nullptr;
+  // CUDA tensors: false — NCCL (needs USE_C10D_NCCL and one GPU per rank); true — copied to
+  // the host, reduced / gathered / broadcast over Gloo, copied back (slower, any layout).
+  bool cuda_over_gloo = false;
 };
 
 class C10dCommunicator final : public Communicator {
@@ -60,7 +65,8 @@ class C10dCommunicator final : public Communicator {
 
   int rank() const override;
   int world_size() const override;
-  std::string backend_name() const override;  // "gloo", or "gloo+nccl" once NCCL is up
+  std::string backend_name() const override;  // "gloo", "gloo+nccl" once NCCL is up, or
+                                               // "gloo (cuda staged)" with cuda_over_gloo
 
   void allreduce_sum_(at::Tensor& tensor) override;
   std::vector<at::Tensor> allgather(const at::Tensor& tensor) override;

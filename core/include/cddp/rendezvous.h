@@ -56,9 +56,10 @@ std::string first_slurm_host(const std::string& nodelist);
 // after a TCPStore rendezvous bounded by `timeout` (a port in use, a missing rank or an
 // unreachable master throw c10::Error saying address:port, time waited and ranks joined).
 // `stop`, when given, is polled while waiting (see C10dOptions::stop): a signal handler's flag
-// ends a rank that waits for its peers within about a second.
+// ends a rank that waits for its peers within about a second. cuda_over_gloo:
+// C10dOptions::cuda_over_gloo (CUDA tensors through Gloo, not NCCL).
 std::shared_ptr<Communicator> connect(const DistEnv& env,
                                       std::chrono::milliseconds timeout = std::chrono::seconds(60),
-                                      const std::atomic<int>* stop = nullptr);
+                                      const std::atomic<int>* stop = nullptr, bool cuda_over_gloo = false);
 
 }  // namespace cddp

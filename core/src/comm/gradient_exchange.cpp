@@ -259,7 +259,10 @@ void GradientExchange::pack(const std::vector<SparseSlot>& slots, const Layout& 
     const Compressed& c = *slots[i].local;
     const int64_t n = c.count();
     if (n == 0) continue;
-    at::Tensor vb = as_bytes(c.values.to(c.dtype)), idx = c.indices.to(index_dtype_for(c.numel)).contiguous();
+    // The packed buffer is host memory: a selection made on a GPU is brought over first (the
+    // index coding and the reorder below read raw host pointers).
+    at::Tensor vb = as_bytes(c.values.to(at::kCPU, c.dtype)),
+               idx = c.indices.to(at::kCPU, index_dtype_for(c.numel)).contiguous();
     order.clear();
     if (detail::block16(coding_, n, c.numel))
       detail::encode_block16(idx, c.numel, packed.data_ptr<uint8_t>() + mine.index_offset[i], order);
@@ -334,8 +337,18 @@ void GradientExchange::decode_mean(SparseSlot& slot, const OutputPlan& plan, con
     return;
   }
   clear_stale(avg, stale);  // mean_raw wrote nothing
+  // Other dtypes and devices: the codec's own decode, and ATen for the division. The parts are
+  // views of the host buffers gathered: an output on a GPU gets them copied over.
+  std::vector<Compressed> on_device;
+  if (!avg.is_cpu())
+    for (Compressed c : parts) {
+      c.values = c.values.to(avg.device());
+      c.indices = c.indices.to(avg.device());
+      on_device.push_back(std::move(c));
+    }
+  const std::vector<Compressed>& use = avg.is_cpu() ? parts : on_device;
   int64_t touched = 0;
-  for (const auto& c : parts) {
+  for (const auto& c : use) {
     slot.codec->decompress_add_(c, avg);
     touched += c.count();
   }
@@ -343,14 +356,14 @@ void GradientExchange::decode_mean(SparseSlot& slot, const OutputPlan& plan, con
     avg.div_(world);
   } else {  // index_select reads every entry before index_put_ writes: duplicates are harmless
     std::vector<at::Tensor> longs;
-    for (const auto& c : parts) longs.push_back(c.indices.to(at::kLong));
+    for (const auto& c : use) longs.push_back(c.indices.to(at::kLong));
     at::Tensor idx = at::cat(longs);
     at::Tensor flat = avg.view(-1);
     flat.index_put_({idx}, flat.index_select(0, idx).div_(world));
   }
   if (written)  // decompress_add_ wrote the selected entries only; +0 / W is +0 elsewhere
     for (const auto& c : parts) {
-      at::Tensor idx = c.indices.to(at::kLong).contiguous();
+      at::Tensor idx = c.indices.to(at::kCPU, at::kLong).contiguous();
       written->insert(written->end(), idx.data_ptr<int64_t>(), idx.data_ptr<int64_t>() + idx.numel());
     }
   end_output(slot, written != nullptr, Written::Listed);

@@ -535,15 +535,23 @@ bool C10dCommunicator::nccl_available() {
 }
 
 std::string C10dCommunicator::backend_name() const {
+  if (impl_->opt.cuda_over_gloo) return "gloo (cuda tensors staged through the host)";
 #ifdef USE_C10D_NCCL
   if (impl_->nccl) return "gloo+nccl";
 #endif
   return "gloo";
 }
 
+// With cuda_over_gloo a CUDA tensor is worked on as a host copy (Gloo), then copied back.
+namespace {
+bool staged(const at::Tensor& t, const C10dOptions& o) { return o.cuda_over_gloo && t.is_cuda(); }
+}  // namespace
+
 void C10dCommunicator::allreduce_sum_(at::Tensor& tensor) {
   TORCH_CHECK(tensor.defined(), "C10dCommunicator::allreduce_sum_: undefined tensor");
-  at::Tensor work = tensor.is_contiguous() ? tensor : tensor.contiguous();
+  at::Tensor work = staged(tensor, impl_->opt) ? tensor.to(at::kCPU).contiguous()
+                    : tensor.is_contiguous()   ? tensor
+                                               : tensor.contiguous();
   std::vector<at::Tensor> tensors{work};
   auto& backend = impl_->backend_for(work);
   c10d::AllreduceOptions opts;
@@ -560,27 +568,44 @@ std::vector<at::Tensor> C10dCommunicator::allgather(const at::Tensor& tensor) {
 
 void C10dCommunicator::allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) {
   TORCH_CHECK(tensor.defined(), "C10dCommunicator::allgather: undefined tensor");
-  at::Tensor in = tensor.contiguous();
+  const bool stage = staged(tensor, impl_->opt);
+  at::Tensor in = stage ? tensor.to(at::kCPU).contiguous() : tensor.contiguous();
   std::vector<at::Tensor> inputs{in};
   std::vector<std::vector<at::Tensor>> outputs(1);
   const int W = impl_->opt.world_size;
-  for (int r = 0; r < W; ++r) {
-    const bool reuse = r < int(out.size()) && out[r].defined() && out[r].is_contiguous() &&
-                       out[r].sizes() == in.sizes() && out[r].scalar_type() == in.scalar_type() &&
-                       out[r].device() == in.device() && !out[r].is_same(in);
-    outputs[0].push_back(reuse ? out[r] : at::empty_like(in, at::MemoryFormat::Contiguous));
-  }
+  auto reusable = [&](int r) {
+    return r < int(out.size()) && out[r].defined() && out[r].is_contiguous() &&
+           out[r].sizes() == in.sizes() && out[r].scalar_type() == in.scalar_type() &&
+           out[r].device() == tensor.device() && !out[r].is_same(tensor);
+  };
+  for (int r = 0; r < W; ++r)
+    outputs[0].push_back(!stage && reusable(r) ? out[r] : at::empty_like(in, at::MemoryFormat::Contiguous));
   auto& backend = impl_->backend_for(in);
   // List allgather, not _allgather_base: Gloo in 1.13 has no flat variant. Equal shapes only.
   impl_->run("allgather", [&] { return backend.allgather(outputs, inputs, c10d::AllgatherOptions()); });
-  out = std::move(outputs[0]);
+  if (!stage) {
+    out = std::move(outputs[0]);
+    return;
+  }
+  std::vector<at::Tensor> back(W);
+  for (int r = 0; r < W; ++r) {
+    if (reusable(r)) {
+      out[r].copy_(outputs[0][r]);
+      back[r] = out[r];
+    } else {
+      back[r] = outputs[0][r].to(tensor.device());
+    }
+  }
+  out = std::move(back);
 }
 
 void C10dCommunicator::broadcast_(at::Tensor& tensor, int root) {
   TORCH_CHECK(tensor.defined(), "C10dCommunicator::broadcast_: undefined tensor");
   TORCH_CHECK(root >= 0 && root < impl_->opt.world_size, "C10dCommunicator::broadcast_: root ", root,
               " is outside [0, ", impl_->opt.world_size, ")");
-  at::Tensor work = tensor.is_contiguous() ? tensor : tensor.contiguous();
+  at::Tensor work = staged(tensor, impl_->opt) ? tensor.to(at::kCPU).contiguous()
+                    : tensor.is_contiguous()   ? tensor
+                                               : tensor.contiguous();
   std::vector<at::Tensor> tensors{work};
   auto& backend = impl_->backend_for(work);
   c10d::BroadcastOptions opts;

@@ -173,7 +173,8 @@ DistEnv parse_dist_env(const EnvMap& env) {
 }
 
 std::shared_ptr<Communicator> connect(const DistEnv& env, std::chrono::milliseconds timeout,
-                                      const std::atomic<int>* stop) {
+                                      const std::atomic<int>* stop,
+                                      bool cuda_over_gloo) {
   TORCH_CHECK(env.world_size >= 1, "connect: world size must be >= 1, got ", env.world_size);
   if (env.world_size == 1) return std::make_shared<LocalCommunicator>();
   C10dOptions o;
@@ -184,6 +185,7 @@ std::shared_ptr<Communicator> connect(const DistEnv& env, std::chrono::milliseco
   o.timeout = timeout;
   o.gloo_interface = env.gloo_interface;
   o.stop = stop;
+  o.cuda_over_gloo = cuda_over_gloo;
   return std::make_shared<C10dCommunicator>(o);
 }
 

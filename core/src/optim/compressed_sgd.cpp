@@ -13,6 +13,7 @@
 #include "typed_options.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
@@ -25,6 +26,18 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double ms_since(Clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+}
+
+// On an accelerator the compressors only enqueue work: compress_ms is timed to its completion
+// (the current stream synchronised before and after), or it would be the launch overhead alone.
+// The non-finite check's .item() has just waited on the device, so the first wait is free; the
+// second costs one round trip per step. A no-op on CPU.
+void wait_for_device(const std::vector<detail::TensorStep>& tensors) {
+  for (const auto& t : tensors)
+    if (!t.p.is_cpu()) {
+      c10::impl::VirtualGuardImpl(t.p.device().type()).getStream(t.p.device()).synchronize();
+      return;
+    }
 }
 }  // namespace
 
@@ -173,12 +186,14 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
 
   // 3. Route each tensor (decided per step, logged when it changes), then compress locally:
   //    error feedback and DGC momentum included. Nothing has left this rank yet.
+  wait_for_device(tensors);  // on an accelerator, time the compression to its completion
   const auto t_compress = Clock::now();
   for (auto& t : tensors) t.state = &state_for(t.p);
   detail::RoutedTensors routed =
       detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
   detail::rescale_residuals_to_lr(tensors);
   detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, st);
+  wait_for_device(tensors);
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent.

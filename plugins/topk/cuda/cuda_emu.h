@@ -7,7 +7,8 @@
 // releases when every live thread of the block waits on it; warp collectives (__shfl*_sync,
 // __ballot_sync, __match_any_sync) release when all 32 lanes of the warp wait on one. A thread
 // that waits on anything else at that point is a divergence bug: the emulator aborts with a
-// message (on a GPU that would be a hang or undefined behaviour).
+// message (on a GPU that would be a hang or undefined behaviour). Launches are checked against
+// settable Limits and fail the way a real launch does; cudaGetLastError() reports that.
 #pragma once
 
 #include <ucontext.h>
@@ -32,19 +33,29 @@ struct alignas(16) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 using cudaStream_t = struct CUstream_emu*;
-enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1 };
+// The real codes and messages of the few errors the launchers can meet.
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorInvalidConfiguration = 9 };
 enum cudaDeviceAttr { cudaDevAttrMultiProcessorCount = 16 };
-inline cudaError_t cudaGetLastError() { return cudaSuccess; }
-inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
-  std::memset(p, v, n);
-  return cudaSuccess;
+inline const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+  }
+  return "unknown error";
 }
-inline const char* cudaGetErrorString(cudaError_t e) { return e == cudaSuccess ? "ok" : "invalid"; }
 
 namespace cudaemu {
 
 enum class Wait { None, Block, Warp, Done };
+
+// Launch limits the emulated device enforces, as a real one does (an over-limit launch fails
+// with cudaErrorInvalidConfiguration and runs nothing). Tests lower them to reach the limit
+// with small arrays.
+struct Limits {
+  long long max_threads_per_block = 1024;
+  long long max_grid_x = 2147483647;
+};
 
 struct Fiber {
   ucontext_t ctx;
@@ -64,6 +75,8 @@ struct Runtime {
   // collective ahead of a lane that has not read the previous one yet.
   std::vector<unsigned long long> slots;  // [warp][parity][lane]
   int sm_count = 2;
+  Limits limits;
+  cudaError_t last_error = cudaSuccess;  // what cudaGetLastError() returns (and clears)
 };
 
 inline Runtime& rt() {
@@ -73,6 +86,12 @@ inline Runtime& rt() {
 
 inline int sm_count() { return rt().sm_count; }
 inline void set_sm_count(int n) { rt().sm_count = n; }
+inline const Limits& limits() { return rt().limits; }
+inline void set_limits(const Limits& l) { rt().limits = l; }
+inline unsigned long long& launches() {  // kernels run so far (tests count them)
+  static unsigned long long n = 0;
+  return n;
+}
 
 inline void fiber_entry() {
   Runtime& r = rt();
@@ -144,8 +163,14 @@ inline void run_block(unsigned int threads) {
   }
 }
 
-inline void launch(unsigned int grid, unsigned int threads, std::function<void()> body) {
+inline cudaError_t launch(unsigned int grid, unsigned int threads, std::function<void()> body) {
   Runtime& r = rt();
+  if (grid == 0 || threads == 0 || grid > r.limits.max_grid_x ||
+      threads > r.limits.max_threads_per_block) {
+    r.last_error = cudaErrorInvalidConfiguration;
+    return cudaErrorInvalidConfiguration;
+  }
+  ++launches();
   r.body = std::move(body);
   r.grid_dim = dim3_emu{grid, 1, 1};
   r.block_dim = dim3_emu{threads, 1, 1};
@@ -153,6 +178,7 @@ inline void launch(unsigned int grid, unsigned int threads, std::function<void()
     r.block_idx = dim3_emu{b, 0, 0};
     run_block(threads);
   }
+  return cudaSuccess;
 }
 
 // Exchange one 64-bit word with the other lanes of the warp; returns the slot row.
@@ -186,6 +212,17 @@ T from_bits(unsigned long long b) {
 #define blockIdx (::cudaemu::rt().block_idx)
 #define gridDim (::cudaemu::rt().grid_dim)
 #define blockDim (::cudaemu::rt().block_dim)
+
+inline cudaError_t cudaGetLastError() {
+  const cudaError_t e = ::cudaemu::rt().last_error;
+  ::cudaemu::rt().last_error = cudaSuccess;
+  return e;
+}
+inline cudaError_t cudaGetDevice(int* d) { *d = 0; return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t n, cudaStream_t) {
+  std::memset(p, v, n);
+  return cudaSuccess;
+}
 
 inline void __syncthreads() { ::cudaemu::yield_wait(::cudaemu::Wait::Block); }
 inline void __threadfence() {}
