@@ -267,7 +267,12 @@ struct Trampolines {
 // Defines the plugin's ABI-v2 entry point. CLASS needs a constructor taking
 // `const cddp::ParamMap&` that validates with cddp::ParamReader. PARAM_SPECS is a static array
 // of cddp::ParamSpec; CAPS one of the CDDP_CAPS_* above (or a cddp_plugin_caps of your own).
-#define CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS, CAPS)            \
+#define CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS, CAPS) \
+  CDDP_DEFINE_COMPRESSOR_PLUGIN_V2_N(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS,              \
+                                     sizeof(PARAM_SPECS) / sizeof(PARAM_SPECS[0]), CAPS)
+// The same with an explicit parameter count: 0 for a plugin that takes no parameters
+// (PARAM_SPECS may then be nullptr).
+#define CDDP_DEFINE_COMPRESSOR_PLUGIN_V2_N(CLASS, NAME, VERSION, DESCRIPTION, PARAM_SPECS, NUM_PARAMS, CAPS) \
   CDDP_PLUGIN_EXPORT const cddp_plugin_info* cddp_compressor_plugin_v2() {                                \
     using T_ = ::cddp::plugin_detail::Trampolines<CLASS>;                                                 \
     static const cddp_plugin_info info = {CDDP_PLUGIN_ABI_VERSION,                                        \
@@ -278,7 +283,7 @@ struct Trampolines {
                                           CDDP_TORCH_VERSION_STRING,                                      \
                                           CDDP_CXX11_ABI,                                                 \
                                           PARAM_SPECS,                                                    \
-                                          sizeof(PARAM_SPECS) / sizeof(PARAM_SPECS[0]),                   \
+                                          NUM_PARAMS,                                                     \
                                           CAPS,                                                           \
                                           &T_::create,                                                    \
                                           &T_::destroy,                                                   \

@@ -1,0 +1,77 @@
+// natural_compressor.cpp — NaturalCompressor: stochastic rounding to powers of two on the
+// float32 bit pattern, 9-bit codes.
+#include "natural_compressor.h"
+
+#include "quantizer_support.h"
+
+#include <cmath>
+#include <cstring>
+
+namespace cddp::natural {
+
+extern const ParamSpec* const kNaturalParams;
+
+namespace {
+uint32_t bits_of(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return b;
+}
+float float_of(uint32_t b) {
+  float f;
+  std::memcpy(&f, &b, 4);
+  return f;
+}
+}  // namespace
+
+NaturalCompressor::NaturalCompressor(const ParamMap& params) { ParamReader("natural", kNaturalParams, 0, params); }
+
+Payload NaturalCompressor::encode(const at::Tensor& acc, PluginState&, const CompressContext& ctx) {
+  const at::Tensor x = quant::checked_input("natural", acc, ctx);
+  Payload p = quant::payload_like(acc, ctx);
+  const int64_t n = x.numel();
+  const float* v = x.data_ptr<float>();
+  at::Tensor codes = at::zeros({quant::packed_bytes(n, kBits)}, at::kByte);
+  quant::BitWriter out(codes.data_ptr<uint8_t>(), kBits);
+  quant::Uniforms u(quant::stream_for(ctx, quant::kTagNatural));
+  constexpr float kMinNormal = 1.17549435e-38f;  // 2^−126, exponent field 1
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = bits_of(v[i]);
+    const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
+    uint32_t e = exponent;
+    if (exponent == 0) {  // zero or subnormal: 0 or 2^−126, up with probability |v|/2^−126
+      e = mantissa != 0 && double(u.at(i)) < double(std::fabs(v[i])) / double(kMinNormal) ? 1u : 0u;
+    } else if (mantissa != 0) {  // (|v| − 2^e)/2^e is the mantissa's fraction, exactly
+      const bool up = double(u.at(i)) < double(mantissa) * (1.0 / 8388608.0);
+      e = std::min<uint32_t>(exponent + (up ? 1u : 0u), 254u);  // 255 would be Inf
+    }
+    out.put(sign << 8 | e);
+  }
+  p.parts = {codes};
+  return p;
+}
+
+void NaturalCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {
+  const int64_t n = p.numel;
+  TORCH_CHECK(p.parts.size() == 1 && p.parts[0].numel() == quant::packed_bytes(n, kBits),
+              "natural: payload does not have the 9-bit layout");
+  TORCH_CHECK(dense.is_contiguous() && dense.numel() == n, "natural: decode_add_ needs ", n, " contiguous entries");
+  quant::BitReader in(p.parts[0].data_ptr<uint8_t>(), kBits);
+  AT_DISPATCH_FLOATING_TYPES(dense.scalar_type(), "natural_decode", [&] {
+    scalar_t* d = dense.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t c = in.get();
+      d[i] += static_cast<scalar_t>(float_of((c >> 8) << 31 | (c & 0xFFu) << 23));  // ±2^(e−127), mantissa 0
+    }
+  });
+}
+
+void NaturalCompressor::combine(const std::vector<Payload>& ranks, at::Tensor& average) const {
+  quant::mean_of_decodes(*this, ranks, average);
+}
+
+int64_t NaturalCompressor::wire_bytes(const std::vector<int64_t>& shape, at::ScalarType, double) const {
+  return quant::packed_bytes(quant::numel_of(shape), kBits);
+}
+
+}  // namespace cddp::natural

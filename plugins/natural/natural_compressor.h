@@ -1,0 +1,35 @@
+// natural_compressor.h — natural compression (Horváth et al., 2019, "Natural Compression for
+// Distributed Deep Learning"), a Gather payload: each entry is rounded stochastically to one
+// of the two powers of two around it, so only its sign and exponent travel.
+//
+//   for 2^e ≤ |v_i| < 2^(e+1):   C(v)_i = sign(v_i) · 2^(e+1)   with probability (|v_i| − 2^e)/2^e
+//                                          sign(v_i) · 2^e       otherwise
+// Unbiased: E[C(v)_i] = v_i, with variance ≤ (1/8)·v_i² (the paper's Theorem 1). Below the
+// smallest normal float (2^−126) the two neighbours are 0 and 2^−126, with the same rule.
+// Wire: 9 bits an entry, the sign and float32's 8-bit exponent field (0: zero), bit-packed;
+// fp32's mantissa is never sent. The one value that would round up past float32's largest
+// power of two (2^127) stays at 2^127: a bias only for entries above 1.7·10^38.
+// The draws come from Philox keyed by (seed, step, parameter), never the global RNG.
+//
+// It will not keep state or run on GPU; NaN/Inf is a clear error naming the parameter.
+#pragma once
+
+#include <cddp/compressor.h>
+#include <cddp/plugin_params.h>
+
+namespace cddp::natural {
+
+class NaturalCompressor final : public Compressor {
+ public:
+  explicit NaturalCompressor(const ParamMap& params);
+
+  std::string name() const override { return "natural"; }
+  Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  void decode_add_(const Payload& payload, at::Tensor& dense) const override;
+  void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
+  int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;
+
+  static constexpr int kBits = 9;  // sign + exponent field
+};
+
+}  // namespace cddp::natural
