@@ -509,3 +509,85 @@ TEST(GlobMatch, StarsAndQuestionMarks) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- codecs that are not selections
+
+// Conservation for a quantizer inside CompressedSGD, at W = 1 where the average is this rank's
+// own D(C(acc)): after each step, the parameter moved by −lr·D and the residual holds acc − D,
+// so D + e_t == g + e_{t−1} entry by entry, to fp32's rounding of one subtraction.
+TEST(PayloadCodecs, ResidualHoldsWhatTheQuantizerDidNotSend) {
+  auto loader = build_tree_loader();
+  for (std::string plugin : {"qsgd", "terngrad", "natural", "sign", "cast"}) {
+    at::Tensor w = at::zeros({40, 25});
+    w.set_requires_grad(true);
+    cddp::CompressedSGD opt(std::vector<at::Tensor>{w},
+                            cddp::CompressedSGDOptions(1.0).compressor(loader.create(plugin)).seed(3));
+    at::Tensor residual = at::zeros({40, 25});
+    for (int64_t step = 1; step <= 5; ++step) {
+      at::Tensor g = at::randn({40, 25}, at::make_generator<at::CPUGeneratorImpl>(step));
+      const at::Tensor before = w.detach().clone();
+      w.mutable_grad() = g.clone();
+      opt.step();
+      EXPECT_EQ(opt.routing().back().route, plugin == "cast" ? cddp::Route::Sum : cddp::Route::Gather) << plugin;
+      const at::Tensor sent = before - w.detach();  // lr 1: D(C(acc))
+      const auto& st = static_cast<const cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
+      const at::Tensor acc = g + residual;
+      EXPECT_TRUE(at::allclose(sent + st.residual(), acc, 1e-6, 1e-6)) << plugin << " step " << step;
+      EXPECT_GT((sent - acc).abs().max().item<float>(), 0.0f) << plugin << ": nothing was lost, so nothing compressed";
+      residual = st.residual().clone();
+      EXPECT_LT(opt.last_step_stats().payload_bytes, 40 * 25 * 4) << plugin;
+    }
+  }
+}
+
+// The plugin's declared state lives in the optimizer's ParamState, goes into the checkpoint
+// beside the residual, and comes back bitwise: rounds_mean counts its calls there.
+TEST(PayloadCodecs, PluginStateIsSavedAndRestored) {
+  cddp::PluginLoader rounds_loader(cddp::PluginSearchPath::standard({CDDP_TEST_ROUNDS_PLUGIN_DIR}, nullptr));
+  auto make = [&](at::Tensor& w) {
+    return std::make_unique<cddp::CompressedSGD>(
+        std::vector<at::Tensor>{w}, cddp::CompressedSGDOptions(0.1).momentum(0.9).compressor(rounds_loader.create("rounds_mean")));
+  };
+  at::Tensor a = at::ones({8, 4});
+  a.set_requires_grad(true);
+  auto opt_a = make(a);
+  for (int64_t s = 1; s <= 3; ++s) {
+    a.mutable_grad() = at::full({8, 4}, float(s));
+    opt_a->step();
+  }
+  EXPECT_EQ(opt_a->routing().back().route, cddp::Route::Rounds);
+  const auto& sa = static_cast<const cddp::CompressedSGDParamState&>(*opt_a->state().begin()->second);
+  ASSERT_EQ(sa.plugin_state().count("calls"), 1u);
+  EXPECT_EQ(sa.plugin_state().at("calls").item<float>(), 3.0f);
+  std::stringstream saved;
+  torch::save(*opt_a, saved);
+  at::Tensor b = a.detach().clone();
+  b.set_requires_grad(true);
+  auto opt_b = make(b);
+  torch::load(*opt_b, saved);
+  const auto& sb = static_cast<const cddp::CompressedSGDParamState&>(*opt_b->state().begin()->second);
+  ASSERT_EQ(sb.plugin_state().count("calls"), 1u);
+  EXPECT_EQ(sb.plugin_state().at("calls").item<float>(), 3.0f);
+  for (auto* pair : {&a, &b}) pair->mutable_grad() = at::full({8, 4}, 4.0f);
+  opt_a->step();
+  opt_b->step();
+  EXPECT_TRUE(at::equal(a, b));
+  EXPECT_EQ(sb.plugin_state().at("calls").item<float>(), 4.0f);
+}
+
+// Plugin state that does not match what the plugin declares (a checkpoint of another plugin or
+// model) stops the step before anything is sent, naming the parameter and the plugin.
+TEST(PayloadCodecs, SavedStateOfTheWrongShapeIsAClearError) {
+  cddp::PluginLoader rounds_loader(cddp::PluginSearchPath::standard({CDDP_TEST_ROUNDS_PLUGIN_DIR}, nullptr));
+  at::Tensor w = at::ones({8, 4});
+  w.set_requires_grad(true);
+  cddp::CompressedSGD opt(std::vector<std::pair<std::string, at::Tensor>>{{"fc.weight", w}},
+                          cddp::CompressedSGDOptions(0.1).compressor(rounds_loader.create("rounds_mean")));
+  w.mutable_grad() = at::ones({8, 4});
+  opt.step();
+  auto& st = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
+  st.plugin_state()["calls"] = at::zeros({3});
+  const std::string msg = cddp::testing::error_of([&] { opt.step(); });
+  EXPECT_NE(msg.find("parameter 'fc.weight': the saved state 'calls' of compressor 'rounds_mean'"), std::string::npos)
+      << msg;
+}

@@ -25,11 +25,9 @@ class TwoRoundMean final : public cddp::Compressor {
   std::vector<cddp::StateSpec> state_specs(const std::vector<int64_t>&, at::ScalarType) const override {
     return {{"calls", {1}, at::kFloat}};
   }
-  int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double) const override {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return 4 + n * int64_t(c10::elementSize(dtype));
-  }
+  // No cost model (-1): it moves more than a dense allreduce (one extra float), and auto_dense
+  // would route it dense; -1 keeps it on the rounds route, which is what it is here to test.
+  int64_t wire_bytes(const std::vector<int64_t>&, at::ScalarType, double) const override { return -1; }
   static constexpr cddp::ParamSpec kSpecs[] = {{"unused", cddp::ParamType::Bool, "false", 0, 0, "none"}};
 };
 

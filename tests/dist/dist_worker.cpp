@@ -32,9 +32,10 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
-#include <cstdio>
+#include <filesystem>
 #include <limits>
 #include <map>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -62,6 +63,36 @@ std::chrono::milliseconds timeout_of(const Args& a) {
   return std::chrono::milliseconds(static_cast<int64_t>(a.num("--timeout", 30) * 1000));
 }
 
+// --plugin-dir a:b:c, searched in order.
+PluginSearchPath plugin_path(const Args& a) {
+  std::vector<std::filesystem::path> dirs;
+  std::stringstream ss(a.get("--plugin-dir", ""));
+  for (std::string d; std::getline(ss, d, ':');)
+    if (!d.empty()) dirs.push_back(d);
+  return PluginSearchPath::standard(dirs, nullptr);
+}
+
+// --params "k=v,k=v": integers, then numbers, else strings.
+ParamMap params_of(const std::string& text) {
+  ParamMap out;
+  std::stringstream ss(text);
+  for (std::string kv; std::getline(ss, kv, ',');) {
+    const auto eq = kv.find('=');
+    if (eq == std::string::npos) continue;
+    const std::string k = kv.substr(0, eq), v = kv.substr(eq + 1);
+    char* end = nullptr;
+    const long long i = std::strtoll(v.c_str(), &end, 10);
+    if (!v.empty() && *end == '\0') {
+      out[k] = int64_t(i);
+      continue;
+    }
+    const double d = std::strtod(v.c_str(), &end);
+    if (!v.empty() && *end == '\0') out[k] = d;
+    else out[k] = v;
+  }
+  return out;
+}
+
 std::shared_ptr<Communicator> join(const Args& a, DistEnv& env) {
   env = parse_dist_env(environment_map(environ));
   return connect(env, timeout_of(a));
@@ -80,9 +111,12 @@ int role_train(const Args& a) {
 
   std::shared_ptr<Compressor> compressor;
   std::string version = "-";
-  PluginLoader loader(PluginSearchPath::standard({a.get("--plugin-dir", "")}, nullptr));
+  PluginLoader loader(plugin_path(a));
   if (name != "none") {
-    auto pc = loader.create(name, {{"ratio", ratio}});
+    ParamMap params = params_of(a.get("--params", ""));
+    for (const auto& spec : loader.describe(name).params)  // `ratio` only where the schema has it
+      if (spec.name == "ratio") params["ratio"] = ratio;
+    auto pc = loader.create(name, params);
     version = pc->description().version;
     compressor = pc;
   }
@@ -92,6 +126,7 @@ int role_train(const Args& a) {
   std::vector<at::Tensor> params = tensors_of(named);
   broadcast_from_rank0(*comm, params);
   verify_same_config(*comm, {{"compressor", name},
+                             {"compressor.params", a.get("--params", "")},
                              {"compressor.version", version},
                              {"compressor.ratio", std::to_string(ratio)},
                              {"lr", std::to_string(lr)},

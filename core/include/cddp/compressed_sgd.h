@@ -22,6 +22,7 @@
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
 #include <cddp/gradient_exchange.h>
+#include <cddp/payload_exchange.h>
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
@@ -116,6 +117,9 @@ struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamSta
   TORCH_ARG(at::Tensor, momentum_buffer);  // "global": SGD's buffer; "dgc": the velocity u
   TORCH_ARG(at::Tensor, residual);         // error-feedback memory e, this rank only
   TORCH_ARG(double, residual_lr) = 0;      // the lr residual is expressed at (0: none yet)
+  // What the compressor plugin keeps between steps for this parameter (its state_specs():
+  // PowerSGD's Q, a running scale), held here so that checkpoints save it beside the residual.
+  TORCH_ARG(PluginState, plugin_state) = {};
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -123,7 +127,10 @@ struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamSta
 };
 
 // How a parameter's gradient travels. Decided per tensor at its first step.
-enum class Route { Sparse, SharedIndices, Dense };
+//   Sparse, SharedIndices: a selection (values + indices), averaged by GradientExchange;
+//   Gather, Sum, Rounds: another codec's payload (payload.h), through PayloadExchange;
+//   Dense: the whole gradient, one ring allreduce.
+enum class Route { Sparse, SharedIndices, Dense, Gather, Sum, Rounds };
 const char* route_name(Route r);
 
 struct RoutingDecision {
@@ -138,7 +145,8 @@ struct StepSettings;  // the option strings, parsed (core/src/optim/typed_option
 
 class CompressedSGD : public torch::optim::Optimizer {
  public:
-  static constexpr int64_t kFormatVersion = 2;  // 2: residual_lr, residual_lr_scaling
+  // 2: residual_lr, residual_lr_scaling; 3: plugin_state. Version 2 states still load.
+  static constexpr int64_t kFormatVersion = 3;
 
   CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params, CompressedSGDOptions options);
   CompressedSGD(std::vector<at::Tensor> params, CompressedSGDOptions options);
@@ -175,6 +183,7 @@ class CompressedSGD : public torch::optim::Optimizer {
   std::shared_ptr<Communicator> comm_;
   // Over *comm_; keeps its byte buffers and every tensor's average buffer between steps.
   std::unique_ptr<GradientExchange> exchange_;
+  std::unique_ptr<PayloadExchange> payloads_;  // over *comm_: codecs that are not selections
   std::unique_ptr<detail::StepSettings> settings_;
   std::map<std::string, Route> routes_;
   std::vector<RoutingDecision> routing_log_;

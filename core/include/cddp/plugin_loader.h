@@ -122,6 +122,10 @@ class PluginLoader {
   // both versions on a version mismatch, and the key on a bad parameter.
   std::shared_ptr<PluginCompressor> create(const std::string& name_or_path, const ParamMap& params = {});
 
+  // What the plugin says about itself (its parameter schema among it), without creating a
+  // compressor: callers decide from the schema which parameters to pass. Throws as create().
+  PluginDescription describe(const std::string& name_or_path);
+
   // Where `name_or_path` resolves to, without loading it.
   std::filesystem::path resolve(const std::string& name_or_path) const;
 

@@ -552,6 +552,17 @@ void C10dCommunicator::allreduce_sum_(at::Tensor& tensor) {
   at::Tensor work = staged(tensor, impl_->opt) ? tensor.to(at::kCPU).contiguous()
                     : tensor.is_contiguous()   ? tensor
                                                : tensor.contiguous();
+  if (!compat::kGlooSumsBFloat16 && work.is_cpu() && work.scalar_type() == at::kBFloat16) {
+    // LibTorch 1.13's Gloo cannot sum bf16: gather every rank's values, add them in rank order
+    // in fp32 and round once, so every rank writes the same bits. (W−1)·B bytes in, not a ring's.
+    // Its allgather refuses bf16 (and int16) too: the values travel as their bytes.
+    std::vector<at::Tensor> all;
+    allgather_into(work.reshape(-1).view(at::kByte), all);
+    at::Tensor sum = all[0].view(at::kBFloat16).to(at::kFloat);
+    for (size_t r = 1; r < all.size(); ++r) sum.add_(all[r].view(at::kBFloat16).to(at::kFloat));
+    tensor.copy_(sum.view(tensor.sizes()));
+    return;
+  }
   std::vector<at::Tensor> tensors{work};
   auto& backend = impl_->backend_for(work);
   c10d::AllreduceOptions opts;

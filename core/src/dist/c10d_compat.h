@@ -65,6 +65,10 @@ using CollectivesPtr = c10::intrusive_ptr<Collectives>;
 using StorePtr = c10::intrusive_ptr<c10d::Store>;
 using WorkPtr = c10::intrusive_ptr<c10d::Work>;
 
+// Gloo's allreduce sums bfloat16 in LibTorch 2.x (seen on Debian's 2.6) but refuses it in 1.13
+// ("Invalid scalar type"): there C10dCommunicator sums bf16 itself (see allreduce_sum_).
+constexpr bool kGlooSumsBFloat16 = TORCH_VERSION_MAJOR >= 2;
+
 inline const char* torch_api_name() { return kBackendApi ? "LibTorch 2.x (c10d::Backend)" : "LibTorch 1.x (c10d::ProcessGroup)"; }
 
 // Whether TCPStoreOptions has `useLibUV` (LibTorch >= 2.2; since 2.4 it defaults to true).

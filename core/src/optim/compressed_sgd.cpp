@@ -8,6 +8,7 @@
 #include "error_feedback.h"
 #include "exchange_stage.h"
 #include "nonfinite_guard.h"
+#include "payload_stage.h"
 #include "sgd_update.h"
 #include "step_plan.h"
 #include "typed_options.h"
@@ -73,16 +74,39 @@ void CompressedSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, seed);
 }
 
+// plugin_state travels as its names joined by '\n' ("plugin_state_names") and one tensor each
+// ("plugin_state.<i>", in name order); a version-2 state has neither, and loads empty.
 void CompressedSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_buffer);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual);
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual_lr);
+  std::string names;
+  int64_t i = 0;
+  for (const auto& [name, tensor] : plugin_state()) {
+    TORCH_CHECK(name.find('\n') == std::string::npos, "plugin state name '", name, "' contains a newline");
+    names += (i ? "\n" : "") + name;
+    archive.write("plugin_state." + std::to_string(i++), tensor, /*is_buffer=*/true);
+  }
+  if (i > 0) archive.write("plugin_state_names", c10::IValue(names));
 }
 
 void CompressedSGDParamState::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, momentum_buffer);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, residual);
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, residual_lr);
+  PluginState state;
+  c10::IValue names;
+  if (archive.try_read("plugin_state_names", names)) {
+    std::istringstream in(names.toStringRef());
+    std::string name;
+    for (int64_t i = 0; std::getline(in, name); ++i) {
+      at::Tensor t;
+      TORCH_CHECK(archive.try_read("plugin_state." + std::to_string(i), t, /*is_buffer=*/true),
+                  "CompressedSGD state: plugin state '", name, "' is named but missing");
+      state[name] = t;
+    }
+  }
+  plugin_state(state);
 }
 
 // ---------------------------------------------------------------- construction
@@ -109,6 +133,7 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
   adopt_new_param_groups();
   exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
+  payloads_ = std::make_unique<PayloadExchange>(*comm_);
 }
 
 CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -192,12 +217,14 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   detail::RoutedTensors routed =
       detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
   detail::rescale_residuals_to_lr(tensors);
-  detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, st);
+  detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, comm_->world_size(), st);
+  detail::encode_payloads(routed, step_, comm_->world_size(), st);
   wait_for_device(tensors);
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent.
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
+  detail::exchange_payloads(routed, *payloads_, *comm_, step_, st);
 
   // 5. Apply, as torch::optim::SGD does; momentum too where it was not applied before compression.
   detail::apply_sgd_updates(tensors);
@@ -220,8 +247,8 @@ void CompressedSGD::load(torch::serialize::InputArchive& archive) {
   c10::IValue version;
   TORCH_CHECK(archive.try_read("cddp_format_version", version),
               "not a CompressedSGD state (no cddp_format_version): refusing to load it");
-  TORCH_CHECK(version.toInt() == kFormatVersion, "CompressedSGD state has format version ", version.toInt(),
-              ", this build reads version ", kFormatVersion);
+  TORCH_CHECK(version.toInt() == kFormatVersion || version.toInt() == 2, "CompressedSGD state has format version ",
+              version.toInt(), ", this build reads versions 2 and ", kFormatVersion);
   // Options hold objects that are not data (compressor, communicator, rules): keep ours.
   std::vector<CompressedSGDOptions> live;
   for (auto& group : param_groups_) live.push_back(static_cast<CompressedSGDOptions&>(group.options()));

@@ -10,13 +10,8 @@
 namespace cddp::detail {
 namespace {
 
-void compress_one(TensorStep& t, int64_t step, StepStats& st) {
-  CompressContext ctx;
-  ctx.step = step;
-  ctx.param_index = t.index;
-  ctx.param_name = t.name;
-  ctx.seed = static_cast<uint64_t>(t.opt->seed());
-  ctx.ratio = t.density;
+void compress_one(TensorStep& t, int64_t step, int world, StepStats& st) {
+  const CompressContext ctx = context_for(t, step, world);
   const at::Tensor source = momentum_corrected_gradient(t);
   t.sent = compress_with_error_feedback(t, source, ctx);
   mask_momentum_of_sent(t);
@@ -24,7 +19,7 @@ void compress_one(TensorStep& t, int64_t step, StepStats& st) {
 }
 
 // One selection over the concatenation of `parts` (scope "model").
-ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t step, StepStats& st) {
+ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t step, int world, StepStats& st) {
   ModelSelection m;
   m.parts = parts;
   const TensorStep& first = *parts.front();
@@ -51,22 +46,23 @@ ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t ste
   TORCH_CHECK(!(whole.momentum_mode == MomentumMode::Dgc && whole.opt->momentum() != 0),
               "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is kept per "
               "tensor)");
-  compress_one(whole, step, st);
+  compress_one(whole, step, world, st);
   if (whole.error_feedback) scatter_residuals(m.state->residual(), parts);
   return m;
 }
 
 }  // namespace
 
-ModelSelection compress_routed(RoutedTensors& routed, SelectionScope scope, int64_t step, StepStats& st) {
+ModelSelection compress_routed(RoutedTensors& routed, SelectionScope scope, int64_t step, int world,
+                               StepStats& st) {
   ModelSelection model;
   if (scope == SelectionScope::Model && !routed.sparse.empty()) {
-    model = compress_model(routed.sparse, step, st);
+    model = compress_model(routed.sparse, step, world, st);
     routed.sparse.assign({model.whole.get()});
   } else {
-    for (TensorStep* t : routed.sparse) compress_one(*t, step, st);
+    for (TensorStep* t : routed.sparse) compress_one(*t, step, world, st);
   }
-  for (TensorStep* t : routed.shared) compress_one(*t, step, st);
+  for (TensorStep* t : routed.shared) compress_one(*t, step, world, st);
   for (TensorStep* t : routed.dense) st.elements_sent += t->p.numel();
   st.compressed_tensors = int64_t(routed.sparse.size() + routed.shared.size());
   st.dense_tensors = int64_t(routed.dense.size());

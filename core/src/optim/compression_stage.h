@@ -33,7 +33,8 @@ struct ModelSelection {
 // Compresses every tensor of routed.sparse (as one whole-model selection when `scope` is Model,
 // after which routed.sparse holds only the whole) and routed.shared, counting elements_sent,
 // compressed_tensors and dense_tensors into `stats`. `step` counts from 1.
-ModelSelection compress_routed(RoutedTensors& routed, SelectionScope scope, int64_t step, StepStats& stats);
+ModelSelection compress_routed(RoutedTensors& routed, SelectionScope scope, int64_t step, int world,
+                               StepStats& stats);
 
 // scope "model", after the exchange: each part's average, a view of the whole one.
 void split_model_average(ModelSelection& model);

@@ -18,6 +18,16 @@ Compressed compress_with_error_feedback(TensorStep& t, const at::Tensor& source,
   return t.compressor->compress_with_feedback(source, residual, ctx);  // e_t = acc − D(C(acc))
 }
 
+at::Tensor accumulate_for_payload(TensorStep& t, const at::Tensor& source) {
+  if (!t.error_feedback) return source.reshape(t.p.sizes()).contiguous();
+  return source.reshape(t.p.sizes()) + residual_of(t);  // acc = source + e_{t−1}
+}
+
+void keep_residual(TensorStep& t, const at::Tensor& acc, const at::Tensor& decoded) {
+  if (!t.error_feedback) return;
+  at::sub_out(residual_of(t), acc, decoded.view(t.p.sizes()));  // e_t = acc − D
+}
+
 void rescale_residuals_to_lr(std::vector<TensorStep>& tensors) {
   for (auto& t : tensors) {
     if (t.route == Route::Dense || !t.error_feedback || !t.opt->residual_lr_scaling()) continue;

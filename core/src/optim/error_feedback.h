@@ -31,6 +31,15 @@ at::Tensor& residual_of(TensorStep& t);
 // without it, C(source).
 Compressed compress_with_error_feedback(TensorStep& t, const at::Tensor& source, const CompressContext& ctx);
 
+// Codecs that are not selections (payload_stage.h), in two steps around the encode or the
+// rounds:  acc = source + e_{t−1} (a fresh contiguous tensor shaped like the parameter;
+// `source` itself, reshaped, without error feedback), then e_t = acc − D, where D is the decode
+// of this rank's own payload (gather, sum: taken before any communication) or the plugin's own
+// approximation (rounds). Every entry of e_t is fl(acc − D): with D within a factor 2 of acc
+// (Sterbenz), or D = 0, D + e_t == acc exactly; else to the last bit of fp32 rounding.
+at::Tensor accumulate_for_payload(TensorStep& t, const at::Tensor& source);
+void keep_residual(TensorStep& t, const at::Tensor& acc, const at::Tensor& decoded);
+
 // Options::residual_lr_scaling: a residual written at lr' is multiplied by lr'/lr before it is
 // read, so lr·e — the parameter change still owed — survives a schedule step (the residual of
 // the papers above is the lr-scaled update). lr = 0 (the end of a cosine schedule) leaves it

@@ -31,6 +31,9 @@ const char* route_name(Route r) {
     case Route::Sparse: return "sparse-allgather";
     case Route::SharedIndices: return "shared-indices-allreduce";
     case Route::Dense: return "dense-allreduce";
+    case Route::Gather: return "gather-allgather";
+    case Route::Sum: return "sum-allreduce";
+    case Route::Rounds: return "rounds-allreduce";
   }
   return "?";
 }
@@ -58,7 +61,41 @@ void resolve_compression(TensorStep& t, const CompressedSGDOptions& o, double de
   }
 }
 
+// A codec that is not a selection travels by its payload kind. With auto_dense, dense when the
+// plugin's cost model says its exchange moves at least as many bytes as a dense one.
+Route payload_route(const TensorStep& t, const PluginCaps& caps, int world, std::string& reason) {
+  const Route r = caps.kind == PayloadKind::Gather ? Route::Gather : caps.kind == PayloadKind::Sum ? Route::Sum
+                                                                                                   : Route::Rounds;
+  const int64_t wire = t.compressor->wire_bytes(t.p.sizes().vec(), t.p.scalar_type(), t.density);
+  if (t.opt->auto_dense() && wire >= 0) {
+    const double value_bytes = double(c10::elementSize(t.p.scalar_type()));
+    const double dense = dense_exchange_bytes(t.p.numel(), int64_t(value_bytes), world);
+    // Gather receives every other rank's payload; sum and rounds allreduce theirs (ring).
+    const double mine = r == Route::Gather ? (world > 1 ? double(world - 1) * double(wire) : double(wire))
+                                           : dense_exchange_bytes(wire, 1, world);
+    if (mine >= dense) {
+      reason = std::string(payload_kind_name(caps.kind)) + " bytes " + std::to_string(int64_t(mine)) +
+               " >= dense bytes " + std::to_string(int64_t(dense));
+      return Route::Dense;
+    }
+  }
+  reason = std::string(payload_kind_name(caps.kind)) + " payload" +
+           (wire >= 0 ? ", " + std::to_string(wire) + " bytes a rank" : "");
+  return r;
+}
+
 }  // namespace
+
+CompressContext context_for(const TensorStep& t, int64_t step, int world) {
+  CompressContext ctx;
+  ctx.step = step;
+  ctx.param_index = t.index;
+  ctx.param_name = t.name;
+  ctx.seed = static_cast<uint64_t>(t.opt->seed());
+  ctx.ratio = t.density;
+  ctx.world_size = world;
+  return ctx;
+}
 
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,
@@ -93,6 +130,8 @@ Route route_for(const TensorStep& t, int world, IndexCoding coding, std::string&
     return reason = "numel " + std::to_string(t.p.numel()) + " < min_numel " + std::to_string(o.min_numel()),
            Route::Dense;
   if (!o.compress_1d() && t.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
+  const PluginCaps caps = t.compressor->caps();
+  if (!caps.selection) return payload_route(t, caps, world, reason);
   const bool shared = t.compressor->shared_indices();
   // With 4-byte values and plain 4-byte indices the sparse allgather wins iff W·density < 1;
   // with Block16 indices (≈ 2 bytes) iff W·density < 4/3, about. Shared indices allreduce
@@ -125,7 +164,14 @@ RoutedTensors route_tensors(std::vector<TensorStep>& tensors, int world, IndexCo
     t.route = r;
     st.elements_in += t.p.numel();
     st.bytes_dense_equivalent += int64_t(dense_exchange_bytes(t.p.numel(), int64_t(t.p.element_size()), world));
-    (r == Route::Dense ? routed.dense : r == Route::Sparse ? routed.sparse : routed.shared).push_back(&t);
+    switch (r) {
+      case Route::Sparse: routed.sparse.push_back(&t); break;
+      case Route::SharedIndices: routed.shared.push_back(&t); break;
+      case Route::Dense: routed.dense.push_back(&t); break;
+      case Route::Gather: routed.gather.push_back(&t); break;
+      case Route::Sum: routed.sum.push_back(&t); break;
+      case Route::Rounds: routed.rounds.push_back(&t); break;
+    }
   }
   return routed;
 }

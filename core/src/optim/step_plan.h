@@ -40,8 +40,11 @@ struct TensorStep {
   bool error_feedback = true;
   bool forced_dense = false;           // a rule marks it dense
   Route route = Route::Dense;
-  // Compression (compression_stage): this rank's selection.
+  // Compression (compression_stage): this rank's selection, or (Gather, Sum) its payload; for
+  // Rounds, acc = source + residual, which the rounds (payload_stage) approximate.
   Compressed sent;
+  Payload payload;
+  at::Tensor acc;
   // Exchange (exchange_stage): the mean over ranks of what was sent, as a [numel] contiguous
   // tensor, or (when set and valid) as a coalesced list of the entries any rank sent.
   at::Tensor average;
@@ -49,10 +52,17 @@ struct TensorStep {
 
   // DGC: momentum is accumulated locally before compression (dgc_momentum.h) rather than on
   // the average after the exchange (sgd_update.h). Never on the dense route.
+  // Only selections: DGC's momentum-factor masking needs the entries sent, and a quantizer or
+  // a low-rank codec sends every entry; their momentum runs on the average, as SGD's does.
   bool momentum_before_compression() const {
-    return momentum_mode == MomentumMode::Dgc && route != Route::Dense && opt->momentum() != 0;
+    return momentum_mode == MomentumMode::Dgc && is_selection() && opt->momentum() != 0;
   }
+  bool is_selection() const { return route == Route::Sparse || route == Route::SharedIndices; }
+  bool is_payload() const { return route == Route::Gather || route == Route::Sum || route == Route::Rounds; }
 };
+
+// What the compressor is told about t at optimizer step `step` among `world` ranks.
+CompressContext context_for(const TensorStep& t, int64_t step, int world);
 
 // Every parameter with a gradient, in param_groups() order: g = grad + weight_decay·p (as
 // torch::optim::SGD computes it), its group's compressor, density and error feedback, then the
@@ -66,6 +76,7 @@ struct RoutedTensors {
   std::vector<TensorStep*> sparse;  // allgather of values and indices
   std::vector<TensorStep*> shared;  // indices equal on every rank: allreduce of the values
   std::vector<TensorStep*> dense;   // ring allreduce of the whole gradient
+  std::vector<TensorStep*> gather, sum, rounds;  // payloads of codecs that are not selections
 };
 
 // Where each routing decision is remembered, and logged when it is new or changes.

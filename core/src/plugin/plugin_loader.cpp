@@ -380,6 +380,11 @@ std::shared_ptr<PluginCompressor> PluginLoader::create(const std::string& name_o
   return std::make_shared<PluginCompressor>(lib, lib->info, impl, params);
 }
 
+PluginDescription PluginLoader::describe(const std::string& name_or_path) {
+  auto lib = open(resolve(name_or_path));
+  return cddp::describe(lib->info, lib->path);
+}
+
 std::vector<PluginListing> PluginLoader::list() const {
   std::vector<PluginListing> out;
   std::vector<std::string> seen_names;
@@ -400,7 +405,7 @@ std::vector<PluginListing> PluginLoader::list() const {
         LoadedLibrary lib(f);
         l.refusal = read_info(lib);
         l.usable = l.refusal.empty();
-        if (l.usable) l.description = describe(lib.info, f);
+        if (l.usable) l.description = cddp::describe(lib.info, f);
       } catch (const c10::Error& e) {
         l.refusal = e.what_without_backtrace();
       } catch (const std::exception& e) {
