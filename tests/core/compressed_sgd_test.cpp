@@ -591,3 +591,22 @@ TEST(PayloadCodecs, SavedStateOfTheWrongShapeIsAClearError) {
   EXPECT_NE(msg.find("parameter 'fc.weight': the saved state 'calls' of compressor 'rounds_mean'"), std::string::npos)
       << msg;
 }
+
+// A selection with an index out of range is a clear error naming the plugin and the parameter,
+// with error feedback (inside the plugin's own decode) and without (the host's check).
+TEST(BadPlugins, SelectionIndexOutOfRangeNamesPluginAndParameter) {
+  cddp::PluginLoader bad(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  for (bool ef : {true, false}) {
+    at::Tensor w = at::zeros({10, 10});
+    w.set_requires_grad(true);
+    cddp::CompressedSGD opt(std::vector<std::pair<std::string, at::Tensor>>{{"fc1.weight", w}},
+                            cddp::CompressedSGDOptions(0.1).compressor(bad.create("badindex")).error_feedback(ef));
+    w.mutable_grad() = at::ones({10, 10});
+    const std::string msg = cddp::testing::error_of([&] { opt.step(); });
+    EXPECT_NE(msg.find("'badindex'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("parameter 'fc1.weight'"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("index 100"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("out of range [0, 100)"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("index out of range in self"), std::string::npos) << msg;
+  }
+}

@@ -54,6 +54,9 @@ void Compressor::decompress_add_(const Compressed& c, at::Tensor& dense) const {
   TORCH_CHECK(dense.is_contiguous() && dense.numel() == c.numel,
               "decompress_add_: dense must be contiguous with ", c.numel, " elements, got ", dense.sizes());
   if (c.count() == 0) return;
+  const int64_t lo = c.indices.min().item<int64_t>(), hi = c.indices.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < c.numel, "compressor '", name(), "': selection index ", lo < 0 ? lo : hi,
+              " is out of range [0, ", c.numel, ")");
   // index_add_ on a flat view: duplicates (never produced by our compressors) would sum.
   dense.view(-1).index_add_(0, c.indices.to(at::kLong), c.values.to(dense.scalar_type()));
 }

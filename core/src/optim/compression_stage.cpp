@@ -10,10 +10,27 @@
 namespace cddp::detail {
 namespace {
 
+// A plugin's selection is checked before anything uses it: a bad one would otherwise surface
+// as ATen's bare "index out of range in self", or corrupt another rank's decode.
+void check_selection(const Compressed& c, const TensorStep& t) {
+  const std::string who = "compressor '" + t.compressor->name() + "' for parameter '" + t.name + "'";
+  TORCH_CHECK(c.numel == t.p.numel(), who, " returned a selection of a ", c.numel, "-entry tensor; the parameter has ",
+              t.p.numel());
+  if (c.count() == 0) return;
+  TORCH_CHECK(c.indices.defined() && c.indices.numel() == c.values.numel(), who, " returned ", c.values.numel(),
+              " values but ", c.indices.defined() ? c.indices.numel() : 0, " indices");
+  TORCH_CHECK(c.indices.scalar_type() == at::kInt || c.indices.scalar_type() == at::kLong, who,
+              " returned indices of type ", c.indices.scalar_type(), "; expected int32 or int64");
+  const int64_t lo = c.indices.min().item<int64_t>(), hi = c.indices.max().item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < c.numel, who, " returned index ", lo < 0 ? lo : hi, ", out of range [0, ", c.numel,
+              ")");
+}
+
 void compress_one(TensorStep& t, int64_t step, int world, StepStats& st) {
   const CompressContext ctx = context_for(t, step, world);
   const at::Tensor source = momentum_corrected_gradient(t);
   t.sent = compress_with_error_feedback(t, source, ctx);
+  if (t.index >= 0) check_selection(t.sent, t);  // (the whole-model selection is the host's own concatenation)
   mask_momentum_of_sent(t);
   st.elements_sent += t.sent.count();
 }

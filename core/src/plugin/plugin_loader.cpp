@@ -236,9 +236,11 @@ std::vector<c10::DeviceType> PluginCompressor::supported_devices() const { retur
 namespace {
 // Calls a trampoline; a failure is re-thrown as c10::Error with the plugin's message.
 template <class F>
-void call(const char* what, const std::string& plugin, F&& f) {
+void call(const char* what, const std::string& plugin, F&& f, const std::string& param = "") {
   char err[kErrLen] = {0};
-  if (f(err, sizeof err) != 0) TORCH_CHECK(false, err[0] ? err : what);
+  if (f(err, sizeof err) == 0) return;
+  if (param.empty()) TORCH_CHECK(false, err[0] ? err : what);
+  TORCH_CHECK(false, "compressor plugin '", plugin, "' on parameter '", param, "': ", err[0] ? err : what);
 }
 template <class Fn>
 Fn require(Fn fn, const PluginDescription& d, const char* what) {
@@ -251,7 +253,8 @@ Fn require(Fn fn, const PluginDescription& d, const char* what) {
 Compressed PluginCompressor::compress(const at::Tensor& grad, const CompressContext& ctx) {
   Compressed out;
   auto fn = require(info_->compress, description_, "compress()");
-  call("compress failed", name(), [&](char* e, size_t n) { return fn(impl_, &grad, &ctx, &out, e, n); });
+  call("compress failed", name(), [&](char* e, size_t n) { return fn(impl_, &grad, &ctx, &out, e, n); },
+       ctx.param_name);
   return out;
 }
 
@@ -268,14 +271,16 @@ Compressed PluginCompressor::compress_with_feedback(const at::Tensor& grad, at::
                                                     const CompressContext& ctx) {
   Compressed out;
   auto fn = require(info_->compress_with_feedback, description_, "compress_with_feedback()");
-  call("compress failed", name(), [&](char* e, size_t n) { return fn(impl_, &grad, &residual, &ctx, &out, e, n); });
+  call("compress failed", name(), [&](char* e, size_t n) { return fn(impl_, &grad, &residual, &ctx, &out, e, n); },
+       ctx.param_name);
   return out;
 }
 
 Payload PluginCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
   Payload out;
   auto fn = require(info_->encode, description_, "encode()");
-  call("encode failed", name(), [&](char* e, size_t n) { return fn(impl_, &acc, &state, &ctx, &out, e, n); });
+  call("encode failed", name(), [&](char* e, size_t n) { return fn(impl_, &acc, &state, &ctx, &out, e, n); },
+       ctx.param_name);
   return out;
 }
 
