@@ -12,10 +12,10 @@ run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK_DIR}/prefix)
 run(${CMAKE_COMMAND} -S ${SOURCE_DIR}/examples/out_of_tree_plugin -B ${WORK_DIR}/build -G Ninja
     -DCMAKE_BUILD_TYPE=Release "-DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix" -DTorch_DIR=${Torch_DIR})
 run(${CMAKE_COMMAND} --build ${WORK_DIR}/build)
-if(NOT EXISTS ${WORK_DIR}/build/cddp_threshold.so)
-  message(FATAL_ERROR "out-of-tree build produced no cddp_threshold.so")
+if(NOT EXISTS ${WORK_DIR}/build/cddp_minmax8.so)
+  message(FATAL_ERROR "out-of-tree build produced no cddp_minmax8.so")
 endif()
-execute_process(COMMAND ${CMAKE_COMMAND} -E env CDDP_OOT_PLUGIN=${WORK_DIR}/build/cddp_threshold.so
+execute_process(COMMAND ${CMAKE_COMMAND} -E env CDDP_OOT_PLUGIN=${WORK_DIR}/build/cddp_minmax8.so
   ${LOADER_TEST} --gtest_filter=PluginLoaderOutOfTree.* RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
 message("${out}")
 if(NOT rc EQUAL 0 OR out MATCHES "SKIPPED")

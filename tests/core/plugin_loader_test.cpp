@@ -194,12 +194,26 @@ TEST(PluginLoader, PluginErrorsArriveAsHostExceptions) {
 }
 
 TEST(PluginLoaderOutOfTree, LoadsAThirdPartyPluginBuiltAgainstTheInstall) {
+  // examples/out_of_tree_plugin: an 8-bit min-max quantizer (a gather payload) built only
+  // against the installed package.
   const char* path = std::getenv("CDDP_OOT_PLUGIN");
   if (!path) GTEST_SKIP() << "run by the out_of_tree_plugin ctest, which builds the plugin first";
   auto loader = build_tree_loader();
-  auto threshold = loader.create(path, {{"tau", 2.5}});
-  EXPECT_EQ(threshold->name(), "threshold");
-  cddp::Compressed c = threshold->compress(at::tensor({1.0f, -3.0f, 2.0f, 4.0f}), {});
-  EXPECT_EQ(cddp::testing::to_vec(c.indices), (std::vector<int64_t>{1, 3}));
-  EXPECT_TRUE(at::equal(c.values, at::tensor({-3.0f, 4.0f})));
+  auto q = loader.create(path, {{"bucket_size", int64_t{4}}});
+  EXPECT_EQ(q->name(), "minmax8");
+  EXPECT_EQ(q->caps().kind, cddp::PayloadKind::Gather);
+  EXPECT_FALSE(q->caps().selection);
+  const at::Tensor x = at::tensor({1.0f, -3.0f, 2.0f, 4.0f, 0.5f, 0.25f});
+  cddp::PluginState none;
+  cddp::Payload p = q->encode(x, none, {});
+  EXPECT_EQ(p.wire_bytes(), 6 + 8 * 2);
+  EXPECT_EQ(q->wire_bytes({6}, at::kFloat, -1), p.wire_bytes());
+  at::Tensor d = at::zeros({6});
+  q->decode_add_(p, d);
+  EXPECT_LE((d - x).abs().max().item<float>(), 7.0f / 510 + 1e-6f);  // (hi − lo)/510 in the first bucket
+  EXPECT_EQ(d[1].item<float>(), -3.0f);                             // the bucket's min and max are exact
+  EXPECT_EQ(d[3].item<float>(), 4.0f);
+  at::Tensor avg = at::empty({6});
+  q->combine({p, p}, avg);
+  EXPECT_TRUE(at::allclose(avg, d));
 }
