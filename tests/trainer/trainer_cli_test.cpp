@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 
 #include <chrono>
+#include <map>
 #include <regex>
 #include <thread>
 
@@ -280,6 +281,25 @@ TEST(Cli, SignalEndsARankWaitingInTheRendezvousWithin2s) {
     EXPECT_EQ(code, 130) << log;
     EXPECT_LT(waited, 2.0) << log;
     EXPECT_NE(log.find("stopped by signal " + std::to_string(sig)), std::string::npos) << log;
+    fs::remove_all(dir);
+  }
+}
+
+// Every in-tree plugin trains on its defaults alone: the smoke config with only the plugin's
+// name changed, at 2 ranks (the config's `ratio` goes only to plugins whose schema has one).
+TEST(Cli, EveryInTreePluginTrainsOnItsDefaultsAtTwoRanks) {
+  const std::map<std::string, std::string> route = {
+      {"topk", "sparse-allgather"}, {"randomk", "shared-indices-allreduce"}, {"threshold", "sparse-allgather"},
+      {"qsgd", "gather-allgather"}, {"terngrad", "gather-allgather"},      {"natural", "gather-allgather"},
+      {"sign", "gather-allgather"}, {"cast", "sum-allreduce"}};
+  for (const auto& [plugin, expected] : route) {
+    const fs::path dir = scratch_dir("plugin_" + plugin);
+    auto r = run_command(exe() + " train --config " + kSmoke + " --nproc-per-node 2 --set compression.plugin=" +
+                         plugin + " --set run.max_steps=20 --set run.threads=1 --set checkpoint.enabled=false" +
+                         " --set run.output_dir=" + shell_quote(dir.string()));
+    EXPECT_EQ(r.exit_code, 0) << plugin << "\n" << r.output;
+    EXPECT_NE(r.output.find("finished after 20 steps"), std::string::npos) << plugin << "\n" << r.output;
+    EXPECT_NE(r.output.find("fc1.weight -> " + expected), std::string::npos) << plugin << "\n" << r.output;
     fs::remove_all(dir);
   }
 }
