@@ -875,6 +875,7 @@ int64_t philox_collect(uint64_t seed, int64_t step, int64_t param_index, int64_t
     p = philox_scalar<Index>(key, step, param_index, i, e, t64, sk, si, p);
 #endif
     i = e;
+    if (p == 0) continue;  // nothing kept: the buffers may still be empty (null), and memcpy(null, …, 0) is UB
     uint32_t* dk = kb.grow_keep<uint32_t>(static_cast<std::size_t>(count + p));
     Index* dx = ib.grow_keep<Index>(static_cast<std::size_t>(count + p));
     std::memcpy(dk + count, sk, sizeof(uint32_t) * static_cast<std::size_t>(p));
