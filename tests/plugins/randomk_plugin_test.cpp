@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <set>
 
 using cddp::testing::error_of;
@@ -79,6 +80,33 @@ TEST(RandomK, UnbiasedScalingMultipliesByNumelOverK) {
   at::Tensor x = at::ones({8});
   cddp::Compressed c = rk->compress(x, ctx(1, 0, 0));
   EXPECT_TRUE(at::equal(c.values, at::full({2}, 4.0f)));
+}
+
+// Unbiased with scale = true (Stich et al. 2018): over S seeds, entry i is kept with
+// probability q = k/n and then worth x_i/q, so mean_S(D(C(x)))_i has mean x_i and standard
+// deviation |x_i|·sqrt((1−q)/q)/sqrt(S). Every entry must lie within 5 of those deviations
+// (a false alarm about once in 3.5 million entries); in norm the relative error is expected
+// near sqrt((1−q)/(q·S)) (4.7 % here), and must stay under 1.3 times that.
+TEST(RandomK, ScaledIsUnbiasedOverAThousandSeeds) {
+  auto loader = cddp::testing::build_tree_loader();
+  auto rk = loader.create("randomk", {{"ratio", 0.1}, {"scale", true}});
+  const int64_t n = 500;
+  const int S = 4000;
+  const at::Tensor x = at::linspace(-2, 3, n);
+  at::Tensor mean = at::zeros({n}, at::kDouble);
+  for (int s = 0; s < S; ++s) mean.add_(rk->decompress(rk->compress(x, ctx(1, 0, uint64_t(s)))).to(at::kDouble));
+  mean.div_(S);
+  const double q = 0.1;
+  const at::Tensor sigma = x.abs().to(at::kDouble) * std::sqrt((1 - q) / q) / std::sqrt(double(S));
+  const at::Tensor err = (mean - x.to(at::kDouble)).abs();
+  EXPECT_TRUE((err <= 5 * sigma + 1e-12).all().item<bool>()) << "worst z " << (err / (sigma + 1e-12)).max().item<double>();
+  EXPECT_LT((mean - x.to(at::kDouble)).norm().item<double>() / x.norm().item<double>(),
+            1.3 * std::sqrt((1 - q) / (q * S)));
+  // Without scaling it is biased by the factor q: the same check then fails.
+  auto plain = loader.create("randomk", {{"ratio", 0.1}});
+  at::Tensor m2 = at::zeros({n}, at::kDouble);
+  for (int s = 0; s < 200; ++s) m2.add_(plain->decompress(plain->compress(x, ctx(1, 0, uint64_t(s)))).to(at::kDouble));
+  EXPECT_GT((m2.div_(200) - x.to(at::kDouble)).norm().item<double>() / x.norm().item<double>(), 0.5);
 }
 
 TEST(RandomK, NeverTouchesTheGlobalGenerator) {
