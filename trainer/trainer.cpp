@@ -85,21 +85,15 @@ PluginSearchPath search_path(const std::vector<std::string>& dirs, const EnvMap&
   return PluginSearchPath::standard(configured, env_value(env, "CDDP_PLUGIN_PATH"));
 }
 
-// A plugin's compressor with `params`, plus the ratio unless the params give one (and
-// unless the plugin has no such parameter). Errors name `what` (the config key).
+// A plugin's compressor with `params`, plus the config's ratio when the plugin's schema has a
+// `ratio` parameter and the params do not give one. Errors name `what` (the config key).
 std::shared_ptr<Compressor> create_compressor(PluginLoader& loader, const TrainConfig& cfg, const std::string& what,
                                               const std::string& plugin, ConfigParamMap params, double ratio) {
-  const bool ratio_given = params.count("ratio") != 0;
-  if (!ratio_given) params["ratio"] = ratio;
   try {
-    try {
-      return loader.create(plugin, to_param_map(params));
-    } catch (const c10::Error& e) {
-      const std::string msg = e.what_without_backtrace();
-      if (ratio_given || msg.find("unknown parameter 'ratio'") == std::string::npos) throw;
-      params.erase("ratio");
-      return loader.create(plugin, to_param_map(params));
-    }
+    if (params.count("ratio") == 0)
+      for (const auto& spec : loader.describe(plugin).params)
+        if (spec.name == "ratio") params["ratio"] = ratio;
+    return loader.create(plugin, to_param_map(params));
   } catch (const std::exception& e) {
     throw ConfigError(cfg.source + ": error: " + what + " = \"" + plugin + "\": " + error_text(e));
   }
