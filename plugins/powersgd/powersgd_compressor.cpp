@@ -1,5 +1,6 @@
 // powersgd_compressor.cpp — PowerSgdCompressor: the two rounds, the orthogonalizations and the
-// seeded Q (the algorithm and its shapes: powersgd_compressor.h).
+// seeded Q (the algorithm and its shapes: powersgd_compressor.h; Vogels et al., NeurIPS 2019).
+// It will not communicate other than through the RoundCollective, nor touch the global RNG.
 #include "powersgd_compressor.h"
 
 #include "powersgd_math.h"

@@ -5,7 +5,8 @@
 // converges to the truncated SVD; the first start_iter steps, 1-D tensors and matrices that do
 // not pay are dense and exact; the state round-trips (directly and through a CompressedSGD
 // checkpoint); the router sends what does not pay dense; bad parameters are clear errors.
-// The comparison with PyTorch's own hook is powersgd_torch_compare_test.cpp.
+// It will not compare with PyTorch's own hook (powersgd_torch_compare_test.cpp) or run in
+// several processes (dist_payload_test).
 #include <cddp/compressed_sgd.h>
 #include <cddp/plugin_loader.h>
 
