@@ -861,6 +861,7 @@ std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const fs::pat
     if (!st) continue;
     if (st->momentum_buffer().defined()) out.emplace_back("momentum/" + p.key(), st->momentum_buffer());
     if (st->residual().defined()) out.emplace_back("residual/" + p.key(), st->residual());
+    for (const auto& [name, t] : st->plugin_state()) out.emplace_back("plugin/" + p.key() + "/" + name, t);
   }
   out.emplace_back("rng_state", gen.get_state());
   return out;

@@ -291,7 +291,7 @@ TEST(Cli, EveryInTreePluginTrainsOnItsDefaultsAtTwoRanks) {
   const std::map<std::string, std::string> route = {
       {"topk", "sparse-allgather"}, {"randomk", "shared-indices-allreduce"}, {"threshold", "sparse-allgather"},
       {"qsgd", "gather-allgather"}, {"terngrad", "gather-allgather"},      {"natural", "gather-allgather"},
-      {"sign", "gather-allgather"}, {"cast", "sum-allreduce"}};
+      {"sign", "gather-allgather"}, {"cast", "sum-allreduce"},         {"powersgd", "rounds-allreduce"}};
   for (const auto& [plugin, expected] : route) {
     const fs::path dir = scratch_dir("plugin_" + plugin);
     auto r = run_command(exe() + " train --config " + kSmoke + " --nproc-per-node 2 --set compression.plugin=" +

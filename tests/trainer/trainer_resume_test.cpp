@@ -2,7 +2,8 @@
 // versus N/2 steps, then resume = "auto" for the rest, in one process; every parameter,
 // buffer, momentum buffer, residual and the RNG state must match bit for bit. Two set-ups:
 // top-k with error feedback and global momentum; random-k with DGC momentum, gradient
-// accumulation, density warm-up and a step schedule (resuming mid-epoch and mid-warm-up).
+// accumulation, density warm-up and a step schedule (resuming mid-epoch and mid-warm-up);
+// PowerSGD, whose warm-start Q travels in the checkpoint as plugin state.
 #include "checkpoint/checkpoint.h"
 #include "trainer.h"
 #include "train_test_util.h"
@@ -32,18 +33,20 @@ bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
   return at::equal(x, y);
 }
 
-void expect_same_checkpoints(const fs::path& a, const fs::path& b) {
+void expect_same_checkpoints(const fs::path& a, const fs::path& b, int expected_plugin_states) {
   auto ta = checkpoint_tensors(a), tb = checkpoint_tensors(b);
   ASSERT_EQ(ta.size(), tb.size());
-  int residuals = 0, momenta = 0;
+  int residuals = 0, momenta = 0, plugin_states = 0;
   for (size_t i = 0; i < ta.size(); ++i) {
     ASSERT_EQ(ta[i].first, tb[i].first);
     EXPECT_TRUE(bitwise_equal(ta[i].second, tb[i].second)) << ta[i].first << " differs";
     residuals += ta[i].first.rfind("residual/", 0) == 0;
     momenta += ta[i].first.rfind("momentum/", 0) == 0;
+    plugin_states += ta[i].first.rfind("plugin/", 0) == 0;
   }
   EXPECT_GT(residuals, 0);
   EXPECT_GT(momenta, 0);
+  EXPECT_EQ(plugin_states, expected_plugin_states);
   CheckpointMeta ma = read_checkpoint_file(a), mb = read_checkpoint_file(b);
   EXPECT_EQ(ma.step, mb.step);
   EXPECT_EQ(ma.epoch, mb.epoch);
@@ -51,7 +54,8 @@ void expect_same_checkpoints(const fs::path& a, const fs::path& b) {
   EXPECT_EQ(ma.bytes_sent, mb.bytes_sent);
 }
 
-void check_resume_equivalence(const std::string& name, const std::string& toml, int64_t n) {
+void check_resume_equivalence(const std::string& name, const std::string& toml, int64_t n,
+                              int expected_plugin_states = 0) {
   const fs::path straight = scratch_dir(name + "-straight"), split = scratch_dir(name + "-split");
   TrainResult a = train_to(toml, straight, n);
   ASSERT_EQ(a.steps, n);
@@ -60,7 +64,7 @@ void check_resume_equivalence(const std::string& name, const std::string& toml, 
   TrainResult b2 = train_to(toml, split, n);  // resume = "auto" picks step n/2 up
   ASSERT_EQ(b2.steps, n);
   expect_same_checkpoints(straight / "checkpoints" / checkpoint_file_name(n, 0),
-                          split / "checkpoints" / checkpoint_file_name(n, 0));
+                          split / "checkpoints" / checkpoint_file_name(n, 0), expected_plugin_states);
   EXPECT_EQ(a.test_loss, b2.test_loss);
   EXPECT_EQ(a.test_accuracy, b2.test_accuracy);
   EXPECT_EQ(a.bytes_sent, b2.bytes_sent);
@@ -125,6 +129,22 @@ warmup_decay_steps = 8
 skip = ["*.bias"]
 )",
                            18);  // 6 steps an epoch; resumes at step 9, inside the density warm-up
+}
+
+TEST(ResumeEquivalence, PowerSgdWarmStartQ) {
+  check_resume_equivalence("powersgd", std::string(kCommon) + R"(
+[optimizer]
+lr = 0.05
+momentum = 0.9
+[compression]
+plugin = "powersgd"
+min_numel = 0  # fc1.weight [32, 784] and fc2.weight [10, 32] are compressed at rank 2
+[compression.params]
+rank = 2
+start_iter = 3
+)",
+                           40,  // resumes at step 20, 17 steps into compression
+                           2);  // plugin/fc1.weight/q, plugin/fc2.weight/q
 }
 
 }  // namespace

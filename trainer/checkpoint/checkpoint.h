@@ -107,7 +107,8 @@ ResumeChoice choose_resume(const std::string& resume, const std::filesystem::pat
                            const ResumeExpectation& expect);
 
 // Every tensor a checkpoint holds, by name: "model/<parameter or buffer>",
-// "momentum/<parameter>", "residual/<parameter>" (when the optimizer has one) and
+// "momentum/<parameter>", "residual/<parameter>" (when the optimizer has one),
+// "plugin/<parameter>/<state>" (what a plugin keeps, e.g. PowerSGD's Q) and
 // "rng_state" — for comparing checkpoints bit by bit. Implemented in trainer.cpp (it needs
 // the model factory). Throws CheckpointError.
 std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const std::filesystem::path& path);

@@ -1,0 +1,141 @@
+// powersgd_compressor.cpp — PowerSgdCompressor: the two rounds, the orthogonalizations and the
+// seeded Q (the algorithm and its shapes: powersgd_compressor.h; Vogels et al., NeurIPS 2019).
+// It will not communicate other than through the RoundCollective, nor touch the global RNG.
+#include "powersgd_compressor.h"
+
+#include "powersgd_math.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+namespace cddp::powersgd {
+
+extern const ParamSpec kPowerSgdParams[];
+extern const size_t kPowerSgdParamCount;
+
+namespace {
+
+// Gram-Schmidt on the columns of each matrix of a batch [b, n, r], in place, as the hook's
+// _orthogonalize_gram_schmidt: column i is normalized (by ‖q_i‖ + epsilon), then removed from
+// the columns after it. A zero column with epsilon 0 becomes 0 where the hook gets NaN.
+void gram_schmidt_(at::Tensor& mats, double epsilon) {
+  const int64_t r = mats.size(2);
+  for (int64_t i = 0; i < r; ++i) {
+    at::Tensor col = mats.narrow(2, i, 1);                                  // [b, n, 1]
+    at::Tensor norm = at::linalg_vector_norm(col, 2, at::IntArrayRef{1}, true);  // [b, 1, 1]
+    if (epsilon == 0) {
+      col.div_(norm).masked_fill_(norm.eq(0), 0);
+    } else {
+      col.div_(norm + epsilon);
+    }
+    if (i + 1 < r) {
+      at::Tensor rest = mats.narrow(2, i + 1, r - i - 1);                 // [b, n, r − i − 1]
+      rest.sub_(at::sum(col * rest, {1}, true) * col);                    // minus ⟨q_i, rest⟩·q_i
+    }
+  }
+}
+
+// The hook's _orthogonalize: Gram-Schmidt for r ≤ 2, else the Q of a reduced Householder QR
+// (what torch.linalg.qr returns; epsilon does not apply there). n ≥ r always (r ≤ min(n, m)).
+void orthogonalize_(at::Tensor& mats, double epsilon) {
+  if (mats.size(2) <= 2) {
+    gram_schmidt_(mats, epsilon);
+    return;
+  }
+  mats.copy_(std::get<0>(at::linalg_qr(mats, "reduced")));
+}
+
+}  // namespace
+
+PowerSgdCompressor::PowerSgdCompressor(const ParamMap& params) {
+  ParamReader r("powersgd", kPowerSgdParams, kPowerSgdParamCount, params);
+  rank_ = r.get_int("rank", 4);
+  start_iter_ = r.get_int("start_iter", 10);
+  min_rate_ = r.get_double("min_compression_rate", 2.0);
+  epsilon_ = r.get_double("orthogonalization_epsilon", 0.0);
+  warm_start_ = r.get_bool("warm_start", true);
+  keep_p_ = r.get_bool("keep_p", false);
+}
+
+void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, RoundCollective& coll,
+                                    const CompressContext& ctx, at::Tensor& average, at::Tensor& approx) {
+  TORCH_CHECK(acc.is_cpu(), "powersgd: parameter '", ctx.param_name, "' is on ", acc.device(),
+              "; powersgd runs on CPU");
+  TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, "powersgd: parameter '",
+              ctx.param_name, "' is ", acc.scalar_type(), "; expected float32 or float64");
+  const int64_t numel = acc.numel();
+  TORCH_CHECK(average.is_contiguous() && average.numel() == numel && approx.is_contiguous() &&
+                  approx.numel() == numel,
+              "powersgd: parameter '", ctx.param_name, "': average and approx need ", numel, " contiguous entries");
+  if (numel == 0) return;  // the same on every rank: no round at all
+  TORCH_CHECK(at::isfinite(acc).all().item<bool>(), "powersgd: non-finite value (NaN or Inf) in parameter '",
+              ctx.param_name, "' at step ", ctx.step);
+  const int world = coll.world_size();
+  const MatrixPlan plan = plan_for(acc.sizes().vec(), rank_, min_rate_);
+
+  if (!plan.compress || ctx.step <= start_iter_) {
+    // Uncompressed: one allreduce of the whole tensor; nothing is lost, so no residual.
+    at::Tensor sum = acc.reshape(-1).clone();  // [numel]
+    coll.allreduce_sum_(sum);
+    average.view(-1).copy_(sum.div_(world));
+    approx.view(-1).copy_(acc.reshape(-1));
+    return;
+  }
+
+  const int64_t n = plan.rows, m = plan.cols, r = plan.rank;
+  auto q_it = state.find("q");
+  TORCH_CHECK(q_it != state.end() && q_it->second.sizes() == at::IntArrayRef({m, r}) &&
+                  q_it->second.scalar_type() == acc.scalar_type(),
+              "powersgd: parameter '", ctx.param_name, "' needs the state 'q' ", acc.scalar_type(), "[", m, ", ", r,
+              "] that state_specs() declares");
+  at::Tensor& q_state = q_it->second;
+
+  const at::Tensor M = acc.reshape({1, n, m});  // [1, n, m], this rank's acc = g + e
+  at::Tensor q;                                 // [1, m, r]
+  if (!warm_start_ || !q_state.ne(0).any().item<bool>()) {
+    // The same draw on every rank: a generator of its own, seeded by (run seed, parameter, step).
+    at::Generator gen = at::detail::createCPUGenerator(q_seed(ctx.seed, ctx.param_index, ctx.step));
+    q = at::randn({1, m, r}, gen, acc.options());
+  } else {
+    q = q_state.unsqueeze(0).clone();
+  }
+  orthogonalize_(q, epsilon_);
+
+  at::Tensor p = at::bmm(M, q);  // [1, n, m]·[1, m, r] → [1, n, r]
+  coll.allreduce_sum_(p);        // round 1: Σ_w M_w·Q
+  orthogonalize_(p, epsilon_);
+
+  at::Tensor q_next = at::bmm(M.transpose(1, 2), p);  // [1, m, n]·[1, n, r] → [1, m, r]
+  coll.allreduce_sum_(q_next);                        // round 2: Σ_w M_wᵀ·P
+  q_next.div_(world);                                 // the mean Q
+
+  const at::Tensor out = at::bmm(p, q_next.transpose(1, 2));  // [1, n, r]·[1, r, m] → [1, n, m]
+  average.view(-1).copy_(out.reshape(-1));
+  approx.view(-1).copy_(out.reshape(-1));  // e = M − P·Qᵀ, as the hook keeps it
+  q_state.copy_(q_next.squeeze(0));        // after both rounds: a failed round leaves the state as it was
+  if (keep_p_) {
+    auto p_it = state.find("p");
+    TORCH_CHECK(p_it != state.end() && p_it->second.sizes() == at::IntArrayRef({n, r}), "powersgd: parameter '",
+                ctx.param_name, "' needs the state 'p' [", n, ", ", r, "] that keep_p declares");
+    p_it->second.copy_(p.squeeze(0));
+  }
+}
+
+std::vector<StateSpec> PowerSgdCompressor::state_specs(const std::vector<int64_t>& shape, at::ScalarType dtype) const {
+  const MatrixPlan plan = plan_for(shape, rank_, min_rate_);
+  if (!plan.compress) return {};
+  std::vector<StateSpec> specs{{"q", {plan.cols, plan.rank}, dtype}};
+  if (keep_p_) specs.push_back({"p", {plan.rows, plan.rank}, dtype});
+  return specs;
+}
+
+int64_t PowerSgdCompressor::wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double) const {
+  const int64_t value_bytes = int64_t(c10::elementSize(dtype));
+  const MatrixPlan plan = plan_for(shape, rank_, min_rate_);
+  if (plan.compress) return plan.rank * (plan.rows + plan.cols) * value_bytes;  // P [n, r] and Q [m, r]
+  int64_t numel = 1;
+  for (int64_t d : shape) numel *= d;
+  return numel * value_bytes;  // a dense allreduce's: the router sends it dense
+}
+
+}  // namespace cddp::powersgd
