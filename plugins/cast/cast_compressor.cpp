@@ -31,9 +31,10 @@ Payload CastCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
   // A finite input that became Inf overflowed the 16-bit range; NaN/Inf in the input is an error too.
   if (p.numel > 0 && !at::isfinite(wire).all().item<bool>()) {
     const bool input_finite = at::isfinite(acc).all().item<bool>();
-    TORCH_CHECK(false, "cast: ", input_finite ? "a value overflows " : "non-finite value (NaN or Inf) in ",
-                input_finite ? (wire_ == at::kHalf ? "fp16 (|x|/W > 65504)" : "bf16") : "", " in parameter '",
-                ctx.param_name, "' at step ", ctx.step);
+    TORCH_CHECK(false, "cast: ",
+                input_finite ? (wire_ == at::kHalf ? "a value overflows fp16 (|x|/W > 65504)" : "a value overflows bf16")
+                             : "non-finite value (NaN or Inf)",
+                " in parameter '", ctx.param_name, "' at step ", ctx.step);
   }
   p.parts.push_back(wire);
   return p;

@@ -35,6 +35,10 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
     double sq = 0;
     for (int64_t i = lo; i < hi; ++i) sq += double(v[i]) * double(v[i]);
     const float norm = float(std::sqrt(sq));  // ‖v‖₂ of the bucket, as it travels
+    // Finite entries whose norm exceeds float32 (|v| near 3.4e38) would travel as Inf and decode to NaN.
+    TORCH_CHECK(std::isfinite(norm), "qsgd: the norm of bucket ", b, " (entries ", lo, "..", hi - 1,
+                ") of parameter '", ctx.param_name, "' at step ", ctx.step, " is ", std::sqrt(sq),
+                ", beyond float32's range");
     nb[b] = norm;
     for (int64_t i = lo; i < hi; ++i) {
       const double r = norm > 0 ? std::fabs(double(v[i])) / double(norm) * s : 0.0;  // r_i ∈ [0, s]

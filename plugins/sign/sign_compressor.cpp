@@ -113,6 +113,9 @@ void SignCompressor::combine(const std::vector<Payload>& ranks, at::Tensor& aver
   TORCH_CHECK(!ranks.empty(), "sign: combine of no ranks");
   for (const auto& p : ranks) check_payload(p, variant_, "combine");
   const int64_t n = ranks[0].numel;
+  for (size_t r = 1; r < ranks.size(); ++r)  // the readers below index every rank's bits up to n
+    TORCH_CHECK(ranks[r].numel == n, "sign: combine: rank ", r, "'s payload has ", ranks[r].numel,
+                " entries, rank 0's ", n);
   TORCH_CHECK(average.is_contiguous() && average.numel() == n, "sign: combine needs a contiguous output of ", n,
               " entries");
   std::vector<Reader> readers;
