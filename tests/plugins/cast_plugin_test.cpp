@@ -64,9 +64,19 @@ TEST_F(Cast, PayloadIsHalfOfXOverWAndOwnDecodeIsWTimesThatExactly) {
   for (const std::string d : {"fp16", "bf16"}) {
     auto c = make(d);
     const int64_t n = 1001;
-    at::Tensor x = awkward_values(n);
-    const std::vector<float> xs = floats_of(x);
     for (int W = 1; W <= 4; ++W) {
+      // W times the midpoint m of two neighbouring 16-bit values, and the floats just below and
+      // above it: x/W is a tie (to the even neighbour) or just off one, so a route to x/W that is
+      // not the correctly rounded float division (x·(1/W), say) lands on the other side for some.
+      at::Tensor x = awkward_values(n);
+      const float ulp = d == "fp16" ? 1.f / 1024 : 1.f / 128;
+      for (int k = 0; k < 64; ++k) {
+        const float wm = float(W) * (1.f + (float(k) + 0.5f) * ulp);
+        x[n - 1 - 3 * k] = wm;
+        x[n - 2 - 3 * k] = -std::nextafter(wm, 0.f);
+        x[n - 3 - 3 * k] = std::nextafter(wm, 1e9f);
+      }
+      const std::vector<float> xs = floats_of(x);
       cddp::Payload p = encode(*c, x, payload_ctx(0, 1, 0, W));
       EXPECT_EQ(p.world_size, W);
       const std::vector<float> wire = floats_of(p.parts[0]);
