@@ -187,13 +187,16 @@ TEST_F(Cast, AValueThatOverflowsTheSixteenBitTypeNamesTheParameter) {
 TEST_F(Cast, NonFiniteValuesNameTheParameter) {
   for (const char* d : {"fp16", "bf16"}) {
     auto c = make(d);
-    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity()}) {
-      const std::string msg =
-          error_of([&] { encode(*c, at::tensor({1.f, bad}), payload_ctx(0, 2, 0, 2, "conv1.weight")); });
-      EXPECT_NE(msg.find("cast: non-finite value (NaN or Inf) in parameter 'conv1.weight' at step 2"),
-                std::string::npos)
-          << msg;
-    }
+    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
+      for (int64_t at : {3, 12, 19})  // in a whole vector of 8 and in the tail
+        for (int W : {1, 2}) {
+          at::Tensor x = at::randn({21});
+          x[at] = bad;
+          const std::string msg = error_of([&] { encode(*c, x, payload_ctx(0, 2, 0, W, "conv1.weight")); });
+          EXPECT_NE(msg.find("cast: non-finite value (NaN or Inf) in parameter 'conv1.weight' at step 2"),
+                    std::string::npos)
+              << d << " at " << at << " W=" << W << ": " << msg;
+        }
   }
 }
 

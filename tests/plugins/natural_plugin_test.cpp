@@ -233,7 +233,11 @@ TEST_F(Natural, Float64NonContiguousAndEmptyInputs) {
 
 TEST_F(Natural, NonFiniteValuesNameTheParameter) {
   for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] { encode(*c, at::tensor({1.f, bad}), payload_ctx(0, 6, 0, 1, "emb.weight")); });
+    const std::string msg = error_of([&] {
+      at::Tensor x = at::randn({300});
+      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
+      encode(*c, x, payload_ctx(0, 6, 0, 1, "emb.weight"));
+    });
     EXPECT_NE(msg.find("natural: non-finite value (NaN or Inf) in parameter 'emb.weight' at step 6"), std::string::npos)
         << msg;
   }

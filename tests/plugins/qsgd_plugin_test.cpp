@@ -290,7 +290,11 @@ TEST_F(Qsgd, Float64NonContiguousAndEmptyInputs) {
 TEST_F(Qsgd, NonFiniteValuesNameTheParameter) {
   auto c = make(16, 512);
   for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] { encode(*c, at::tensor({1.f, bad}), payload_ctx(0, 4, 0, 1, "layer.w")); });
+    const std::string msg = error_of([&] {
+      at::Tensor x = at::randn({300});
+      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
+      encode(*c, x, payload_ctx(0, 4, 0, 1, "layer.w"));
+    });
     EXPECT_NE(msg.find("qsgd: non-finite value (NaN or Inf) in parameter 'layer.w' at step 4"), std::string::npos)
         << msg;
   }

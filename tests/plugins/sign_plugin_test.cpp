@@ -227,12 +227,17 @@ TEST_F(Sign, DeterministicAndBlindToTheGlobalGenerator) {
 TEST_F(Sign, NonFiniteValuesNameTheParameter) {
   for (const char* v : kVariants) {
     auto c = make(v);
-    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-      const std::string msg =
-          error_of([&] { encode(*c, at::tensor({1.f, bad, 2.f}), payload_ctx(0, 3, 0, 1, "fc1.weight")); });
-      EXPECT_NE(msg.find("sign: non-finite value (NaN or Inf) in parameter 'fc1.weight' at step 3"), std::string::npos)
-          << msg;
-    }
+    for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
+      for (int64_t at : {3, 12, 19}) {  // in a whole byte of 8 and in the last, partial one
+        at::Tensor x = at::randn({21});
+        x[at] = bad;
+        for (auto dtype : {at::kFloat, at::kDouble}) {
+          const std::string msg = error_of([&] { encode(*c, x.to(dtype), payload_ctx(0, 3, 0, 1, "fc1.weight")); });
+          EXPECT_NE(msg.find("sign: non-finite value (NaN or Inf) in parameter 'fc1.weight' at step 3"),
+                    std::string::npos)
+              << v << " at " << at << ": " << msg;
+        }
+      }
   }
 }
 

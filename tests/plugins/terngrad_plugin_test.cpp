@@ -161,7 +161,11 @@ TEST_F(TernGrad, AllZeroFloat64NonContiguousAndEmptyInputs) {
 
 TEST_F(TernGrad, NonFiniteValuesNameTheParameter) {
   for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] { encode(*c, at::tensor({1.f, bad}), payload_ctx(0, 8, 0, 1, "fc2.bias")); });
+    const std::string msg = error_of([&] {
+      at::Tensor x = at::randn({300});
+      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
+      encode(*c, x, payload_ctx(0, 8, 0, 1, "fc2.bias"));
+    });
     EXPECT_NE(msg.find("terngrad: non-finite value (NaN or Inf) in parameter 'fc2.bias' at step 8"), std::string::npos)
         << msg;
   }
