@@ -33,7 +33,7 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagQsgd));
   const double s = double(levels_);
   constexpr int kPiece = 1024;
-  uint32_t draw[kPiece], code[kPiece];
+  int32_t draw[kPiece], code[kPiece];
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
     double sq = 0;
@@ -48,21 +48,25 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
     // then the bit packing.
     for (int64_t i0 = lo; i0 < hi; i0 += kPiece) {
       const int len = static_cast<int>(std::min<int64_t>(kPiece, hi - i0));
-      for (int j = 0; j < len; ++j) draw[j] = u.bits24(i0 + j);
+      for (int j = 0; j < len; ++j) draw[j] = static_cast<int32_t>(u.bits24(i0 + j));
       const float* w = v + i0;
       if (norm > 0) {
+        // Levels in double lanes (⌊r⌋ through a 32-bit conversion: r ≤ s ≤ 2^20), so that SSE2
+        // can run this loop two entries at a time.
+        const double top = s;
         for (int j = 0; j < len; ++j) {
-          const double r = std::fabs(double(w[j])) / double(norm) * s;  // r_i ∈ [0, s]
-          const int64_t floor_r = static_cast<int64_t>(r);  // r ≥ 0: truncation is ⌊r⌋ (and no libm call)
-          // Stochastic rounding, u = k/2^24 exactly as a double.
-          int64_t level = floor_r + (double(draw[j]) * (1.0 / 16777216.0) < r - double(floor_r) ? 1 : 0);
-          level = std::min<int64_t>(level, levels_);  // r = s exactly (float rounding of the norm)
-          code[j] = (std::signbit(w[j]) ? 1u : 0u) | static_cast<uint32_t>(level) << 1;
+          const double r = double(std::fabs(w[j])) / double(norm) * s;  // r_i ∈ [0, s]
+          const double floor_r = double(static_cast<int32_t>(r));       // r ≥ 0: truncation is ⌊r⌋
+          const double u = double(draw[j]) * (1.0 / 16777216.0);        // u = k/2^24, exact
+          double level = floor_r + (u < r - floor_r ? 1.0 : 0.0);       // stochastic rounding
+          level = level < top ? level : top;  // r = s exactly (float rounding of the norm)
+          code[j] = static_cast<int32_t>(level);
         }
-      } else {  // an all-zero bucket: level 0, signs kept
-        for (int j = 0; j < len; ++j) code[j] = std::signbit(w[j]) ? 1u : 0u;
+      } else {  // an all-zero bucket: level 0
+        for (int j = 0; j < len; ++j) code[j] = 0;
       }
-      for (int j = 0; j < len; ++j) out.put(code[j]);
+      for (int j = 0; j < len; ++j) code[j] = static_cast<int32_t>(std::signbit(w[j])) | code[j] << 1;
+      for (int j = 0; j < len; ++j) out.put(static_cast<uint32_t>(code[j]));
     }
   }
   out.flush();
