@@ -34,19 +34,17 @@ Payload NaturalCompressor::encode(const at::Tensor& acc, PluginState&, const Com
   at::Tensor codes = at::zeros({quant::packed_bytes(n, kBits)}, at::kByte);
   quant::BitWriter out(codes.data_ptr<uint8_t>(), kBits);
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagNatural));
-  constexpr float kMinNormal = 1.17549435e-38f;  // 2^−126, exponent field 1
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t b = bits_of(v[i]);
     const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
-    uint32_t e = exponent;
-    if (exponent == 0) {  // zero or subnormal: 0 or 2^−126, up with probability |v|/2^−126
-      e = mantissa != 0 && double(u.at(i)) < double(std::fabs(v[i])) / double(kMinNormal) ? 1u : 0u;
-    } else if (mantissa != 0) {  // (|v| − 2^e)/2^e is the mantissa's fraction, exactly
-      const bool up = double(u.at(i)) < double(mantissa) * (1.0 / 8388608.0);
-      e = std::min<uint32_t>(exponent + (up ? 1u : 0u), 254u);  // 255 would be Inf
-    }
+    // Up with probability m/2^23: for a normal entry (|v| − 2^e)/2^e, the mantissa's fraction; for
+    // zero or a subnormal (exponent field 0, neighbours 0 and 2^−126) |v|/2^−126 = m/2^23 as well.
+    // With u = k/2^24 that is k < 2m, in integers (m = 0: never, exact powers of two stay).
+    const uint32_t up = u.bits24(i) < 2 * mantissa ? 1u : 0u;
+    const uint32_t e = std::min<uint32_t>(exponent + up, 254u);  // 255 would be Inf
     out.put(sign << 8 | e);
   }
+  out.flush();
   p.parts = {codes};
   return p;
 }

@@ -3,7 +3,9 @@
 
 #include "quantizer_support.h"
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 namespace cddp::qsgd {
 
@@ -30,21 +32,44 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
   quant::BitWriter out(codes.data_ptr<uint8_t>(), width_);
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagQsgd));
   const double s = double(levels_);
+  constexpr int kPiece = 1024;
+  int32_t draw[kPiece], code[kPiece];
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
     double sq = 0;
     for (int64_t i = lo; i < hi; ++i) sq += double(v[i]) * double(v[i]);
     const float norm = float(std::sqrt(sq));  // ‖v‖₂ of the bucket, as it travels
+    // Finite entries whose norm exceeds float32 (|v| near 3.4e38) would travel as Inf and decode to NaN.
+    TORCH_CHECK(std::isfinite(norm), "qsgd: the norm of bucket ", b, " (entries ", lo, "..", hi - 1,
+                ") of parameter '", ctx.param_name, "' at step ", ctx.step, " is ", std::sqrt(sq),
+                ", beyond float32's range");
     nb[b] = norm;
-    for (int64_t i = lo; i < hi; ++i) {
-      const double r = norm > 0 ? std::fabs(double(v[i])) / double(norm) * s : 0.0;  // r_i ∈ [0, s]
-      const double floor_r = std::floor(r);
-      int64_t level = int64_t(floor_r) + (double(u.at(i)) < r - floor_r ? 1 : 0);  // stochastic rounding
-      level = std::min<int64_t>(level, levels_);  // r = s exactly (float rounding of the norm)
-      const uint32_t sign = std::signbit(v[i]) ? 1u : 0u;
-      out.put(sign | static_cast<uint32_t>(level) << 1);
+    // In pieces of kPiece: the draws first, then the levels (a loop the compiler can vectorise),
+    // then the bit packing.
+    for (int64_t i0 = lo; i0 < hi; i0 += kPiece) {
+      const int len = static_cast<int>(std::min<int64_t>(kPiece, hi - i0));
+      for (int j = 0; j < len; ++j) draw[j] = static_cast<int32_t>(u.bits24(i0 + j));
+      const float* w = v + i0;
+      if (norm > 0) {
+        // Levels in double lanes (⌊r⌋ through a 32-bit conversion: r ≤ s ≤ 2^20), so that SSE2
+        // can run this loop two entries at a time.
+        const double top = s;
+        for (int j = 0; j < len; ++j) {
+          const double r = double(std::fabs(w[j])) / double(norm) * s;  // r_i ∈ [0, s]
+          const double floor_r = double(static_cast<int32_t>(r));       // r ≥ 0: truncation is ⌊r⌋
+          const double u = double(draw[j]) * (1.0 / 16777216.0);        // u = k/2^24, exact
+          double level = floor_r + (u < r - floor_r ? 1.0 : 0.0);       // stochastic rounding
+          level = level < top ? level : top;  // r = s exactly (float rounding of the norm)
+          code[j] = static_cast<int32_t>(level);
+        }
+      } else {  // an all-zero bucket: level 0
+        for (int j = 0; j < len; ++j) code[j] = 0;
+      }
+      for (int j = 0; j < len; ++j) code[j] = static_cast<int32_t>(std::signbit(w[j])) | code[j] << 1;
+      for (int j = 0; j < len; ++j) out.put(static_cast<uint32_t>(code[j]));
     }
   }
+  out.flush();
   p.parts = {codes, norms};
   return p;
 }
@@ -60,10 +85,28 @@ void QsgdCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {
   const float* nb = p.parts[1].data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES(dense.scalar_type(), "qsgd_decode", [&] {
     scalar_t* d = dense.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t code = in.get();
-      const double mag = double(nb[i / bucket_]) * double(code >> 1) / double(levels_);  // ‖v‖₂·ℓ/s
-      d[i] += static_cast<scalar_t>((code & 1u) ? -mag : mag);
+    // What each code decodes to, ±‖v‖₂·ℓ/s, tabulated once a bucket when there are fewer levels
+    // than entries: the same double expression either way, so the same bits, and no branch on
+    // the (random) sign bit.
+    const bool tabulate = levels_ < bucket_;
+    std::vector<scalar_t> value(tabulate ? 2 * (levels_ + 1) : 0);
+    for (int64_t b = 0; b < buckets; ++b) {
+      const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
+      const double norm = nb[b];
+      if (tabulate) {
+        for (int64_t l = 0; l <= levels_; ++l) {
+          const double m = norm * double(l) / double(levels_);
+          value[2 * l] = static_cast<scalar_t>(m);
+          value[2 * l + 1] = static_cast<scalar_t>(-m);
+        }
+        for (int64_t i = lo; i < hi; ++i) d[i] += value[in.get()];
+      } else {
+        for (int64_t i = lo; i < hi; ++i) {
+          const uint32_t code = in.get();
+          const double m = norm * double(code >> 1) / double(levels_);
+          d[i] += static_cast<scalar_t>((code & 1u) ? -m : m);
+        }
+      }
     }
   });
 }

@@ -7,6 +7,13 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace cddp::sign {
 
@@ -68,22 +75,74 @@ Payload SignCompressor::encode(const at::Tensor& acc_in, PluginState&, const Com
   p.shape = acc.sizes().vec();
   p.dtype = acc.scalar_type();
   p.world_size = ctx.world_size;
-  at::Tensor bits = at::zeros({(n + 7) / 8}, at::kByte);
+  at::Tensor bits = at::empty({(n + 7) / 8}, at::kByte);
   uint8_t* b = bits.data_ptr<uint8_t>();
   double l1 = 0, pos_sum = 0, neg_sum = 0;
   int64_t pos_n = 0;
   bool finite = true;
   AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "sign_encode", [&] {
     const scalar_t* x = acc.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {  // one pass: signs, ‖x‖₁ and the two sides' sums
-      const double v = static_cast<double>(x[i]);
-      finite = finite && std::isfinite(v);
-      const bool up = !std::signbit(v) || v == 0;  // x ≥ 0, −0 included
-      b[i >> 3] |= static_cast<uint8_t>(up) << (i & 7);
-      l1 += std::fabs(v);
-      if (up) pos_sum += v, ++pos_n;
-      else neg_sum += v;
-    }
+    // One pass: signs 8 to a byte, finiteness, and only the sums this variant sends (‖x‖₁ for
+    // scaled; each side's sum for onebit), each summed in index order in double. Branch-free: an
+    // entry of the other side adds v·0 = ±0, and s + ±0 = s unless s = −0, which neither sum
+    // (starting at +0) can become: the bits are those of summing one side's entries only.
+    auto run = [&](auto need_l1, auto need_sides) {
+      int ok = 1;
+      auto one = [&](double v, int k, uint32_t& byte) {
+        ok &= std::fabs(v) <= std::numeric_limits<double>::max();
+        const uint32_t up = v < 0 ? 0u : 1u;  // x ≥ 0, −0 included
+        byte |= up << k;
+        if constexpr (decltype(need_l1)::value) l1 += std::fabs(v);
+        if constexpr (decltype(need_sides)::value) {
+          pos_sum += v * double(up);
+          neg_sum += v * double(1u - up);
+          pos_n += up;
+        }
+      };
+      int64_t i0 = 0;
+#if defined(__SSE2__)
+      if constexpr (std::is_same_v<scalar_t, float>) {  // the signs and the check 8 at a time
+        const __m128 zero = _mm_setzero_ps(), top = _mm_set1_ps(std::numeric_limits<float>::max());
+        const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+        __m128 fin = _mm_castsi128_ps(_mm_set1_epi32(-1));
+        const float* xf = reinterpret_cast<const float*>(x);  // scalar_t is float here
+        for (; i0 + 8 <= n; i0 += 8) {
+          const __m128 lo = _mm_loadu_ps(xf + i0), hi = _mm_loadu_ps(xf + i0 + 4);
+          const int down = _mm_movemask_ps(_mm_cmplt_ps(lo, zero)) | _mm_movemask_ps(_mm_cmplt_ps(hi, zero)) << 4;
+          fin = _mm_and_ps(fin, _mm_and_ps(_mm_cmple_ps(_mm_and_ps(lo, abs_mask), top),
+                                           _mm_cmple_ps(_mm_and_ps(hi, abs_mask), top)));
+          b[i0 >> 3] = static_cast<uint8_t>(~down);
+          for (int k = 0; k < 8; ++k) {  // the sums, as one() makes them
+            const double v = static_cast<double>(xf[i0 + k]);
+            if constexpr (decltype(need_l1)::value) l1 += std::fabs(v);
+            if constexpr (decltype(need_sides)::value) {
+              const double up = static_cast<double>((~down >> k) & 1);  // from the sign mask: no branch
+              pos_sum += v * up;
+              neg_sum += v * (1.0 - up);
+            }
+          }
+          if constexpr (decltype(need_sides)::value) pos_n += 8 - __builtin_popcount(unsigned(down));
+        }
+        ok &= _mm_movemask_ps(fin) == 0xF;
+      }
+#endif
+      for (; i0 + 8 <= n; i0 += 8) {
+        uint32_t byte = 0;
+        for (int k = 0; k < 8; ++k) one(static_cast<double>(x[i0 + k]), k, byte);
+        b[i0 >> 3] = static_cast<uint8_t>(byte);
+      }
+      if (i0 < n) {
+        uint32_t byte = 0;
+        for (int k = 0; i0 + k < n; ++k) one(static_cast<double>(x[i0 + k]), k, byte);
+        b[i0 >> 3] = static_cast<uint8_t>(byte);
+      }
+      finite = ok != 0;
+    };
+    using T = std::true_type;
+    using F = std::false_type;
+    if (variant_ == Variant::Scaled) run(T{}, F{});
+    else if (variant_ == Variant::OneBit) run(F{}, T{});
+    else run(F{}, F{});
   });
   TORCH_CHECK(finite, "sign: non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
   p.parts.push_back(bits);
@@ -105,7 +164,17 @@ void SignCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {
   const Reader r = reader_of(p, variant_);
   AT_DISPATCH_FLOATING_TYPES(dense.scalar_type(), "sign_decode", [&] {
     scalar_t* d = dense.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < p.numel; ++i) d[i] += static_cast<scalar_t>(r.at(i));
+    // A byte at a time, from a table of the 8 values each byte decodes to.
+    std::vector<scalar_t> table(256 * 8);
+    for (int byte = 0; byte < 256; ++byte)
+      for (int k = 0; k < 8; ++k) table[8 * byte + k] = static_cast<scalar_t>(((byte >> k) & 1) ? r.pos : r.neg);
+    const int64_t n = p.numel;
+    int64_t i0 = 0;
+    for (; i0 + 8 <= n; i0 += 8) {
+      const scalar_t* t = &table[8 * r.bits[i0 >> 3]];
+      for (int k = 0; k < 8; ++k) d[i0 + k] += t[k];
+    }
+    for (; i0 < n; ++i0) d[i0] += table[8 * r.bits[i0 >> 3] + (i0 & 7)];
   });
 }
 
@@ -113,6 +182,9 @@ void SignCompressor::combine(const std::vector<Payload>& ranks, at::Tensor& aver
   TORCH_CHECK(!ranks.empty(), "sign: combine of no ranks");
   for (const auto& p : ranks) check_payload(p, variant_, "combine");
   const int64_t n = ranks[0].numel;
+  for (size_t r = 1; r < ranks.size(); ++r)  // the readers below index every rank's bits up to n
+    TORCH_CHECK(ranks[r].numel == n, "sign: combine: rank ", r, "'s payload has ", ranks[r].numel,
+                " entries, rank 0's ", n);
   TORCH_CHECK(average.is_contiguous() && average.numel() == n, "sign: combine needs a contiguous output of ", n,
               " entries");
   std::vector<Reader> readers;

@@ -20,14 +20,18 @@ Payload TernGradCompressor::encode(const at::Tensor& acc, PluginState&, const Co
   const int64_t n = x.numel();
   const float* v = x.data_ptr<float>();
   float s = 0;
-  for (int64_t i = 0; i < n; ++i) s = std::max(s, std::fabs(v[i]));  // s = ‖v‖_∞
+  for (int64_t i = 0; i < n; ++i) s = std::fabs(v[i]) > s ? std::fabs(v[i]) : s;  // s = ‖v‖_∞
   at::Tensor codes = at::zeros({quant::packed_bytes(n, 2)}, at::kByte);
   quant::BitWriter out(codes.data_ptr<uint8_t>(), 2);
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagTernGrad));
   for (int64_t i = 0; i < n; ++i) {
-    const bool keep = s > 0 && double(u.at(i)) < double(std::fabs(v[i])) / double(s);  // b_i ~ Bernoulli(|v_i|/s)
-    out.put(keep ? (std::signbit(v[i]) ? 2u : 1u) : 0u);
+    // b_i ~ Bernoulli(|v_i|/s): u < |v|/s, decided as u·s < |v| without a division. The same bits as
+    // u < double(|v|)/double(s): u·s is exact in double (24 + 24 bits), and a float quotient |v|/s
+    // that is not u itself lies further than half an ulp of double from every u = k/2^24.
+    const uint32_t keep = double(u.at(i)) * double(s) < double(std::fabs(v[i])) ? 1u : 0u;
+    out.put(keep << (std::signbit(v[i]) ? 1 : 0));  // 0: zero, 1: +s, 2: −s
   }
+  out.flush();
   p.parts = {codes, at::full({1}, s, at::kFloat)};
   return p;
 }
@@ -41,11 +45,9 @@ void TernGradCompressor::decode_add_(const Payload& p, at::Tensor& dense) const 
   const double s = p.parts[1].data_ptr<float>()[0];
   AT_DISPATCH_FLOATING_TYPES(dense.scalar_type(), "terngrad_decode", [&] {
     scalar_t* d = dense.data_ptr<scalar_t>();
-    for (int64_t i = 0; i < n; ++i) {
-      const uint32_t c = in.get();
-      if (c == 1) d[i] += static_cast<scalar_t>(s);
-      else if (c == 2) d[i] -= static_cast<scalar_t>(s);
-    }
+    // Code 0 adds −0, which changes nothing (x + −0 = x, −0 included); no branch on the code.
+    const scalar_t value[4] = {scalar_t(-0.0), static_cast<scalar_t>(s), static_cast<scalar_t>(-s), scalar_t(-0.0)};
+    for (int64_t i = 0; i < n; ++i) d[i] += value[in.get()];
   });
 }
 

@@ -9,14 +9,27 @@
 // for N in {1M, 25M} (add --cddp_large for 100M), density in {10%, 1%, 0.1%}, threads 1 and 2
 // (at::set_num_threads). Items are elements of the input: items/s = N / time.
 // Names: <kernel>/<N>/<density>/t<threads>; select with --benchmark_filter=<regex>.
+//
+// The payload plugins (sign, cast, qsgd, terngrad, natural), loaded from the build tree's .so
+// files as the trainer loads them, at 25M fp32 N(0, 1) entries, one thread:
+//   read_pass/25M/t1              at::sum(x): one plain read pass over the same 25M floats
+//   encode/<plugin>/25M/t1        Compressor::encode(), the input checks included (W = 1)
+//   decode/<plugin>/25M/t1        Compressor::decode_add_() of that payload into float32
+// with counters bytes_per_elem (payload.wire_bytes() / N) and x_read: the row's mean time over
+// the read pass's, both timed in this run (the read pass as the fastest of 10), which is how
+// the target "a single-pass quantizer compresses in <= 3x one plain read pass" is quoted.
+//   --benchmark_filter='read_pass|encode|decode'   runs only these rows.
 // Results and the command used: docs/benchmarks.md.
 #include "radix_topk_cpu.h"
+
+#include <cddp/plugin_loader.h>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -125,10 +138,6 @@ void bm_random_k(benchmark::State& st, int64_t n, int64_t k) {
   finish(st, n, k);
 }
 
-std::string n_name(int64_t n) {
-  return n % 1000000 == 0 ? std::to_string(n / 1000000) + "M" : std::to_string(n);
-}
-
 // Runs `body` with the ATen thread count set, restoring it afterwards.
 template <class F>
 void with_threads(benchmark::State& st, int threads, F body) {
@@ -136,6 +145,115 @@ void with_threads(benchmark::State& st, int threads, F body) {
   at::set_num_threads(threads);
   body(st);
   at::set_num_threads(old);
+}
+
+// ---- payload plugins ----
+
+struct PayloadCase {
+  std::string label;  // e.g. "sign:scaled"
+  std::string plugin;
+  cddp::ParamMap params;
+};
+
+const std::vector<PayloadCase>& payload_cases() {
+  static const std::vector<PayloadCase> cases = {
+      {"sign:signsgd", "sign", {{"variant", std::string("signsgd")}}},
+      {"sign:scaled", "sign", {{"variant", std::string("scaled")}}},
+      {"sign:onebit", "sign", {{"variant", std::string("onebit")}}},
+      {"cast:fp16", "cast", {{"dtype", std::string("fp16")}}},
+      {"cast:bf16", "cast", {{"dtype", std::string("bf16")}}},
+      {"qsgd:s16,d512", "qsgd", {{"levels", int64_t{16}}, {"bucket_size", int64_t{512}}}},
+      {"qsgd:s4,d512", "qsgd", {{"levels", int64_t{4}}, {"bucket_size", int64_t{512}}}},
+      {"terngrad", "terngrad", {}},
+      {"natural", "natural", {}},
+  };
+  return cases;
+}
+
+cddp::PluginLoader& plugin_loader() {
+  static cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_BENCH_PLUGIN_DIR}, nullptr));
+  return loader;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// The plain read pass over x, timed here with the caller's thread count: the fastest of 10.
+double read_pass_seconds(int64_t n) {
+  static std::map<int64_t, double> cache;
+  auto it = cache.find(n);
+  if (it != cache.end()) return it->second;
+  Data& d = data(n);
+  double best = 1e30;
+  for (int rep = 0; rep < 10; ++rep) {
+    const auto t0 = std::chrono::steady_clock::now();
+    at::Tensor s = at::sum(d.x);
+    benchmark::DoNotOptimize(s.data_ptr<float>());
+    best = std::min(best, seconds_since(t0));
+  }
+  return cache[n] = best;
+}
+
+void bm_read_pass(benchmark::State& st, int64_t n) {
+  Data& d = data(n);
+  const double read = read_pass_seconds(n);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : st) {
+    at::Tensor s = at::sum(d.x);
+    benchmark::DoNotOptimize(s.data_ptr<float>());
+  }
+  st.SetItemsProcessed(st.iterations() * n);
+  st.counters["bytes_per_elem"] = 4.0;
+  st.counters["x_read"] = seconds_since(t0) / static_cast<double>(st.iterations()) / read;
+}
+
+void bm_payload(benchmark::State& st, const PayloadCase& pc, int64_t n, bool decode) {
+  Data& d = data(n);
+  auto codec = plugin_loader().create(pc.plugin, pc.params);
+  cddp::PluginState state;
+  cddp::CompressContext ctx;
+  ctx.step = 1;
+  ctx.seed = 42;
+  ctx.param_name = "bench";
+  cddp::Payload payload = codec->encode(d.x, state, ctx);  // warm-up, and the payload to decode
+  at::Tensor dense = at::zeros({n}, at::kFloat);
+  const double read = read_pass_seconds(n);
+  const auto t0 = std::chrono::steady_clock::now();
+  for (auto _ : st) {
+    if (decode) {
+      codec->decode_add_(payload, dense);
+      benchmark::DoNotOptimize(dense.data_ptr<float>());
+    } else {
+      ++ctx.step;  // fresh draws for the stochastic ones, as in training
+      cddp::Payload p = codec->encode(d.x, state, ctx);
+      benchmark::DoNotOptimize(p.parts[0].data_ptr());
+    }
+    benchmark::ClobberMemory();
+  }
+  st.SetItemsProcessed(st.iterations() * n);
+  st.counters["bytes_per_elem"] = static_cast<double>(payload.wire_bytes()) / static_cast<double>(n);
+  st.counters["x_read"] = seconds_since(t0) / static_cast<double>(st.iterations()) / read;
+}
+
+void register_payloads() {
+  const int64_t n = 25000000;
+  const std::string suffix = "/" + std::to_string(n / 1000000) + "M/t1";
+  auto add = [&](const std::string& name, std::function<void(benchmark::State&)> f) {
+    benchmark::RegisterBenchmark(name.c_str(), [f](benchmark::State& st) { with_threads(st, 1, f); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(0.5);
+  };
+  add("read_pass" + suffix, [n](benchmark::State& st) { bm_read_pass(st, n); });
+  for (const PayloadCase& pc : payload_cases()) {
+    add("encode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, false); });
+    add("decode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, true); });
+  }
+}
+
+std::string n_name(int64_t n) {
+  return n % 1000000 == 0 ? std::to_string(n / 1000000) + "M" : std::to_string(n);
 }
 
 void register_all(bool large) {
@@ -183,6 +301,7 @@ int main(int argc, char** argv) {
   }
   argc = out;
   register_all(large);
+  register_payloads();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("blas", "libopenblas0-openmp (not used by these kernels)");

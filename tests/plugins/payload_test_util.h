@@ -1,0 +1,141 @@
+// payload_test_util.h — helpers shared by the tests of the payload plugins (sign, cast, qsgd,
+// terngrad, natural): contexts, encode/decode through the loaded plugin, raw bytes of a
+// payload, the rank-order mean of decodes computed by hand, Philox uniforms as the plugins'
+// documented stream layout gives them, and a statistical check of unbiasedness.
+//
+// It will not load plugins itself (test_plugins.h does) or know any plugin's wire format.
+#pragma once
+
+#include <cddp/compressor.h>
+#include <cddp/payload.h>
+
+#include "philox.h"
+#include "test_plugins.h"
+
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace cddp::testing {
+
+inline CompressContext payload_ctx(uint64_t seed = 0, int64_t step = 1, int64_t param = 0, int world = 1,
+                                   const std::string& name = "w") {
+  CompressContext c;
+  c.seed = seed;
+  c.step = step;
+  c.param_index = param;
+  c.world_size = world;
+  c.param_name = name;
+  return c;
+}
+
+inline Payload encode(Compressor& c, const at::Tensor& x, const CompressContext& ctx) {
+  PluginState none;
+  return c.encode(x, none, ctx);
+}
+
+// D(p): decode_add_ into zeros of `dtype`.
+inline at::Tensor decode(const Compressor& c, const Payload& p, at::ScalarType dtype = at::kFloat) {
+  at::Tensor d = at::zeros({p.numel}, dtype);
+  c.decode_add_(p, d);
+  return d;
+}
+
+inline bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
+  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
+  at::Tensor x = a.contiguous(), y = b.contiguous();
+  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
+}
+
+// Every part's bytes, back to back: what travels.
+inline std::vector<uint8_t> bytes_of(const Payload& p) {
+  std::vector<uint8_t> out;
+  for (const auto& t : p.parts) {
+    at::Tensor c = t.contiguous();
+    const auto* b = static_cast<const uint8_t*>(c.data_ptr());
+    out.insert(out.end(), b, b + c.numel() * c.element_size());
+  }
+  return out;
+}
+
+inline std::vector<float> floats_of(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kFloat).contiguous();
+  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+}
+
+// The Gather average as the contract states it, by hand: each rank's decode on its own, summed
+// entry by entry in rank order in float, then divided by W (nothing divided when W = 1).
+inline at::Tensor mean_in_rank_order(const Compressor& c, const std::vector<Payload>& ranks) {
+  const int64_t n = ranks.at(0).numel;
+  std::vector<std::vector<float>> d;
+  for (const auto& p : ranks) d.push_back(floats_of(decode(c, p)));
+  at::Tensor out = at::empty({n}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    float sum = 0;
+    for (const auto& r : d) sum += r[i];
+    o[i] = ranks.size() > 1 ? sum / static_cast<float>(ranks.size()) : sum;
+  }
+  return out;
+}
+
+// The uniform in [0, 1) the quantizers document for element i: Philox4x32-10 under key
+// (lo32(seed) ^ tag, hi32(seed)), counter (i/4, step, parameter), lane i%4, top 24 bits.
+inline float philox_uniform(uint64_t seed, uint32_t tag, int64_t step, int64_t param, int64_t i) {
+  const philox::Key key{static_cast<uint32_t>(seed) ^ tag, static_cast<uint32_t>(seed >> 32)};
+  const philox::Block b = philox::philox4x32_10(philox::randomk_counter(uint64_t(i) >> 2, step, param), key);
+  return static_cast<float>(b.c[i & 3] >> 8) * (1.0f / 16777216.0f);
+}
+
+// Unbiasedness, measured: the mean over seeds 0..S-1 of D(C(x)) against x, entry by entry.
+// `sigma2[i]` is the exact variance of one draw of entry i and `range[i]` a bound on |D(C(x))_i − x_i|
+// for one draw. The allowance is Bernstein's inequality at δ = 1e-6 per entry:
+//     |mean_i − x_i| ≤ √(2·σ_i²·L/S) + 2·range_i·L/(3S),   L = ln(2/δ) ≈ 14.5,
+// i.e. about 5.4·σ_i/√S + 9.7·range_i/S (the second term is what a lattice of steps `range`
+// needs where σ_i is tiny). Also returned: the signed total Σ sign(x_i)(mean_i − x_i), which a
+// bias of one direction (towards or away from zero) piles up, against its own standard deviation.
+struct BiasReport {
+  int64_t violations = 0;
+  double worst_ratio = 0;     // max |mean − x| / allowance
+  double total_bias = 0;      // Σ sign(x_i)(mean_i − x_i)
+  double total_sigma = 0;     // √(Σ σ_i² / S)
+  std::string first;          // the first violation, described
+};
+
+inline BiasReport measure_bias(const std::function<at::Tensor(uint64_t seed)>& draw, const at::Tensor& x,
+                               const std::vector<double>& sigma2, const std::vector<double>& range, int S) {
+  const int64_t n = x.numel();
+  std::vector<double> sum(n, 0.0);
+  for (int s = 0; s < S; ++s) {
+    at::Tensor d = draw(uint64_t(s)).to(at::kDouble).contiguous();
+    const double* p = d.data_ptr<double>();
+    for (int64_t i = 0; i < n; ++i) sum[i] += p[i];
+  }
+  const std::vector<float> xs = floats_of(x);
+  const double L = std::log(2.0 / 1e-6);
+  BiasReport r;
+  double var_total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double mean = sum[i] / S, dev = mean - double(xs[i]);
+    const double allow = std::sqrt(2 * sigma2[i] * L / S) + 2 * range[i] * L / (3.0 * S);
+    const double ratio = allow > 0 ? std::fabs(dev) / allow : (dev == 0 ? 0 : INFINITY);
+    r.worst_ratio = std::max(r.worst_ratio, ratio);
+    if (ratio > 1) {
+      if (r.violations++ == 0)
+        r.first = "entry " + std::to_string(i) + ": x = " + std::to_string(xs[i]) + ", mean = " +
+                  std::to_string(mean) + ", allowance " + std::to_string(allow);
+    }
+    r.total_bias += (xs[i] < 0 ? -dev : dev);
+    var_total += sigma2[i];
+  }
+  r.total_sigma = std::sqrt(var_total / S);
+  return r;
+}
+
+}  // namespace cddp::testing
