@@ -610,3 +610,22 @@ TEST(BadPlugins, SelectionIndexOutOfRangeNamesPluginAndParameter) {
     EXPECT_EQ(msg.find("index out of range in self"), std::string::npos) << msg;
   }
 }
+
+// The non-finite guard's bit test: ±Inf and NaNs of either sign are caught in float and double
+// (here past the first SIMD block), while the largest finite values, subnormals and −0 are not.
+TEST(CompressedSGD, NonFiniteGuardCatchesEveryInfAndNaNAndNothingElse) {
+  for (auto dtype : {at::kFloat, at::kDouble}) {
+    const double big = dtype == at::kFloat ? 3.4028234663852886e38 : 1.7976931348623157e308;
+    const double tiny = dtype == at::kFloat ? 1.4e-45 : 4.9e-324;
+    for (double bad : {double(INFINITY), -double(INFINITY), double(NAN), -double(NAN), big, -big, tiny, -0.0}) {
+      at::Tensor w = at::zeros({1000}, at::TensorOptions(dtype));
+      w.set_requires_grad(true);
+      cddp::CompressedSGD opt(std::vector<at::Tensor>{w}, cddp::CompressedSGDOptions(0.0).nonfinite("skip_step"));
+      at::Tensor g = at::zeros({1000}, at::TensorOptions(dtype));
+      g[777] = bad;
+      w.mutable_grad() = g;
+      opt.step();
+      EXPECT_EQ(opt.last_step_stats().skipped, !std::isfinite(bad)) << bad << " " << dtype;
+    }
+  }
+}
