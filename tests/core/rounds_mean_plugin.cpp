@@ -1,4 +1,4 @@
-// rounds_test_plugin.cpp — the smallest real PayloadKind::Rounds plugin, to prove the kind:
+// rounds_mean_plugin.cpp — the smallest real PayloadKind::Rounds plugin, to prove the kind:
 // two rounds over the RoundCollective (the world size as a sum of ones, then the tensor), the
 // average as their quotient, this rank's approximation exact (so the residual is zero), and
 // one tensor of declared state ("calls", a counter the host keeps and checkpoints).
