@@ -23,6 +23,18 @@ namespace {
 constexpr int kSteps = 20;
 constexpr double kLr = 0.1, kMomentum = 0.9;
 
+// What dist_worker's CompressedSGD tells the plugin for parameter i at `step` (seed 42).
+CompressContext context_of(int64_t step, size_t i, const std::string& name, int world) {
+  CompressContext ctx;
+  ctx.step = step;
+  ctx.param_index = int64_t(i);
+  ctx.param_name = name;
+  ctx.seed = 42;
+  ctx.ratio = 0.01;
+  ctx.world_size = world;
+  return ctx;
+}
+
 struct Case {
   std::string plugin, params;  // --params for dist_worker
   int world;
@@ -87,13 +99,7 @@ std::vector<at::Tensor> simulated_rounds(const Case& c, std::shared_ptr<PluginCo
         } else {
           const at::Tensor acc = g[i] + e[i];
           at::Tensor approx = at::empty({p[i].numel()});
-          CompressContext ctx;
-          ctx.step = step;
-          ctx.param_index = int64_t(i);
-          ctx.param_name = named[i].first;
-          ctx.seed = 42;
-          ctx.ratio = 0.01;
-          ctx.world_size = c.world;
+          const CompressContext ctx = context_of(step, i, named[i].first, c.world);
           codec->run_rounds(acc, state[i], coll, ctx, avg, approx);
           e[i] = acc - approx.view(acc.sizes());
         }
@@ -135,13 +141,7 @@ std::vector<at::Tensor> simulated(const Case& c) {
       std::vector<Payload> payloads;
       for (int r = 0; r < c.world; ++r) {
         at::Tensor acc = g[r][i] + e[r][i];
-        CompressContext ctx;
-        ctx.step = step;
-        ctx.param_index = int64_t(i);
-        ctx.param_name = named[i].first;
-        ctx.seed = 42;
-        ctx.ratio = 0.01;
-        ctx.world_size = c.world;
+        const CompressContext ctx = context_of(step, i, named[i].first, c.world);
         PluginState none;
         payloads.push_back(codec->encode(acc, none, ctx));
         at::Tensor own = at::zeros({p[i].numel()});

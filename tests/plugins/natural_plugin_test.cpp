@@ -196,15 +196,7 @@ TEST_F(Natural, SeedsStepsAndParametersDrawDifferentlyTheSameSeedGivesTheSameBit
 }
 
 TEST_F(Natural, CombineIsTheMeanOfDecodesInRankOrderBitwise) {
-  const int64_t n = 1001;
-  for (int W = 1; W <= 4; ++W) {
-    std::vector<cddp::Payload> ps;
-    for (int r = 0; r < W; ++r) ps.push_back(encode(*c, spread_values(n, 40 + W * 4 + r), payload_ctx(5, 1, 0, W)));
-    at::Tensor avg = at::full({n}, 99.f);
-    c->combine(ps, avg);
-    EXPECT_TRUE(bitwise_equal(avg, mean_in_rank_order(*c, ps))) << "W=" << W;
-    if (W == 1) EXPECT_TRUE(bitwise_equal(avg, decode(*c, ps[0])));
-  }
+  expect_combine_is_rank_order_mean(*c, [](int W, int r) { return spread_values(1001, 40 + W * 4 + r); });
   std::vector<cddp::Payload> mixed{encode(*c, at::randn({16}), payload_ctx()), encode(*c, at::randn({8}), payload_ctx())};
   at::Tensor avg = at::empty({16});
   EXPECT_NE(error_of([&] { c->combine(mixed, avg); }).find("natural: "), std::string::npos);
@@ -212,35 +204,12 @@ TEST_F(Natural, CombineIsTheMeanOfDecodesInRankOrderBitwise) {
 
 TEST_F(Natural, Float64NonContiguousAndEmptyInputs) {
   at::Tensor x = at::randn({9, 11}, at::make_generator<at::CPUGeneratorImpl>(4));
-  const auto bits = bytes_of(encode(*c, x, payload_ctx(3)));
-  cddp::Payload d = encode(*c, x.to(at::kDouble), payload_ctx(3));
-  EXPECT_EQ(d.dtype, at::kDouble);
-  EXPECT_EQ(bytes_of(d), bits) << "float64 of float32 values codes the same";
+  const cddp::Payload d = expect_float64_noncontiguous_and_empty(*c, x, 0);
   EXPECT_TRUE(at::equal(decode(*c, d, at::kDouble), decode(*c, d).to(at::kDouble)));
-
-  at::Tensor t = x.t();
-  ASSERT_FALSE(t.is_contiguous());
-  cddp::Payload nc = encode(*c, t, payload_ctx(3));
-  EXPECT_EQ(bytes_of(nc), bytes_of(encode(*c, t.contiguous(), payload_ctx(3))));
-  EXPECT_EQ(nc.shape, (std::vector<int64_t>{11, 9}));
-
-  cddp::Payload e = encode(*c, at::empty({0}), payload_ctx());
-  EXPECT_EQ(e.wire_bytes(), 0);
-  at::Tensor none = at::empty({0});
-  c->decode_add_(e, none);
-  c->combine({e, e}, none);
 }
 
 TEST_F(Natural, NonFiniteValuesNameTheParameter) {
-  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] {
-      at::Tensor x = at::randn({300});
-      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
-      encode(*c, x, payload_ctx(0, 6, 0, 1, "emb.weight"));
-    });
-    EXPECT_NE(msg.find("natural: non-finite value (NaN or Inf) in parameter 'emb.weight' at step 6"), std::string::npos)
-        << msg;
-  }
+  expect_nonfinite_names_parameter(*c, "natural", "emb.weight", 6);
   const std::string ints = error_of([&] { encode(*c, at::ones({3}, at::kShort), payload_ctx(0, 1, 0, 1, "b")); });
   EXPECT_NE(ints.find("natural: parameter 'b' is Short; expected float32 or float64"), std::string::npos) << ints;
 }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -83,6 +84,61 @@ inline at::Tensor mean_in_rank_order(const Compressor& c, const std::vector<Payl
     o[i] = ranks.size() > 1 ? sum / static_cast<float>(ranks.size()) : sum;
   }
   return out;
+}
+
+// combine() over W = 1..4 payloads equals the rank-order mean of their decodes, bitwise, and at
+// W = 1 the payload's own decode. `input(W, r)` is rank r's tensor among W (all of one size).
+inline void expect_combine_is_rank_order_mean(Compressor& c, const std::function<at::Tensor(int, int)>& input) {
+  for (int W = 1; W <= 4; ++W) {
+    std::vector<Payload> ps;
+    for (int r = 0; r < W; ++r) ps.push_back(encode(c, input(W, r), payload_ctx(5, 1, 0, W)));
+    at::Tensor avg = at::full({ps[0].numel}, 99.f);
+    c.combine(ps, avg);
+    EXPECT_TRUE(bitwise_equal(avg, mean_in_rank_order(c, ps))) << "W=" << W;
+    if (W == 1) EXPECT_TRUE(bitwise_equal(avg, decode(c, ps[0])));
+  }
+}
+
+// float64 input of float32 values codes the same bits and decodes to float64; a transposed
+// (non-contiguous) 2-D input codes in logical order and keeps its shape; an empty tensor takes
+// `empty_bytes` and decodes and combines without error. Returns the float64 payload.
+inline Payload expect_float64_noncontiguous_and_empty(Compressor& c, const at::Tensor& x, int64_t empty_bytes) {
+  const auto bits = bytes_of(encode(c, x, payload_ctx(3)));
+  Payload d = encode(c, x.to(at::kDouble), payload_ctx(3));
+  EXPECT_EQ(d.dtype, at::kDouble);
+  EXPECT_EQ(bytes_of(d), bits) << "float64 of float32 values codes the same";
+  EXPECT_EQ(decode(c, d, at::kDouble).scalar_type(), at::kDouble);
+
+  at::Tensor t = x.t();
+  EXPECT_FALSE(t.is_contiguous());
+  Payload nc = encode(c, t, payload_ctx(3));
+  EXPECT_EQ(bytes_of(nc), bytes_of(encode(c, t.contiguous(), payload_ctx(3))));
+  EXPECT_EQ(nc.shape, (std::vector<int64_t>{x.size(1), x.size(0)}));
+
+  Payload e = encode(c, at::empty({0}), payload_ctx());
+  EXPECT_EQ(e.numel, 0);
+  EXPECT_EQ(e.wire_bytes(), empty_bytes);
+  at::Tensor none = at::empty({0});
+  c.decode_add_(e, none);
+  c.combine({e, e}, none);
+  return d;
+}
+
+// NaN, +Inf and −Inf (at entry 257: past the first chunk of draws, not at a multiple of 8) are
+// an error "<plugin>: non-finite value (NaN or Inf) in parameter '<param>' at step <step>".
+inline void expect_nonfinite_names_parameter(Compressor& c, const std::string& plugin, const std::string& param,
+                                             int64_t step) {
+  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
+    const std::string msg = error_of([&] {
+      at::Tensor x = at::randn({300});
+      x[257] = bad;
+      encode(c, x, payload_ctx(0, step, 0, 1, param));
+    });
+    EXPECT_NE(msg.find(plugin + ": non-finite value (NaN or Inf) in parameter '" + param + "' at step " +
+                       std::to_string(step)),
+              std::string::npos)
+        << msg;
+  }
 }
 
 // The uniform in [0, 1) the quantizers document for element i: Philox4x32-10 under key

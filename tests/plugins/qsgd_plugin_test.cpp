@@ -235,17 +235,9 @@ TEST_F(Qsgd, SeedsStepsAndParametersDrawDifferentlyTheSameSeedGivesTheSameBits) 
 
 TEST_F(Qsgd, CombineIsTheMeanOfDecodesInRankOrderBitwise) {
   auto c = make(8, 100);
-  const int64_t n = 1001;
-  for (int W = 1; W <= 4; ++W) {
-    std::vector<cddp::Payload> ps;
-    for (int r = 0; r < W; ++r)
-      ps.push_back(encode(*c, at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(W * 10 + r)).mul_(r + 1),
-                          payload_ctx(5, 1, 0, W)));
-    at::Tensor avg = at::full({n}, 99.f);
-    c->combine(ps, avg);
-    EXPECT_TRUE(bitwise_equal(avg, mean_in_rank_order(*c, ps))) << "W=" << W;
-    if (W == 1) EXPECT_TRUE(bitwise_equal(avg, decode(*c, ps[0])));
-  }
+  expect_combine_is_rank_order_mean(*c, [](int W, int r) {
+    return at::randn({1001}, at::make_generator<at::CPUGeneratorImpl>(W * 10 + r)).mul_(r + 1);
+  });
 }
 
 TEST_F(Qsgd, ZeroBucketsDecodeToZeroAndTheMostLevelsStayWithinOneStep) {
@@ -266,38 +258,13 @@ TEST_F(Qsgd, ZeroBucketsDecodeToZeroAndTheMostLevelsStayWithinOneStep) {
 TEST_F(Qsgd, Float64NonContiguousAndEmptyInputs) {
   auto c = make(16, 64);
   at::Tensor x = at::randn({10, 30}, at::make_generator<at::CPUGeneratorImpl>(4));
-  const auto bits = bytes_of(encode(*c, x, payload_ctx(3)));
-  cddp::Payload d = encode(*c, x.to(at::kDouble), payload_ctx(3));
-  EXPECT_EQ(d.dtype, at::kDouble);
-  EXPECT_EQ(bytes_of(d), bits) << "float64 of float32 values codes the same";
-  EXPECT_EQ(decode(*c, d, at::kDouble).scalar_type(), at::kDouble);
+  const cddp::Payload d = expect_float64_noncontiguous_and_empty(*c, x, 0);
   EXPECT_TRUE(at::allclose(decode(*c, d, at::kDouble), decode(*c, d).to(at::kDouble), 1e-6, 1e-7));
-
-  at::Tensor t = x.t();
-  ASSERT_FALSE(t.is_contiguous());
-  cddp::Payload nc = encode(*c, t, payload_ctx(3));
-  EXPECT_EQ(bytes_of(nc), bytes_of(encode(*c, t.contiguous(), payload_ctx(3))));
-  EXPECT_EQ(nc.shape, (std::vector<int64_t>{30, 10}));
-
-  cddp::Payload e = encode(*c, at::empty({0}), payload_ctx());
-  EXPECT_EQ(e.numel, 0);
-  EXPECT_EQ(e.wire_bytes(), 0);
-  at::Tensor none = at::empty({0});
-  c->decode_add_(e, none);
-  c->combine({e, e}, none);
 }
 
 TEST_F(Qsgd, NonFiniteValuesNameTheParameter) {
   auto c = make(16, 512);
-  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] {
-      at::Tensor x = at::randn({300});
-      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
-      encode(*c, x, payload_ctx(0, 4, 0, 1, "layer.w"));
-    });
-    EXPECT_NE(msg.find("qsgd: non-finite value (NaN or Inf) in parameter 'layer.w' at step 4"), std::string::npos)
-        << msg;
-  }
+  expect_nonfinite_names_parameter(*c, "qsgd", "layer.w", 4);
 }
 
 TEST_F(Qsgd, AFiniteBucketWhoseNormOverflowsFloat32IsAnErrorNotNaN) {

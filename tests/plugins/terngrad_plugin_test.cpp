@@ -118,17 +118,9 @@ TEST_F(TernGrad, SeedsStepsAndParametersDrawDifferentlyTheSameSeedGivesTheSameBi
 }
 
 TEST_F(TernGrad, CombineIsTheMeanOfDecodesInRankOrderBitwise) {
-  const int64_t n = 1001;
-  for (int W = 1; W <= 4; ++W) {
-    std::vector<cddp::Payload> ps;
-    for (int r = 0; r < W; ++r)
-      ps.push_back(encode(*c, at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(W * 10 + r)).mul_(r + 1),
-                          payload_ctx(5, 1, 0, W)));
-    at::Tensor avg = at::full({n}, 99.f);
-    c->combine(ps, avg);
-    EXPECT_TRUE(bitwise_equal(avg, mean_in_rank_order(*c, ps))) << "W=" << W;
-    if (W == 1) EXPECT_TRUE(bitwise_equal(avg, decode(*c, ps[0])));
-  }
+  expect_combine_is_rank_order_mean(*c, [](int W, int r) {
+    return at::randn({1001}, at::make_generator<at::CPUGeneratorImpl>(W * 10 + r)).mul_(r + 1);
+  });
   std::vector<cddp::Payload> mixed{encode(*c, at::randn({16}), payload_ctx()), encode(*c, at::randn({8}), payload_ctx())};
   at::Tensor avg = at::empty({16});
   EXPECT_NE(error_of([&] { c->combine(mixed, avg); }).find("terngrad: "), std::string::npos);
@@ -140,35 +132,11 @@ TEST_F(TernGrad, AllZeroFloat64NonContiguousAndEmptyInputs) {
   EXPECT_TRUE(at::equal(decode(*c, z), at::zeros({9})));
 
   at::Tensor x = at::randn({12, 7}, at::make_generator<at::CPUGeneratorImpl>(4));
-  const auto bits = bytes_of(encode(*c, x, payload_ctx(3)));
-  cddp::Payload d = encode(*c, x.to(at::kDouble), payload_ctx(3));
-  EXPECT_EQ(d.dtype, at::kDouble);
-  EXPECT_EQ(bytes_of(d), bits) << "float64 of float32 values codes the same";
-  EXPECT_EQ(decode(*c, d, at::kDouble).scalar_type(), at::kDouble);
-
-  at::Tensor t = x.t();
-  ASSERT_FALSE(t.is_contiguous());
-  cddp::Payload nc = encode(*c, t, payload_ctx(3));
-  EXPECT_EQ(bytes_of(nc), bytes_of(encode(*c, t.contiguous(), payload_ctx(3))));
-  EXPECT_EQ(nc.shape, (std::vector<int64_t>{7, 12}));
-
-  cddp::Payload e = encode(*c, at::empty({0}), payload_ctx());
-  EXPECT_EQ(e.wire_bytes(), 4);
-  at::Tensor none = at::empty({0});
-  c->decode_add_(e, none);
-  c->combine({e, e}, none);
+  expect_float64_noncontiguous_and_empty(*c, x, 4);
 }
 
 TEST_F(TernGrad, NonFiniteValuesNameTheParameter) {
-  for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()}) {
-    const std::string msg = error_of([&] {
-      at::Tensor x = at::randn({300});
-      x[257] = bad;  // past the first 256 (one chunk of draws) and not at a multiple of 8
-      encode(*c, x, payload_ctx(0, 8, 0, 1, "fc2.bias"));
-    });
-    EXPECT_NE(msg.find("terngrad: non-finite value (NaN or Inf) in parameter 'fc2.bias' at step 8"), std::string::npos)
-        << msg;
-  }
+  expect_nonfinite_names_parameter(*c, "terngrad", "fc2.bias", 8);
   const std::string ints = error_of([&] { encode(*c, at::ones({3}, at::kInt), payload_ctx(0, 1, 0, 1, "b")); });
   EXPECT_NE(ints.find("terngrad: parameter 'b' is Int; expected float32 or float64"), std::string::npos) << ints;
 }

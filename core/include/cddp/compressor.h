@@ -114,6 +114,10 @@ class Compressor {
   virtual int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const;
 };
 
+// Throws c10::Error "<who>: selection index <i> is out of range [0, numel)" unless every entry
+// of `indices` lies in [0, numel). One pass (aminmax) over the k indices.
+void check_indices_in_range(const at::Tensor& indices, int64_t numel, const std::string& who);
+
 // k for a density: ceil(ratio * numel) clamped to [1, numel] (0 for an empty tensor).
 int64_t k_for_ratio(double ratio, int64_t numel);
 

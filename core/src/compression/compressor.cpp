@@ -34,6 +34,13 @@ at::ScalarType index_dtype_for(int64_t numel) {
   return numel < (int64_t{1} << 31) ? at::kInt : at::kLong;
 }
 
+void check_indices_in_range(const at::Tensor& indices, int64_t numel, const std::string& who) {
+  if (indices.numel() == 0) return;
+  const auto [min, max] = at::aminmax(indices);
+  const int64_t lo = min.item<int64_t>(), hi = max.item<int64_t>();
+  TORCH_CHECK(lo >= 0 && hi < numel, who, ": selection index ", lo < 0 ? lo : hi, " is out of range [0, ", numel, ")");
+}
+
 int64_t k_for_ratio(double ratio, int64_t numel) {
   if (numel <= 0) return 0;
   // ceil in long double so that ratio*numel products like 0.01*25e6 do not round up by one ulp.
@@ -54,9 +61,7 @@ void Compressor::decompress_add_(const Compressed& c, at::Tensor& dense) const {
   TORCH_CHECK(dense.is_contiguous() && dense.numel() == c.numel,
               "decompress_add_: dense must be contiguous with ", c.numel, " elements, got ", dense.sizes());
   if (c.count() == 0) return;
-  const int64_t lo = c.indices.min().item<int64_t>(), hi = c.indices.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < c.numel, "compressor '", name(), "': selection index ", lo < 0 ? lo : hi,
-              " is out of range [0, ", c.numel, ")");
+  check_indices_in_range(c.indices, c.numel, "compressor '" + name() + "'");
   // index_add_ on a flat view: duplicates (never produced by our compressors) would sum.
   dense.view(-1).index_add_(0, c.indices.to(at::kLong), c.values.to(dense.scalar_type()));
 }

@@ -21,9 +21,7 @@ void check_selection(const Compressed& c, const TensorStep& t) {
               " values but ", c.indices.defined() ? c.indices.numel() : 0, " indices");
   TORCH_CHECK(c.indices.scalar_type() == at::kInt || c.indices.scalar_type() == at::kLong, who,
               " returned indices of type ", c.indices.scalar_type(), "; expected int32 or int64");
-  const int64_t lo = c.indices.min().item<int64_t>(), hi = c.indices.max().item<int64_t>();
-  TORCH_CHECK(lo >= 0 && hi < c.numel, who, " returned index ", lo < 0 ? lo : hi, ", out of range [0, ", c.numel,
-              ")");
+  check_indices_in_range(c.indices, c.numel, who);
 }
 
 void compress_one(TensorStep& t, int64_t step, int world, StepStats& st) {
