@@ -7,9 +7,10 @@
 //               writes its parameters to --out/params_rank<R>.pt. Fault injection:
 //               --nan-rank/--nan-step (a NaN gradient), --die-rank/--die-step/--die-how
 //               kill|stop (SIGKILL / SIGSTOP itself), --ratio-rank1 (a different config).
-//               --momentum-mode global (default here) or dgc.
+//               --momentum-mode global (default here) or dgc; --exchange allgather|sparse_allreduce|auto
+//               and --value-dtype fp32|bf16|fp16 (CompressedSGDOptions::exchange, value_dtype).
 //   bytes       one step of top-k on a --numel tensor (--index-coding block16|plain); prints
-//               "BYTES received=... k=...".
+//               "BYTES received=... k=..."; --exchange and --value-dtype as for train.
 //   rendezvous  connect, barrier, print "CONNECTED".
 //   echo        launcher checks: prints env and lines, exits/raises/sleeps as told.
 // Errors: "ERROR: <message>" on stderr and exit code 1.
@@ -132,11 +133,14 @@ int role_train(const Args& a) {
                              {"lr", std::to_string(lr)},
                              {"momentum", std::to_string(momentum)},
                              {"momentum_mode", momentum_mode},
+                             {"exchange", a.get("--exchange", "allgather")},
+                             {"value_dtype", a.get("--value-dtype", "fp32")},
                              {"steps", std::to_string(steps)}});
 
   CompressedSGDOptions o(lr);
   o.momentum(momentum).momentum_mode(momentum_mode).compressor(compressor).communicator(comm).seed(42);
   o.nonfinite(a.get("--nonfinite", "error"));
+  o.exchange(a.get("--exchange", "allgather")).value_dtype(a.get("--value-dtype", "fp32"));
   if (compressor) o.density(ratio);
   CompressedSGD opt(named, o);
 
@@ -187,6 +191,7 @@ int role_bytes(const Args& a) {
   p.mutable_grad() = at::randn({numel}, generator(99 + comm->rank()));
   CompressedSGDOptions o(0.1);
   o.compressor(topk).density(ratio).communicator(comm).index_coding(a.get("--index-coding", "block16"));
+  o.exchange(a.get("--exchange", "allgather")).value_dtype(a.get("--value-dtype", "fp32"));
   CompressedSGD opt(std::vector<at::Tensor>{p}, o);
   opt.step();
   const StepStats& st = opt.last_step_stats();

@@ -1,6 +1,16 @@
 // bench_exchange.cpp — sparse gradient exchange vs a dense Gloo allreduce, 2 ranks on loopback.
 //
 //   bench_exchange [--numel 25000000] [--ratio 0.01] [--iters 7] [--nproc 2]
+//   bench_exchange --world 2,4,8 [--numel N] [--ratio R] [--iters I] [--json FILE]
+//
+// --world: for each listed W, W local ranks exchange each rank's own top-k selection of one
+// --numel fp32 gradient with every sparse exchange — allgather and sparse allreduce, fp32 and bf16
+// values — and the dense Gloo allreduce, and time three empty-ish collectives (8 bytes: allreduce,
+// allgather, alltoall) for the per-collective latency. Per exchange it prints the per-rank bytes
+// received (mean over ranks, from StepStats), the model's formula for them, and the median time
+// (the slowest rank's per iteration). --json writes the same rows for
+// tools/experiments/scale_model.py. W ranks share this machine's cores: at W > cores the
+// times measure CPU contention as much as the exchange.
 //
 // Started without RANK in the environment it re-executes itself on --nproc local ranks through
 // cddp::launch_local; each rank then connects (TCPStore + Gloo on 127.0.0.1) and times, on one
@@ -39,8 +49,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cmath>
 #include <cstdlib>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern char** environ;
@@ -77,7 +90,130 @@ struct Opts {
   double ratio = 0.01;
   int iters = 7;
   int nproc = 2;
+  std::vector<int> worlds;  // --world: the scaling table
+  std::string json;         // --world --json FILE
 };
+
+// The per-rank received-bytes formula of each exchange of one k-entry selection (wire_cost.h,
+// sparse_allreduce.h), with its text.
+struct Formula {
+  double bytes;
+  std::string text;
+};
+Formula formula_for(const std::string& exchange, int64_t k, int64_t numel, int W, int64_t value_bytes) {
+  const double idx = double(cddp::index_wire_bytes(k, numel, cddp::IndexCoding::Block16));
+  const double v = double(value_bytes), b = std::ceil(double(k) / W);
+  if (exchange == "allgather")
+    return {(W - 1) * (k * v + idx), "(W-1)*(k*" + std::to_string(value_bytes) + " + Block16 index bytes)"};
+  if (exchange == "sparse_allreduce")
+    return {(W - 1.0) / W * k * (4 + v) + (W - 1) * (8 + b * (4 + v)) + 16.0 * (W - 1),
+            "(W-1)/W*k*(4+" + std::to_string(value_bytes) + ") + (W-1)*(8 + ceil(k/W)*(4+" +
+                std::to_string(value_bytes) + ")) + 16*(W-1)"};
+  return {2.0 * (W - 1) / W * 4.0 * double(numel), "2*(W-1)/W*4*N"};
+}
+
+// The slowest rank's time of each iteration, then the median: a collective ends when its last rank does.
+double slowest_median(cddp::Communicator& comm, const std::vector<double>& ms) {
+  at::Tensor t = at::tensor(ms, at::kDouble);
+  std::vector<at::Tensor> all = comm.allgather(t);
+  std::vector<double> worst(ms.size(), 0);
+  for (auto& a : all)
+    for (size_t i = 0; i < ms.size(); ++i) worst[i] = std::max(worst[i], a[i].item<double>());
+  return median(worst);
+}
+
+// --world: one W of the scaling table (see the header).
+int run_scaling(const Opts& o, const cddp::EnvMap& env) {
+  at::set_num_threads(1);
+  cddp::DistEnv d = cddp::parse_dist_env(env);
+  auto comm = cddp::connect(d, std::chrono::seconds(300));
+  const int W = comm->world_size(), me = comm->rank();
+  at::Tensor grad = at::randn({o.numel}, at::detail::createCPUGenerator(1234 + me));
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_BENCH_PLUGIN_DIR}, nullptr));
+  auto topk = loader.create("topk", {{"ratio", o.ratio}});
+  cddp::CompressContext ctx;
+  ctx.step = 1;
+  ctx.param_name = "grad";
+  ctx.ratio = o.ratio;
+  cddp::Compressed sel = topk->compress(grad, ctx);
+  const int64_t k = sel.count();
+  struct Row {
+    std::string exchange, values;
+    double bytes = 0, ms = 0;
+    Formula f;
+  };
+  std::vector<Row> rows;
+  for (const char* alg : {"allgather", "sparse_allreduce"})
+    for (const char* values : {"fp32", "bf16"}) {
+      cddp::ExchangeWire wire;
+      wire.algorithm = std::string(alg) == "allgather" ? cddp::SparseAlgorithm::Allgather
+                                                       : cddp::SparseAlgorithm::SparseAllreduce;
+      wire.values = std::string(values) == "bf16" ? cddp::ValueWire::BFloat16 : cddp::ValueWire::Native;
+      cddp::GradientExchange ex(*comm, wire);
+      cddp::SparseAverage mean, back;
+      at::Tensor unused = at::empty({0});
+      std::vector<double> ms;
+      cddp::StepStats st;
+      for (int it = 0; it <= o.iters; ++it) {
+        std::vector<cddp::SparseSlot> slots{{&sel, topk.get(), &unused, nullptr, k, &mean, &back}};
+        st = cddp::StepStats();
+        comm->barrier();
+        auto t0 = Clock::now();
+        ex.average_sparse(slots, st);
+        if (it) ms.push_back(ms_since(t0));
+      }
+      at::Tensor bytes = at::tensor({double(st.bytes_received)}, at::kDouble);
+      comm->allreduce_sum_(bytes);
+      const int64_t vb = std::string(values) == "bf16" ? 2 : 4;
+      rows.push_back({alg, values, bytes.item<double>() / W, slowest_median(*comm, ms), formula_for(alg, k, o.numel, W, vb)});
+    }
+  {
+    std::vector<double> ms;
+    for (int it = 0; it <= o.iters; ++it) {
+      at::Tensor dense = grad.clone();
+      comm->barrier();
+      auto t0 = Clock::now();
+      comm->allreduce_sum_(dense);
+      if (it) ms.push_back(ms_since(t0));
+    }
+    Formula f = formula_for("dense", k, o.numel, W, 4);
+    rows.push_back({"dense_allreduce", "fp32", f.bytes, slowest_median(*comm, ms), f});
+  }
+  // Latency per collective: 8 bytes each, 5x the iterations.
+  std::vector<std::pair<std::string, double>> latency;
+  for (const char* op : {"allreduce", "allgather", "alltoall"}) {
+    std::vector<double> ms;
+    for (int it = 0; it <= 5 * o.iters; ++it) {
+      at::Tensor t = at::zeros({W}, at::kLong);
+      comm->barrier();
+      auto t0 = Clock::now();
+      if (std::string(op) == "allreduce") comm->allreduce_sum_(t);
+      else if (std::string(op) == "allgather") comm->allgather(t.narrow(0, 0, 1));
+      else comm->alltoall(t, std::vector<int64_t>(W, 1), std::vector<int64_t>(W, 1));
+      if (it) ms.push_back(ms_since(t0));
+    }
+    latency.emplace_back(op, slowest_median(*comm, ms));
+  }
+  comm->barrier();
+  if (me != 0) return 0;
+  std::printf("\nW=%d, N=%lld fp32, ratio %.4g, k=%lld per rank, %d iterations (median of the slowest rank)\n\n", W,
+              static_cast<long long>(o.numel), o.ratio, static_cast<long long>(k), o.iters);
+  std::printf("| exchange | values | bytes received per rank | formula | formula bytes | median ms |\n|---|---|---|---|---|---|\n");
+  for (const Row& r : rows)
+    std::printf("| %s | %s | %.0f | %s | %.0f | %.2f |\n", r.exchange.c_str(), r.values.c_str(), r.bytes,
+                r.f.text.c_str(), r.f.bytes, r.ms);
+  std::printf("\nlatency (8-byte collective, median of the slowest rank):");
+  for (auto& [op, ms] : latency) std::printf(" %s %.3f ms", op.c_str(), ms);
+  std::printf("\n");
+  for (const Row& r : rows)
+    std::printf("JSON {\"world\": %d, \"numel\": %lld, \"k\": %lld, \"exchange\": \"%s\", \"values\": \"%s\", "
+                "\"bytes_received\": %.0f, \"formula_bytes\": %.0f, \"ms\": %.4f}\n",
+                W, static_cast<long long>(o.numel), static_cast<long long>(k), r.exchange.c_str(), r.values.c_str(),
+                r.bytes, r.f.bytes, r.ms);
+  for (auto& [op, ms] : latency)
+    std::printf("JSON {\"world\": %d, \"latency\": \"%s\", \"ms\": %.4f}\n", W, op.c_str(), ms);
+  return 0;
+}
 
 int run_rank(const Opts& o, const cddp::EnvMap& env) {
   at::set_num_threads(1);
@@ -243,7 +379,7 @@ int run_rank(const Opts& o, const cddp::EnvMap& env) {
 
 int main(int argc, char** argv) {
   Opts o;
-  bool worker = false;
+  bool worker = false, scaling = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -259,8 +395,15 @@ int main(int argc, char** argv) {
       else if (a == "--iters") o.iters = std::stoi(next());
       else if (a == "--nproc") o.nproc = std::stoi(next());
       else if (a == "--worker") worker = true;
+      else if (a == "--scaling") scaling = true;
+      else if (a == "--json") o.json = next();
+      else if (a == "--world") {
+        std::stringstream list(next());
+        for (std::string w; std::getline(list, w, ',');) o.worlds.push_back(std::stoi(w));
+      }
       else {
-        std::fprintf(stderr, "usage: bench_exchange [--numel N] [--ratio R] [--iters I] [--nproc W]\n");
+        std::fprintf(stderr, "usage: bench_exchange [--numel N] [--ratio R] [--iters I] [--nproc W | --world 2,4,8 "
+                     "[--json FILE]]\n");
         return 2;
       }
     } catch (const std::exception&) {
@@ -268,13 +411,18 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  for (int w : o.worlds)
+    if (w < 2 || w > 64) {
+      std::fprintf(stderr, "bench_exchange: --world takes ranks counts from 2 to 64, got %d\n", w);
+      return 2;
+    }
   if (o.numel < 1 || !(o.ratio > 0 && o.ratio <= 1) || o.iters < 1 || o.nproc < 2) {
     std::fprintf(stderr, "bench_exchange: need --numel >= 1, 0 < --ratio <= 1, --iters >= 1, --nproc >= 2\n");
     return 2;
   }
   const cddp::EnvMap env = cddp::environment_map(environ);
   try {
-    if (worker) return run_rank(o, env);
+    if (worker) return scaling ? run_scaling(o, env) : run_rank(o, env);
     char self[4096];
     ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
     if (n <= 0) {
@@ -282,17 +430,44 @@ int main(int argc, char** argv) {
       return 1;
     }
     self[n] = '\0';
+    std::vector<std::string> json;
     cddp::LaunchOptions lo;
     lo.nproc = o.nproc;
     lo.argv = {self, "--worker", "--numel", std::to_string(o.numel), "--ratio", std::to_string(o.ratio), "--iters",
                std::to_string(o.iters)};
     lo.env = env;
-    lo.on_line = [](int rank, int stream, const std::string& line) {
-      if (rank == 0 && stream == 1) std::printf("%s\n", line.c_str());
+    lo.on_line = [&json](int rank, int stream, const std::string& line) {
+      if (rank == 0 && stream == 1 && line.rfind("JSON ", 0) == 0) json.push_back(line.substr(5));
+      else if (rank == 0 && stream == 1) std::printf("%s\n", line.c_str());
       else std::fprintf(stderr, "[rank %d] %s\n", rank, line.c_str());
       std::fflush(stdout);
     };
-    return cddp::launch_local(lo);
+    if (o.worlds.empty()) return cddp::launch_local(lo);
+    lo.argv.push_back("--scaling");
+    std::printf("bench_exchange --world: one fp32 gradient of %lld entries, top-k ratio %.4g, on this machine's %u "
+                "hardware threads (loopback Gloo)\n",
+                static_cast<long long>(o.numel), o.ratio, std::thread::hardware_concurrency());
+    for (int w : o.worlds) {
+      lo.nproc = w;
+      if (int rc = cddp::launch_local(lo)) return rc;
+    }
+    if (!o.json.empty()) {  // written whole, then renamed: never a half file
+      const std::string tmp = o.json + ".tmp";
+      FILE* f = std::fopen(tmp.c_str(), "w");
+      if (!f) {
+        std::fprintf(stderr, "bench_exchange: cannot write %s\n", tmp.c_str());
+        return 1;
+      }
+      std::fprintf(f, "[\n");
+      for (size_t i = 0; i < json.size(); ++i) std::fprintf(f, "  %s%s\n", json[i].c_str(), i + 1 < json.size() ? "," : "");
+      std::fprintf(f, "]\n");
+      if (std::fclose(f) != 0 || std::rename(tmp.c_str(), o.json.c_str()) != 0) {
+        std::fprintf(stderr, "bench_exchange: cannot write %s\n", o.json.c_str());
+        return 1;
+      }
+      std::printf("wrote %s\n", o.json.c_str());
+    }
+    return 0;
   } catch (const c10::Error& e) {
     std::fprintf(stderr, "bench_exchange: %s\n", e.what_without_backtrace());
   } catch (const std::exception& e) {

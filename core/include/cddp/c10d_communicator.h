@@ -71,6 +71,9 @@ class C10dCommunicator final : public Communicator {
   void allreduce_sum_(at::Tensor& tensor) override;
   std::vector<at::Tensor> allgather(const at::Tensor& tensor) override;
   void allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) override;
+  // c10d's alltoall_base: each rank receives only what is sent to it.
+  at::Tensor alltoall(const at::Tensor& input, const std::vector<int64_t>& send_counts,
+                      const std::vector<int64_t>& recv_counts) override;
   void broadcast_(at::Tensor& tensor, int root) override;
   void barrier() override;
 

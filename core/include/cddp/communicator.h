@@ -9,6 +9,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,14 @@ class Communicator {
   // shape, dtype and device are reused (C10dCommunicator), so a caller gathering the same size
   // every step does not allocate — and page-fault in — fresh buffers each time.
   virtual void allgather_into(const at::Tensor& tensor, std::vector<at::Tensor>& out) { out = allgather(tensor); }
+  // Sends the r-th block of `input` (send_counts[r] elements, the blocks in rank order) to rank
+  // r, and receives recv_counts[s] elements from each rank s,
+  // concatenated in rank order. 1-D input, counts in elements, zero counts allowed; every rank's
+  // recv_counts[s] must equal rank s's send_counts[me]. The default (communicator.cpp) is two
+  // allgathers — correct anywhere, but every rank receives every whole input, so its traffic grows
+  // with W; C10dCommunicator overrides it with c10d's alltoall_base (Gloo: uint8, int64, fp32).
+  virtual at::Tensor alltoall(const at::Tensor& input, const std::vector<int64_t>& send_counts,
+                              const std::vector<int64_t>& recv_counts);
   // In place: every rank ends with root's values.
   virtual void broadcast_(at::Tensor& tensor, int root) = 0;
   virtual void barrier() = 0;

@@ -65,7 +65,7 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // better: docs/results.md, 2.0 points better at 94 steps of a cosine schedule, 0.1 worse at
   // 470. No effect at a constant lr.
   TORCH_ARG(bool, residual_lr_scaling) = false;
-  // The four string options below (momentum_mode, nonfinite, scope, index_coding) are parsed once,
+  // The string options (momentum_mode, nonfinite, scope, index_coding, value_dtype, exchange) are parsed once,
   // when the optimizer is constructed or a param group added: edit them before that.
   // "dgc" (default): momentum corrected locally before compression, with momentum factor
   // masking — Lin et al. 2018; in docs/results.md it ended 1.9–2.2 points above "global" in
@@ -96,12 +96,24 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // 65,536 entries, see IndexCoding) or "plain" (int32). Changes bytes, never results. A wire
   // setting, not state: like the compressor it is not saved, and every rank must agree on it.
   TORCH_ARG(std::string, index_coding) = "block16";
+  // How the sparse route's values travel (ValueWire): "fp32" (default: as they are), "bf16" or
+  // "fp16", 2 bytes a value. The rounding goes back into this rank's residual (acc − D(rounded
+  // sent)), so error feedback loses nothing; fp16 refuses a value past 65504 with an error.
+  // Only the sparse (allgather-kind) route; shared-index and dense routes send their dtype.
+  TORCH_ARG(std::string, value_dtype) = "fp32";
+  // How the sparse route is averaged (SparseAlgorithm): "allgather" (default; every rank
+  // receives (W−1)·k entries), "sparse_allreduce" (about 2k entries for any W: a region-wise
+  // reduce-scatter and an allgather of each region's largest sums; what that re-selection drops
+  // goes back into the residual of the rank that sent it), or "auto": chosen at the first step
+  // by the wire-cost model over W, k and the bytes (core/src/comm/wire_cost.h), and recorded
+  // once in routing() under the name "<sparse exchange>".
+  TORCH_ARG(std::string, exchange) = "allgather";
   // How ranks talk; null means a LocalCommunicator (world size 1).
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
   // Compute the residual norm into StepStats (one extra pass over residuals). Read from
   // defaults() at every step (the trainer turns it on for the steps it logs).
   TORCH_ARG(bool, track_residual_norm) = false;
-  // Param groups: nonfinite, scope, index_coding, communicator and track_residual_norm are
+  // Param groups: nonfinite, scope, index_coding, value_dtype, exchange, communicator and track_residual_norm are
   // optimizer-wide, and with scope "model" so are compressor, density, error_feedback and seed:
   // a group that sets another value than defaults() is refused (at construction, or at the
   // first step after add_param_group). Every other option is honoured per group.
@@ -178,6 +190,8 @@ class CompressedSGD : public torch::optim::Optimizer {
   CompressedSGDParamState& state_for(const at::Tensor& p);
   // Checks and parses the param groups not seen yet (add_param_group): a size check per step.
   void adopt_new_param_groups();
+  // exchange "auto": picks the sparse exchange once, from every rank's mean selection size.
+  void decide_exchange(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels);
 
   std::vector<std::string> names_;  // parallel to the flattened parameter list
   std::shared_ptr<Communicator> comm_;
@@ -189,6 +203,7 @@ class CompressedSGD : public torch::optim::Optimizer {
   std::vector<RoutingDecision> routing_log_;
   StepStats last_;
   CumulativeStats total_;
+  bool exchange_decided_ = false;  // exchange "auto": chosen at the first step with a sparse tensor
   int64_t step_ = 0;
   double density_override_ = -1;
 };

@@ -8,6 +8,10 @@
 //             so every rank computes a bitwise identical average —
 //             into a dense output, or (SparseSlot::coalesced) into a coalesced list of the
 //             O(k·W) entries any rank sent, which never touches the other numel − k·W.
+//             Values may travel rounded to 16 bits (ValueWire), and SparseAlgorithm::
+//             SparseAllreduce replaces the allgather by a region-wise reduce-scatter and an
+//             allgather whose per-rank traffic does not grow with W. Both hand back to the
+//             caller what did not arrive (SparseSlot::returned), for its residual.
 //  - shared:  compressors whose indices agree on every rank (seeded random-k) allreduce
 //             only the values, in one coalesced buffer.
 //  - dense:   tensors kept out of compression go through one flattened allreduce.
@@ -38,6 +42,31 @@ class GradientExchange;
 //            travel grouped by block, in list order within a block. This changes no sum: an
 //            index lies in one block, so repeats keep their order.
 enum class IndexCoding { Plain, Block16 };
+// How the values of a sparse selection (float or double) travel:
+//   Native:   as their own dtype;
+//   BFloat16: rounded to bf16 (fp32's range, 8 significant bits), 2 bytes a value;
+//   Half:     rounded to fp16 (11 significant bits, magnitudes up to 65504), 2 bytes a value;
+//             a value beyond 65504 is refused with an error naming the tensor, never sent as Inf.
+// The rounding, v − round(v), is exact in fp32 (Sterbenz's lemma) and is handed back to the
+// caller in SparseSlot::returned / AverageOf::returned(), for its residual: nothing is lost.
+// Other dtypes, and world size 1 (nothing reaches a wire), travel as they are.
+enum class ValueWire { Native, BFloat16, Half };
+
+// How sparse selections are averaged at world size > 1:
+//   Allgather:       every rank receives every other rank's selection, (W−1)·k entries;
+//   SparseAllreduce: a region-wise sparse reduce-scatter, a re-selection of each region's
+//                    largest sums and an allgather of them (core/src/comm/sparse_allreduce.h):
+//                    about 2k entries for any W. What the re-selection drops is handed back in
+//                    `returned`, for the residual of the rank that sent it.
+enum class SparseAlgorithm { Allgather, SparseAllreduce };
+
+// The wire settings of a GradientExchange; every rank must use the same.
+struct ExchangeWire {
+  IndexCoding coding = IndexCoding::Block16;
+  ValueWire values = ValueWire::Native;
+  SparseAlgorithm algorithm = SparseAlgorithm::Allgather;
+};
+
 // Bytes the indices of a selection of `count` entries of an `numel`-entry tensor take on the
 // wire, unpadded.
 int64_t index_wire_bytes(int64_t count, int64_t numel, IndexCoding coding);
@@ -119,6 +148,11 @@ struct SparseSlot {
   // here (coalesced->valid) and `average` is neither read nor written (its `reuse` state is
   // reset). The same bits as the dense decode at every entry. Otherwise `average` as usual.
   SparseAverage* coalesced = nullptr;
+  // Out: what this rank should add back to its residual — the rounding of its values to a
+  // 16-bit ValueWire and the entries a SparseAllreduce re-selection dropped (indices may repeat;
+  // count 0 when nothing). Required when the exchange may return anything (a 16-bit ValueWire,
+  // or SparseAllreduce): refused otherwise, since what it would return would be lost.
+  SparseAverage* returned = nullptr;
 };
 
 // One tensor's selection for the calls whose outputs the exchange keeps (AverageOf below).
@@ -145,19 +179,28 @@ class AverageOf {
   bool is_coalesced() const { return list_.valid; }
   const at::Tensor& dense() const { return tensor_; }   // [numel] contiguous; when !is_coalesced()
   const SparseAverage& list() const { return list_; }  // when is_coalesced()
+  // What this rank adds back to its residual (SparseSlot::returned); count() 0 when nothing.
+  const SparseAverage& returned() const { return returned_; }
 
  private:
   friend class GradientExchange;
   at::Tensor tensor_;
   SparseOutputState zeros_;
   SparseAverage list_;
+  SparseAverage returned_;
 };
 
 class GradientExchange {
  public:
   explicit GradientExchange(Communicator& comm, IndexCoding coding = IndexCoding::Block16)
       : comm_(comm), coding_(coding) {}
+  GradientExchange(Communicator& comm, ExchangeWire wire)
+      : comm_(comm), coding_(wire.coding), values_(wire.values), algorithm_(wire.algorithm) {}
   IndexCoding index_coding() const { return coding_; }
+  ValueWire value_wire() const { return values_; }
+  SparseAlgorithm algorithm() const { return algorithm_; }
+  // Every rank must switch at the same call (CompressedSGD decides "auto" once, at its first step).
+  void set_algorithm(SparseAlgorithm a) { algorithm_ = a; }
 
   // Writes every slot's average. With SparseSlot::reuse, clears only what the previous call
   // wrote (see SparseOutputState); without, clears the whole output first.
@@ -181,6 +224,9 @@ class GradientExchange {
  private:
   // The stages of average_sparse.
   void average_own(std::vector<SparseSlot>& slots);  // world size 1
+  void average_reduced(std::vector<SparseSlot>& slots, StepStats& stats);  // SparseAlgorithm::SparseAllreduce
+  at::ScalarType wire_type(const Compressed& c) const;  // the type its values travel as
+  void check_and_return_rounding(std::vector<SparseSlot>& slots) const;
   std::vector<at::Tensor> gather_counts(const std::vector<SparseSlot>& slots, at::Tensor& counts, bool& counts_known);
   void pack(const std::vector<SparseSlot>& slots, const Layout& mine, int64_t packed_bytes);
   std::vector<Compressed> unpack(const SparseSlot& slot, int64_t i, const std::vector<at::Tensor>& all_counts,
@@ -194,6 +240,8 @@ class GradientExchange {
   void end_output(SparseSlot& slot, bool recorded, Written how);
   Communicator& comm_;
   IndexCoding coding_;
+  ValueWire values_ = ValueWire::Native;
+  SparseAlgorithm algorithm_ = SparseAlgorithm::Allgather;
   // The sparse path's byte buffers, kept from call to call: the same sizes come back every
   // step, and fresh ones would be page-faulted in each time (~1–2 ms for 25M·1 % over 2 ranks).
   at::Tensor packed_;

@@ -3,6 +3,7 @@
 #include <cddp/gradient_exchange.h>
 
 #include "index_coding.h"
+#include "sparse_allreduce.h"
 #include "sparse_decode.h"
 #include "wire_cost.h"
 
@@ -37,11 +38,13 @@ int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
 
 using Layout = GradientExchange::Layout;
 
-Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts, IndexCoding coding) {
+// value_size[i]: the bytes of one of slot i's values on the wire (GradientExchange::wire_type).
+Layout layout_for(const std::vector<SparseSlot>& slots, const int64_t* counts, IndexCoding coding,
+                  const std::vector<int64_t>& value_size) {
   Layout l;
   for (size_t i = 0; i < slots.size(); ++i) {
     const Compressed& c = *slots[i].local;
-    const int64_t vsize = c10::elementSize(c.dtype);
+    const int64_t vsize = value_size[i];
     l.value_offset.push_back(l.total);
     l.total += pad8(counts[i] * vsize);
     l.index_offset.push_back(l.total);  // a multiple of 8: Block16's uint32 counts are aligned
@@ -120,6 +123,14 @@ int64_t version_of(const at::Tensor& t) { return t.is_inference() ? -1 : static_
 // True when a selection's mean can be written as a coalesced list (CPU float/double selections).
 bool coalescable(const Compressed& c) {
   return (c.dtype == at::kFloat || c.dtype == at::kDouble) && (!c.values.defined() || c.values.is_cpu());
+}
+
+// An empty list: nothing to return.
+void clear_list(SparseAverage& list, int64_t numel, at::ScalarType dtype) {
+  list.numel = numel;
+  list.indices = at::empty({0}, index_dtype_for(numel));
+  list.values = at::empty({0}, at::TensorOptions().dtype(dtype));
+  list.valid = true;
 }
 
 // True when the slot's mean goes to its coalesced list.
@@ -261,7 +272,7 @@ void GradientExchange::pack(const std::vector<SparseSlot>& slots, const Layout& 
     if (n == 0) continue;
     // The packed buffer is host memory: a selection made on a GPU is brought over first (the
     // index coding and the reorder below read raw host pointers).
-    at::Tensor vb = as_bytes(c.values.to(at::kCPU, c.dtype)),
+    at::Tensor vb = as_bytes(c.values.to(at::kCPU, wire_type(c))),
                idx = c.indices.to(at::kCPU, index_dtype_for(c.numel)).contiguous();
     order.clear();
     if (detail::block16(coding_, n, c.numel))
@@ -271,7 +282,7 @@ void GradientExchange::pack(const std::vector<SparseSlot>& slots, const Layout& 
     if (order.empty()) {
       packed.narrow(0, mine.value_offset[i], vb.numel()).copy_(vb);
     } else {  // the values follow their indices into block order
-      const size_t es = c10::elementSize(c.dtype);
+      const size_t es = c10::elementSize(wire_type(c));
       const uint8_t* from = vb.data_ptr<uint8_t>();
       uint8_t* to = packed.data_ptr<uint8_t>() + mine.value_offset[i];
       for (size_t pos = 0; pos < order.size(); ++pos) std::memcpy(to + pos * es, from + order[pos] * es, es);
@@ -296,7 +307,9 @@ std::vector<Compressed> GradientExchange::unpack(const SparseSlot& slot, int64_t
     c.numel = local.numel;
     c.shape = local.shape;
     c.dtype = local.dtype;
-    c.values = gathered_[r].narrow(0, layouts[r].value_offset[i], n * c10::elementSize(c.dtype)).view(c.dtype);
+    const at::ScalarType wt = wire_type(local);
+    c.values = gathered_[r].narrow(0, layouts[r].value_offset[i], n * c10::elementSize(wt)).view(wt);
+    if (wt != c.dtype) c.values = c.values.to(c.dtype);  // exact: a 16-bit value widens losslessly
     if (detail::block16(coding_, n, local.numel)) {
       at::Tensor& idx = decoded_[static_cast<size_t>(i * world + r)];
       if (!idx.defined() || idx.scalar_type() != it) idx = at::empty({0}, it);
@@ -369,6 +382,70 @@ void GradientExchange::decode_mean(SparseSlot& slot, const OutputPlan& plan, con
   end_output(slot, written != nullptr, Written::Listed);
 }
 
+at::ScalarType GradientExchange::wire_type(const Compressed& c) const {
+  if (c.dtype != at::kFloat && c.dtype != at::kDouble) return c.dtype;
+  return values_ == ValueWire::BFloat16 ? at::kBFloat16 : values_ == ValueWire::Half ? at::kHalf : c.dtype;
+}
+
+// Each slot's `returned`: v − round(v) wherever rounding to the wire type changed a value
+// (exact: v and round(v) are within a factor 2, Sterbenz). fp16 overflow is refused here,
+// before any collective.
+void GradientExchange::check_and_return_rounding(std::vector<SparseSlot>& slots) const {
+  for (size_t i = 0; i < slots.size(); ++i) {
+    const Compressed& c = *slots[i].local;
+    const at::ScalarType wt = wire_type(c);
+    if (wt == c.dtype) {
+      if (slots[i].returned) clear_list(*slots[i].returned, c.numel, c.dtype);
+      continue;
+    }
+    TORCH_CHECK(slots[i].returned, "sparse exchange: slot ", i, " sends its values as ", wt,
+                " but gives no SparseSlot::returned for the rounding: it would be lost");
+    at::Tensor v = c.count() ? c.values.to(at::kCPU, c.dtype).reshape(-1) : at::empty({0}, at::TensorOptions().dtype(c.dtype));
+    if (wt == at::kHalf && v.numel() > 0) {
+      const double peak = v.abs().max().item<double>();
+      TORCH_CHECK(!(peak > 65504.0), "value_dtype \"fp16\": slot ", i, " of the sparse exchange holds a value of",
+                  " magnitude ", peak, ", beyond fp16's largest finite value 65504 (it would arrive as Inf); use",
+                  " \"bf16\", which has fp32's range, or \"fp32\"");
+    }
+    at::Tensor diff = v - v.to(wt).to(c.dtype);
+    at::Tensor nz = diff.ne(0).nonzero().reshape(-1);
+    SparseAverage& back = *slots[i].returned;
+    back.numel = c.numel;
+    back.indices = c.indices.to(at::kCPU).reshape(-1).index_select(0, nz).to(index_dtype_for(c.numel));
+    back.values = diff.index_select(0, nz);
+    back.valid = true;
+  }
+}
+
+// SparseAlgorithm::SparseAllreduce (sparse_allreduce.h): the mean as a coalesced list, written
+// into a dense output where the slot has no coalesced one.
+void GradientExchange::average_reduced(std::vector<SparseSlot>& slots, StepStats& stats) {
+  auto t0 = Clock::now();
+  std::vector<SparseAverage> lists(slots.size());
+  std::vector<detail::SparseAllreduceSlot> parts;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    SparseSlot& s = slots[i];
+    TORCH_CHECK(coalescable(*s.local),
+                "sparse allreduce: slot ", i, " is a ", s.local->dtype, " selection",
+                (s.local->values.defined() ? " on " + s.local->values.device().str() : std::string()),
+                "; it reduces CPU float and double selections only (use exchange \"allgather\")");
+    TORCH_CHECK(s.returned, "sparse allreduce: slot ", i, " gives no SparseSlot::returned for the entries the",
+                " re-selection drops: they would be lost");
+    if (s.reuse) s.reuse->reset();
+    if (s.coalesced) s.coalesced->valid = false;
+    parts.push_back({s.local, coalesces(s) ? s.coalesced : &lists[i], s.returned});
+  }
+  detail::SparseAllreduce(comm_, values_).run(parts, stats);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (coalesces(slots[i])) continue;
+    at::Tensor& avg = *slots[i].average;
+    TORCH_CHECK(avg.is_cpu() && avg.is_contiguous(), "sparse allreduce: slot ", i, "'s output must be CPU-contiguous");
+    avg.zero_();
+    add_sparse_(avg.view(-1), lists[i], 1.0);  // +0 + 1·mean: the mean's bits at each entry
+  }
+  stats.comm_ms += ms_since(t0);
+}
+
 void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats& stats) {
   if (slots.empty()) return;
   const int world = comm_.world_size();
@@ -376,6 +453,8 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   int64_t payload = 0;
   for (auto& s : slots) payload += s.local->wire_bytes();
   if (world == 1) {
+    for (auto& s : slots)  // nothing reaches a wire: nothing rounded, nothing returned
+      if (s.returned) clear_list(*s.returned, s.local->numel, s.local->dtype);
     average_own(slots);
     stats.payload_bytes += payload;
     stats.bytes_sent += payload;
@@ -385,7 +464,17 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
 
   // 1. Counts: selections may differ in size between ranks (threshold compressors), and
   //    an empty selection must still take part, or the collective would hang.
+  if (algorithm_ == SparseAlgorithm::SparseAllreduce) {
+    average_reduced(slots, stats);
+    return;
+  }
   const int64_t P = static_cast<int64_t>(slots.size());
+  check_and_return_rounding(slots);  // before any collective: an fp16 overflow stops here
+  std::vector<int64_t> value_size;
+  for (const auto& s : slots) {
+    value_size.push_back(int64_t(c10::elementSize(wire_type(*s.local))));
+    payload -= s.local->count() * (int64_t(c10::elementSize(s.local->dtype)) - value_size.back());  // real bytes
+  }
   const std::vector<OutputPlan> plans = begin_outputs(slots, /*may_defer=*/true);
   ZeroOutputs zeroing(slots, plans, /*may_overlap=*/true);  // overlaps the two allgathers
   at::Tensor counts;
@@ -395,7 +484,7 @@ void GradientExchange::average_sparse(std::vector<SparseSlot>& slots, StepStats&
   int64_t max_total = 0;
   for (int r = 0; r < world; ++r) {
     at::Tensor c = all_counts[r].contiguous();
-    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>(), coding_));
+    layouts.push_back(layout_for(slots, c.data_ptr<int64_t>(), coding_, value_size));
     max_total = std::max(max_total, layouts.back().total);
   }
 
@@ -433,7 +522,7 @@ std::vector<SparseSlot> GradientExchange::kept_slots(const std::vector<SparseReq
   outputs.clear();
   for (const SparseRequest& r : requests) {
     AverageOf& kept = kept_[r.key];
-    SparseSlot slot{r.local, r.codec, &kept.tensor_, nullptr, r.expected_count, nullptr};
+    SparseSlot slot{r.local, r.codec, &kept.tensor_, nullptr, r.expected_count, nullptr, &kept.returned_};
     if (r.coalesce && coalescable(*r.local)) {
       slot.coalesced = &kept.list_;
     } else {
@@ -498,6 +587,7 @@ void GradientExchange::average_shared(std::vector<SparseSlot>& slots, StepStats&
       off += local.count();
       if (slots[i].reuse) slots[i].reuse->reset();
       if (slots[i].coalesced) slots[i].coalesced->valid = false;
+      if (slots[i].returned) clear_list(*slots[i].returned, local.numel, local.dtype);  // values sum as they are
       if (coalesces(slots[i])) {  // the same indices on every rank: (+0 + sum) / W at each
         coalesce_own(slots[i], c.values, world, comm_.rank());
         continue;

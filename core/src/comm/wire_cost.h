@@ -13,12 +13,14 @@
 // the exchange counts what it moved in whole bytes, (2(W−1)·B)/W in integer arithmetic; the
 // dense equivalent and the routing estimate are real-valued, 2(W−1)/W · B.
 //
-// It will not decide anything (routing compares these numbers) and does not communicate.
+// It does not communicate; the one thing it decides is exchange "auto" (choose_sparse_algorithm).
 #pragma once
 
 #include <cddp/gradient_exchange.h>
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace cddp::detail {
 
@@ -37,5 +39,18 @@ double dense_exchange_bytes(int64_t numel, int64_t value_bytes, int world);
 //     their indices at W = 1).
 double sparse_exchange_bytes(int64_t k, int64_t numel, int64_t value_bytes, bool shared_indices, int world,
                              IndexCoding coding);
+
+// exchange "auto": the sparse exchange that moves one step's selections (counts[i] entries of
+// the numels[i]-entry tensor i, the mean over ranks) sooner, on a modeled link:
+//   time = bytes received / bandwidth + collectives · (W − 1) · latency
+//   allgather:        (W−1)·Σ(k·v + index_wire_bytes(k)) bytes, 2 collectives (counts, data);
+//   sparse allreduce: Σ sparse_allreduce_received_bytes(k) (sparse_allreduce.h), 3 collectives;
+// v the value bytes of `values` (4 for fp32). The link is an assumption, not a measurement:
+// kAutoLinkBytesPerSecond (1 Gbit/s) and kAutoLatencySeconds (50 µs a message, a loopback Gloo
+// round trip here is 30–60 µs). `why` says what was compared, for the log.
+constexpr double kAutoLinkBytesPerSecond = 125e6;
+constexpr double kAutoLatencySeconds = 50e-6;
+SparseAlgorithm choose_sparse_algorithm(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels,
+                                        ValueWire values, IndexCoding coding, int world, std::string& why);
 
 }  // namespace cddp::detail

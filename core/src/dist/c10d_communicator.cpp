@@ -610,6 +610,23 @@ void C10dCommunicator::allgather_into(const at::Tensor& tensor, std::vector<at::
   out = std::move(back);
 }
 
+at::Tensor C10dCommunicator::alltoall(const at::Tensor& input, const std::vector<int64_t>& send_counts,
+                                      const std::vector<int64_t>& recv_counts) {
+  const int W = impl_->opt.world_size;
+  TORCH_CHECK(input.defined() && input.is_cpu(), "C10dCommunicator::alltoall: needs a defined CPU tensor");
+  TORCH_CHECK(static_cast<int>(send_counts.size()) == W && static_cast<int>(recv_counts.size()) == W,
+              "C10dCommunicator::alltoall: ", send_counts.size(), " send and ", recv_counts.size(),
+              " receive counts for ", W, " ranks");
+  at::Tensor in = input.reshape(-1).contiguous();
+  int64_t total = 0;
+  for (int64_t c : recv_counts) total += c;
+  at::Tensor out = at::empty({total}, in.options());
+  std::vector<int64_t> sends = send_counts, recvs = recv_counts;  // c10d takes them by reference
+  // Gloo in LibTorch 1.13 has alltoall_base (uneven splits, zero-sized ones too), not alltoall.
+  impl_->run("alltoall", [&] { return impl_->gloo->alltoall_base(out, in, recvs, sends, c10d::AllToAllOptions()); });
+  return out;
+}
+
 void C10dCommunicator::broadcast_(at::Tensor& tensor, int root) {
   TORCH_CHECK(tensor.defined(), "C10dCommunicator::broadcast_: undefined tensor");
   TORCH_CHECK(root >= 0 && root < impl_->opt.world_size, "C10dCommunicator::broadcast_: root ", root,

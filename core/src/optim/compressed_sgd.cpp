@@ -12,12 +12,14 @@
 #include "sgd_update.h"
 #include "step_plan.h"
 #include "typed_options.h"
+#include "../comm/wire_cost.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
+#include <cmath>
 #include <sstream>
 #include <type_traits>
 
@@ -132,7 +134,13 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   comm_ = defaults.communicator() ? defaults.communicator() : std::make_shared<LocalCommunicator>();
   settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
   adopt_new_param_groups();
-  exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
+  ExchangeWire wire;
+  wire.coding = settings_->index_coding;
+  wire.values = settings_->value_wire;
+  wire.algorithm = settings_->exchange == detail::ExchangeChoice::SparseAllreduce ? SparseAlgorithm::SparseAllreduce
+                                                                                 : SparseAlgorithm::Allgather;
+  exchange_ = std::make_unique<GradientExchange>(*comm_, wire);
+  exchange_decided_ = settings_->exchange != detail::ExchangeChoice::Auto;
   payloads_ = std::make_unique<PayloadExchange>(*comm_);
 }
 
@@ -222,7 +230,13 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   wait_for_device(tensors);
   st.compress_ms = ms_since(t_compress);
 
-  // 4. Exchange: the mean over ranks of what every rank sent.
+  // 4. Exchange: the mean over ranks of what every rank sent (what did not arrive, back into
+  //    the residuals).
+  if (!exchange_decided_ && !routed.sparse.empty() && comm_->world_size() > 1) {
+    std::vector<int64_t> counts, numels;
+    for (const detail::TensorStep* t : routed.sparse) counts.push_back(t->sent.count()), numels.push_back(t->sent.numel);
+    decide_exchange(counts, numels);
+  }
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
   detail::exchange_payloads(routed, *payloads_, *comm_, step_, st);
 
@@ -233,6 +247,22 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   last_ = st;
   total_.add(st);
   return loss;
+}
+
+// Every rank must pick the same: the choice is made from the selection sizes averaged over
+// ranks (one allreduce, once), which a threshold compressor makes differ between ranks.
+void CompressedSGD::decide_exchange(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels) {
+  at::Tensor k = at::tensor(counts, at::kDouble);
+  comm_->allreduce_sum_(k);
+  const int W = comm_->world_size();
+  std::vector<int64_t> mean_counts;
+  for (int64_t i = 0; i < k.numel(); ++i) mean_counts.push_back(int64_t(std::ceil(k[i].item<double>() / W)));
+  std::string why;
+  const SparseAlgorithm a = detail::choose_sparse_algorithm(mean_counts, numels, settings_->value_wire,
+                                                            settings_->index_coding, W, why);
+  exchange_->set_algorithm(a);
+  exchange_decided_ = true;
+  routing_log_.push_back({"<sparse exchange>", Route::Sparse, why});
 }
 
 // ---------------------------------------------------------------- serialization
@@ -258,7 +288,7 @@ void CompressedSGD::load(torch::serialize::InputArchive& archive) {
     o.compressor(live[i].compressor()).communicator(live[i].communicator()).rules(live[i].rules());
     o.nonfinite(live[i].nonfinite()).min_numel(live[i].min_numel()).compress_1d(live[i].compress_1d());
     o.auto_dense(live[i].auto_dense()).track_residual_norm(live[i].track_residual_norm());
-    o.index_coding(live[i].index_coding());
+    o.index_coding(live[i].index_coding()).value_dtype(live[i].value_dtype()).exchange(live[i].exchange());
     // Parsed once (typed_options.h): the live strings stay, the checkpoint's are only a record —
     // as before, when step() read them from defaults(), which loading never changes.
     o.momentum_mode(live[i].momentum_mode()).scope(live[i].scope());

@@ -1,6 +1,8 @@
 // exchange_stage.cpp — asking GradientExchange for each tensor's average (exchange_stage.h).
 #include "exchange_stage.h"
 
+#include "error_feedback.h"
+
 #include <ATen/ATen.h>
 
 #include <vector>
@@ -33,6 +35,24 @@ std::vector<SparseRequest> requests_for(const std::vector<TensorStep*>& tensors,
   return requests;
 }
 
+// What the exchange did not deliver of this rank's selection — its values' rounding to a 16-bit
+// wire type, the entries a sparse allreduce's re-selection dropped — goes back into the residual:
+// e += returned, entries [offset, offset + numel) of the list only (the whole-model selection's
+// list spans its parts). Where e is +0 (a top-k selection's own entries) the add is exact.
+void return_to_residual(TensorStep& t, const SparseAverage& back, int64_t offset) {
+  if (back.count() == 0 || !t.error_feedback) return;  // without error feedback nothing is kept anyway
+  at::Tensor idx = back.indices.to(at::kLong), vals = back.values;
+  const int64_t n = t.p.numel();
+  if (offset != 0 || back.numel != n) {
+    at::Tensor in = (idx >= offset).logical_and_(idx < offset + n).nonzero().reshape(-1);
+    if (in.numel() == 0) return;
+    idx = idx.index_select(0, in) - offset;
+    vals = vals.index_select(0, in);
+  }
+  at::Tensor& e = residual_of(t);
+  e.view(-1).index_add_(0, idx, vals.to(e.scalar_type()));
+}
+
 void take_averages(const std::vector<TensorStep*>& tensors, const std::vector<const AverageOf*>& averages) {
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (averages[i]->is_coalesced()) tensors[i]->coalesced = &averages[i]->list();
@@ -44,7 +64,17 @@ void take_averages(const std::vector<TensorStep*>& tensors, const std::vector<co
 
 void exchange_averages(RoutedTensors& routed, ModelSelection& model, GradientExchange& exchange, int world,
                        StepStats& st) {
-  take_averages(routed.sparse, exchange.average_sparse(requests_for(routed.sparse, model.used()), st));
+  const std::vector<const AverageOf*> sparse = exchange.average_sparse(requests_for(routed.sparse, model.used()), st);
+  take_averages(routed.sparse, sparse);
+  if (model.used()) {  // the whole-model residual was already split into the parts' own
+    int64_t off = 0;
+    for (TensorStep* part : model.parts) {
+      return_to_residual(*part, sparse[0]->returned(), off);
+      off += part->p.numel();
+    }
+  } else {
+    for (size_t i = 0; i < routed.sparse.size(); ++i) return_to_residual(*routed.sparse[i], sparse[i]->returned(), 0);
+  }
   take_averages(routed.shared, exchange.average_shared(requests_for(routed.shared, model.used()), st));
   std::vector<at::Tensor> dense_grads;
   for (TensorStep* t : routed.dense) {

@@ -28,6 +28,10 @@ void check_options(const CompressedSGDOptions& o, const std::string& where) {
   TORCH_CHECK(o.min_numel() >= 0, where, "Invalid min_numel: ", o.min_numel());
   TORCH_CHECK(o.index_coding() == "block16" || o.index_coding() == "plain", where, "Invalid index_coding '",
               o.index_coding(), "'; expected \"block16\" or \"plain\"");
+  TORCH_CHECK(o.value_dtype() == "fp32" || o.value_dtype() == "bf16" || o.value_dtype() == "fp16", where,
+              "Invalid value_dtype '", o.value_dtype(), "'; expected \"fp32\", \"bf16\" or \"fp16\"");
+  TORCH_CHECK(o.exchange() == "allgather" || o.exchange() == "sparse_allreduce" || o.exchange() == "auto", where,
+              "Invalid exchange '", o.exchange(), "'; expected \"allgather\", \"sparse_allreduce\" or \"auto\"");
   TORCH_CHECK(!(o.scope() == "model" && o.momentum_mode() == "dgc" && o.momentum() != 0), where,
               "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is "
               "kept per tensor); momentum_mode is \"dgc\", the default");
@@ -38,6 +42,12 @@ StepSettings parse_settings(const CompressedSGDOptions& d) {
   s.nonfinite = d.nonfinite() == "skip_step" ? NonfinitePolicy::SkipStep : NonfinitePolicy::Error;
   s.scope = d.scope() == "model" ? SelectionScope::Model : SelectionScope::Layer;
   s.index_coding = d.index_coding() == "plain" ? IndexCoding::Plain : IndexCoding::Block16;
+  s.value_wire = d.value_dtype() == "bf16"   ? ValueWire::BFloat16
+                 : d.value_dtype() == "fp16" ? ValueWire::Half
+                                             : ValueWire::Native;
+  s.exchange = d.exchange() == "sparse_allreduce" ? ExchangeChoice::SparseAllreduce
+               : d.exchange() == "auto"           ? ExchangeChoice::Auto
+                                                  : ExchangeChoice::Allgather;
   return s;
 }
 
@@ -56,6 +66,8 @@ void adopt_group(StepSettings& s, const CompressedSGDOptions& g, const Compresse
   require_same(g.nonfinite(), d.nonfinite(), index, "nonfinite", "one decision for the whole step");
   require_same(g.scope(), d.scope(), index, "scope", "\"model\" selects over every group's tensors at once");
   require_same(g.index_coding(), d.index_coding(), index, "index_coding", "the exchange's wire format");
+  require_same(g.value_dtype(), d.value_dtype(), index, "value_dtype", "the exchange's wire format");
+  require_same(g.exchange(), d.exchange(), index, "exchange", "one sparse exchange for every tensor");
   require_same(g.communicator(), d.communicator(), index, "communicator", "the exchange's ranks");
   require_same(g.track_residual_norm(), d.track_residual_norm(), index, "track_residual_norm",
                "one norm over every residual");

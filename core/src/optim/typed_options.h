@@ -1,6 +1,6 @@
 // typed_options.h — CompressedSGDOptions checked, and its strings parsed once into enums.
 //
-// The string options (momentum_mode, nonfinite, scope, index_coding) stay strings in the public
+// The string options (momentum_mode, nonfinite, scope, index_coding, value_dtype, exchange) stay strings in the public
 // API and in checkpoints; they are parsed here at construction and when a param group first
 // appears, so that step() compares enums, never strings. load() keeps the live strings (see
 // CompressedSGD::load), so nothing needs parsing again after it. Edit these strings before
@@ -13,7 +13,7 @@
 //   optimizer-wide (read from defaults(); a group whose value differs is refused):
 //     nonfinite    — one decision for the whole step, taken on every rank alike;
 //     scope        — "model" is one selection over the tensors of every group;
-//     index_coding — the exchange's wire format, one per GradientExchange;
+//     index_coding, value_dtype, exchange — the exchange's wire format, one per GradientExchange;
 //     communicator — the exchange's ranks, fixed at construction;
 //     track_residual_norm — one norm over every residual; the trainer flips it on defaults()
 //       between steps, so it is compared when a group joins, not afterwards.
@@ -39,11 +39,17 @@ enum class NonfinitePolicy { Error, SkipStep };
 // scope: "layer" — top-k per tensor; "model" — one selection over all compressible gradients.
 enum class SelectionScope { Layer, Model };
 
+// exchange: how sparse selections are averaged; "auto" is decided at the first step that has
+// any (CompressedSGD::step, by the wire-cost model) and then kept.
+enum class ExchangeChoice { Allgather, SparseAllreduce, Auto };
+
 // Everything step() needs from the option strings, parsed.
 struct StepSettings {
   NonfinitePolicy nonfinite = NonfinitePolicy::Error;
   SelectionScope scope = SelectionScope::Layer;
   IndexCoding index_coding = IndexCoding::Block16;
+  ValueWire value_wire = ValueWire::Native;
+  ExchangeChoice exchange = ExchangeChoice::Allgather;
   std::vector<MomentumMode> momentum_mode;  // one per param group, in param_groups() order
 };
 
