@@ -132,7 +132,8 @@ void append_bytes(std::vector<uint8_t>& buf, const void* p, size_t n) {
 void fill(SparseAverage& out, const std::vector<int64_t>& index, const at::Tensor& values, int64_t numel) {
   const int64_t m = static_cast<int64_t>(index.size());
   out.numel = numel;
-  out.indices = at::from_blob(const_cast<int64_t*>(index.data()), {m}, at::kLong).to(index_dtype_for(numel));
+  // A copy: `index` dies with the call (.to() alone would alias it when the dtype is already int64).
+  out.indices = at::from_blob(const_cast<int64_t*>(index.data()), {m}, at::kLong).to(index_dtype_for(numel)).clone();
   out.values = values.contiguous();
   out.valid = true;
 }
@@ -252,6 +253,7 @@ void SparseAllreduce::run(std::vector<SparseAllreduceSlot>& slots, StepStats& st
     std::vector<int64_t> index, back_index;
     std::vector<at::Tensor> parts, back_parts;
     const SortedLocal& s = mine[i];
+    std::vector<uint8_t> arrived(s.index.size(), 0);  // bool per local entry (sorted order)
     for (int r = 0; r < W; ++r) {
       const uint8_t* p = regions[r].data_ptr<uint8_t>() + at_[r];
       int64_t n;
@@ -265,18 +267,22 @@ void SparseAllreduce::run(std::vector<SparseAllreduceSlot>& slots, StepStats& st
       }
       parts.push_back(at::from_blob(const_cast<uint8_t*>(p) + 8 + budget[i] * 4, {n}, kt).to(c.dtype));
       at_[r] += 8 + budget[i] * int64_t(4 + vb);
-      // This rank's entries in region r that are not among the kept offsets (both sorted).
-      std::vector<int64_t> dropped;
+      // Which of this rank's entries in region r are among the kept offsets (both sorted).
       size_t q = first;
       for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {
         while (q < index.size() && index[q] < s.index[j]) ++q;
-        if (q == index.size() || index[q] != s.index[j]) dropped.push_back(j);
+        arrived[j] = q < index.size() && index[q] == s.index[j];
       }
-      for (int64_t j : dropped) back_index.push_back(s.index[j]);
-      if (!dropped.empty()) {
-        at::Tensor pos = at::from_blob(dropped.data(), {int64_t(dropped.size())}, at::kLong).clone();
-        back_parts.push_back(s.wire.index_select(0, pos).to(c.dtype));
-      }
+    }
+    // Owed back to this rank's residual: a dropped entry's whole value, a kept one's rounding to
+    // the wire type (v − round(v), exact by Sterbenz; +0 for fp32), where not zero.
+    if (!arrived.empty()) {
+      at::Tensor kept_here = at::from_blob(arrived.data(), {int64_t(arrived.size())}, at::kBool);
+      at::Tensor owed = at::where(kept_here, s.values - s.wire.to(c.dtype), s.values);
+      at::Tensor nz = owed.ne(0).nonzero().reshape(-1);
+      const int64_t* z = nz.data_ptr<int64_t>();
+      for (int64_t j = 0; j < nz.numel(); ++j) back_index.push_back(s.index[z[j]]);
+      back_parts.push_back(owed.index_select(0, nz));
     }
     // The owner's rounding: S − round(S), exact (Sterbenz), where it is not zero.
     const KeptRegion& own = kept[i];
