@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <limits>
 
 namespace cddp::detail {
@@ -138,6 +139,175 @@ void fill(SparseAverage& out, const std::vector<int64_t>& index, const at::Tenso
   out.valid = true;
 }
 
+
+// What every phase of one run() reads.
+struct Call {
+  int W = 0, me = 0;
+  int64_t P = 0;
+  ValueWire values = ValueWire::Native;
+  std::vector<SparseAllreduceSlot>* slots = nullptr;
+  std::vector<SortedLocal> mine;  // per tensor, this rank's selection sorted by index
+  at::Tensor counts_in;           // [W][2][P]: from rank s, entries for me of tensor i; then k_s of tensor i
+  std::vector<int64_t> budget;    // per tensor: ceil(max_s k_s / W)
+  const Compressed& local(int64_t i) const { return *(*slots)[i].local; }
+  int64_t count_from(int s, int64_t i) const { return counts_in.data_ptr<int64_t>()[(s * 2 + 0) * P + i]; }
+  int64_t k_of(int s, int64_t i) const { return counts_in.data_ptr<int64_t>()[(s * 2 + 1) * P + i]; }
+  at::ScalarType wire(int64_t i) const { return step2_type(values, local(i).dtype); }
+  at::ScalarType kept_type(int64_t i) const { return step4_type(values, local(i).dtype); }
+};
+
+// Checks every selection, sorts it by index; returns this rank's payload bytes.
+int64_t sort_selections(Call& call) {
+  int64_t payload = 0;
+  for (int64_t i = 0; i < call.P; ++i) {
+    const Compressed& c = call.local(i);
+    TORCH_CHECK(c.dtype == at::kFloat || c.dtype == at::kDouble, "sparse allreduce: tensor ", i, " has ", c.dtype,
+                " values; it reduces float and double selections only");
+    TORCH_CHECK(c.numel / call.W < (int64_t{1} << 32), "sparse allreduce: tensor ", i, " of ", c.numel,
+                " entries has regions too large for 32-bit offsets at ", call.W, " ranks");
+    call.mine.push_back(sort_local(c, call.W, call.wire(i)));
+    if (call.values == ValueWire::Half) check_fits_half(call.mine.back(), static_cast<size_t>(i));
+    payload += c.count() * (4 + int64_t(c10::elementSize(call.wire(i))));
+  }
+  return payload;
+}
+
+// 1. Counts: to owner r, per tensor, how many entries it gets from this rank, then this rank's k
+//    (every rank learns every k, so every rank computes the same budgets).
+void exchange_counts(Call& call, Communicator& comm) {
+  const int W = call.W;
+  const int64_t P = call.P;
+  at::Tensor out = at::empty({W * 2 * P}, at::kLong);
+  int64_t* co = out.data_ptr<int64_t>();
+  for (int r = 0; r < W; ++r)
+    for (int64_t i = 0; i < P; ++i) {
+      co[(r * 2 + 0) * P + i] = call.mine[i].from[r + 1] - call.mine[i].from[r];
+      co[(r * 2 + 1) * P + i] = call.local(i).count();
+    }
+  const std::vector<int64_t> equal(static_cast<size_t>(W), 2 * P);
+  call.counts_in = comm.alltoall(out, equal, equal);
+  call.budget.assign(static_cast<size_t>(P), 0);
+  for (int s = 0; s < W; ++s)
+    for (int64_t i = 0; i < P; ++i) call.budget[i] = std::max(call.budget[i], call.k_of(s, i));
+  for (auto& b : call.budget) b = (b + W - 1) / W;
+}
+
+// 2. Reduce-scatter: to owner r, per tensor, its entries' offsets in r's region (uint32), then
+//    their values in the wire type. Returns what arrived, rank after rank.
+at::Tensor scatter(const Call& call, Communicator& comm, std::vector<int64_t>& send_bytes,
+                   std::vector<int64_t>& recv_bytes) {
+  std::vector<uint8_t> send;
+  send_bytes.assign(static_cast<size_t>(call.W), 0);
+  recv_bytes.assign(static_cast<size_t>(call.W), 0);
+  for (int r = 0; r < call.W; ++r) {
+    const size_t before = send.size();
+    for (int64_t i = 0; i < call.P; ++i) {
+      const SortedLocal& s = call.mine[i];
+      const int64_t lo = region_begin(call.local(i).numel, call.W, r);
+      for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {
+        const uint32_t off = static_cast<uint32_t>(s.index[j] - lo);
+        append_bytes(send, &off, 4);
+      }
+      const size_t vb = s.wire.element_size();
+      append_bytes(send, static_cast<const uint8_t*>(s.wire.data_ptr()) + s.from[r] * vb,
+                   (s.from[r + 1] - s.from[r]) * vb);
+    }
+    send_bytes[r] = static_cast<int64_t>(send.size() - before);
+  }
+  for (int s = 0; s < call.W; ++s)
+    for (int64_t i = 0; i < call.P; ++i)
+      recv_bytes[s] += call.count_from(s, i) * int64_t(4 + c10::elementSize(call.wire(i)));
+  at::Tensor send_t = at::from_blob(send.data(), {static_cast<int64_t>(send.size())}, at::kByte);
+  return comm.alltoall(send_t, send_bytes, recv_bytes);
+}
+
+// 3. This rank's region of every tensor: summed in rank order, re-selected to its budget.
+std::vector<KeptRegion> reduce_owned(const Call& call, const at::Tensor& got, const std::vector<int64_t>& recv_bytes) {
+  std::vector<int64_t> cursor(static_cast<size_t>(call.W), 0);
+  for (int s = 1; s < call.W; ++s) cursor[s] = cursor[s - 1] + recv_bytes[s - 1];
+  uint8_t* base = got.data_ptr<uint8_t>();
+  std::vector<KeptRegion> kept;
+  for (int64_t i = 0; i < call.P; ++i) {
+    const at::ScalarType dtype = call.local(i).dtype, wire = call.wire(i);
+    std::vector<const uint8_t*> offsets;
+    std::vector<at::Tensor> values;
+    for (int s = 0; s < call.W; ++s) {
+      const int64_t n = call.count_from(s, i);
+      offsets.push_back(base + cursor[s]);
+      values.push_back(at::from_blob(base + cursor[s] + 4 * n, {n}, wire).to(dtype).contiguous());
+      cursor[s] += n * int64_t(4 + c10::elementSize(wire));
+    }
+    kept.push_back(dtype == at::kFloat ? reduce_region<float>(offsets, values, call.budget[i], call.kept_type(i))
+                                       : reduce_region<double>(offsets, values, call.budget[i], call.kept_type(i)));
+  }
+  return kept;
+}
+
+// 4. What this rank allgathers: per tensor a count (int64), then `budget` offsets and `budget`
+//    values, padded, so that every rank sends the same size.
+std::vector<uint8_t> pack_kept(const Call& call, const std::vector<KeptRegion>& kept) {
+  std::vector<uint8_t> out;
+  for (int64_t i = 0; i < call.P; ++i) {
+    const int64_t n = static_cast<int64_t>(kept[i].offset.size()), b = call.budget[i];
+    const size_t vb = c10::elementSize(call.kept_type(i));
+    append_bytes(out, &n, 8);
+    const size_t at = out.size();
+    out.resize(at + b * (4 + vb), 0);
+    std::memcpy(out.data() + at, kept[i].offset.data(), n * 4);
+    std::memcpy(out.data() + at + b * 4, kept[i].wire.data_ptr(), n * vb);
+  }
+  return out;
+}
+
+// 5. Tensor i's mean, region after region from the gathered buffers (`cursor`: where tensor i
+//    starts in each), and what this rank is owed back: a dropped entry's whole value, a kept one's
+//    rounding to the wire type (v − round(v), exact by Sterbenz; +0 for fp32), and, as the
+//    owner, each kept sum's rounding S − round(S).
+void decode_tensor(const Call& call, int64_t i, const std::vector<at::Tensor>& regions, std::vector<int64_t>& cursor,
+                   const KeptRegion& own) {
+  const Compressed& c = call.local(i);
+  const at::ScalarType kt = call.kept_type(i);
+  const int64_t b = call.budget[i];
+  const SortedLocal& s = call.mine[i];
+  std::vector<int64_t> index, back_index;
+  std::vector<at::Tensor> parts, back_parts;
+  std::vector<uint8_t> arrived(s.index.size(), 0);  // a bool per local entry, in sorted order
+  for (int r = 0; r < call.W; ++r) {
+    uint8_t* p = regions[r].data_ptr<uint8_t>() + cursor[r];
+    int64_t n;
+    std::memcpy(&n, p, 8);
+    const int64_t lo = region_begin(c.numel, call.W, r);
+    size_t q = index.size();
+    for (int64_t j = 0; j < n; ++j) {
+      uint32_t off;
+      std::memcpy(&off, p + 8 + 4 * j, 4);
+      index.push_back(lo + off);
+    }
+    parts.push_back(at::from_blob(p + 8 + b * 4, {n}, kt).to(c.dtype));
+    cursor[r] += 8 + b * int64_t(4 + c10::elementSize(kt));
+    for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {  // both sorted: one merge
+      while (q < index.size() && index[q] < s.index[j]) ++q;
+      arrived[j] = q < index.size() && index[q] == s.index[j];
+    }
+  }
+  auto owe = [&](const at::Tensor& values, const std::function<int64_t(int64_t)>& index_of) {
+    at::Tensor nz = values.ne(0).nonzero().reshape(-1);
+    const int64_t* z = nz.data_ptr<int64_t>();
+    for (int64_t j = 0; j < nz.numel(); ++j) back_index.push_back(index_of(z[j]));
+    back_parts.push_back(values.index_select(0, nz));
+  };
+  if (!arrived.empty()) {
+    at::Tensor kept_here = at::from_blob(arrived.data(), {int64_t(arrived.size())}, at::kBool);
+    owe(at::where(kept_here, s.values - s.wire.to(c.dtype), s.values), [&](int64_t j) { return s.index[j]; });
+  }
+  const int64_t my_lo = region_begin(c.numel, call.W, call.me);
+  owe(own.sums - own.wire.to(c.dtype), [&](int64_t j) { return my_lo + int64_t(own.offset[j]); });
+  const auto opts = at::TensorOptions().dtype(c.dtype);
+  SparseAllreduceSlot& slot = (*call.slots)[i];
+  fill(*slot.mean, index, (parts.empty() ? at::empty({0}, opts) : at::cat(parts)).div_(call.W), c.numel);
+  fill(*slot.returned, back_index, at::cat(back_parts), c.numel);
+}
+
 }  // namespace
 
 double sparse_allreduce_received_bytes(int64_t k, int64_t tensors, int64_t value_bytes, int64_t kept_value_bytes,
@@ -149,163 +319,34 @@ double sparse_allreduce_received_bytes(int64_t k, int64_t tensors, int64_t value
   return scatter + gather + 16.0 * tensors * (world - 1);
 }
 
+
 void SparseAllreduce::run(std::vector<SparseAllreduceSlot>& slots, StepStats& stats) {
-  const int W = comm_.world_size(), me = comm_.rank();
-  const int64_t P = static_cast<int64_t>(slots.size());
-  TORCH_CHECK(W > 1, "SparseAllreduce needs more than one rank");
-  std::vector<SortedLocal> mine;
-  int64_t payload = 0;
-  for (int64_t i = 0; i < P; ++i) {
-    const Compressed& c = *slots[i].local;
-    TORCH_CHECK(c.dtype == at::kFloat || c.dtype == at::kDouble, "sparse allreduce: tensor ", i, " has ", c.dtype,
-                " values; it reduces float and double selections only");
-    TORCH_CHECK(c.numel / W < (int64_t{1} << 32), "sparse allreduce: tensor ", i, " of ", c.numel,
-                " entries has regions too large for 32-bit offsets at ", W, " ranks");
-    mine.push_back(sort_local(c, W, step2_type(values_, c.dtype)));
-    if (values_ == ValueWire::Half) check_fits_half(mine.back(), static_cast<size_t>(i));
-    payload += c.count() * (4 + int64_t(c10::elementSize(step2_type(values_, c.dtype))));
-  }
-
-  // 1. Counts: per owner r, [entries for r of tensor i] then [this rank's k of tensor i].
-  at::Tensor counts_out = at::empty({W * 2 * P}, at::kLong);
-  int64_t* co = counts_out.data_ptr<int64_t>();
-  for (int r = 0; r < W; ++r)
-    for (int64_t i = 0; i < P; ++i) {
-      co[(r * 2 + 0) * P + i] = mine[i].from[r + 1] - mine[i].from[r];
-      co[(r * 2 + 1) * P + i] = slots[i].local->count();
-    }
-  const std::vector<int64_t> equal(static_cast<size_t>(W), 2 * P);
-  at::Tensor counts_in = comm_.alltoall(counts_out, equal, equal);
-  const int64_t* ci = counts_in.data_ptr<int64_t>();
-  std::vector<int64_t> budget(static_cast<size_t>(P), 0);
-  for (int s = 0; s < W; ++s)
-    for (int64_t i = 0; i < P; ++i) budget[i] = std::max(budget[i], ci[(s * 2 + 1) * P + i]);
-  for (auto& b : budget) b = (b + W - 1) / W;
-
-  // 2. Reduce-scatter: to owner r, per tensor, its entries' offsets (uint32) then values.
-  std::vector<uint8_t> send;
-  std::vector<int64_t> send_bytes(static_cast<size_t>(W)), recv_bytes(static_cast<size_t>(W), 0);
-  for (int r = 0; r < W; ++r) {
-    const size_t before = send.size();
-    for (int64_t i = 0; i < P; ++i) {
-      const SortedLocal& s = mine[i];
-      const int64_t lo = region_begin(slots[i].local->numel, W, r);
-      for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {
-        const uint32_t off = static_cast<uint32_t>(s.index[j] - lo);
-        append_bytes(send, &off, 4);
-      }
-      const size_t vb = s.wire.element_size();
-      append_bytes(send, static_cast<const uint8_t*>(s.wire.data_ptr()) + s.from[r] * vb,
-                   (s.from[r + 1] - s.from[r]) * vb);
-    }
-    send_bytes[r] = static_cast<int64_t>(send.size() - before);
-  }
-  for (int s = 0; s < W; ++s)
-    for (int64_t i = 0; i < P; ++i)
-      recv_bytes[s] += ci[(s * 2 + 0) * P + i] * int64_t(4 + mine[i].wire.element_size());
-  at::Tensor send_t = at::from_blob(send.data(), {static_cast<int64_t>(send.size())}, at::kByte);
-  at::Tensor got = comm_.alltoall(send_t, send_bytes, recv_bytes);
-
-  // 3. Each tensor's region here: summed in rank order, re-selected to its budget.
-  std::vector<KeptRegion> kept;
-  {
-    std::vector<int64_t> cursor(static_cast<size_t>(W));
-    for (int s = 0, at_ = 0; s < W; at_ += static_cast<int>(recv_bytes[s]), ++s) cursor[s] = at_;
-    const uint8_t* base = got.data_ptr<uint8_t>();
-    for (int64_t i = 0; i < P; ++i) {
-      const at::ScalarType dtype = slots[i].local->dtype, wire = step2_type(values_, dtype);
-      std::vector<const uint8_t*> offs;
-      std::vector<at::Tensor> vals;
-      for (int s = 0; s < W; ++s) {
-        const int64_t n = ci[(s * 2 + 0) * P + i];
-        offs.push_back(base + cursor[s]);
-        vals.push_back(at::from_blob(const_cast<uint8_t*>(base) + cursor[s] + 4 * n, {n}, wire).to(dtype).contiguous());
-        cursor[s] += n * int64_t(4 + c10::elementSize(wire));
-      }
-      kept.push_back(dtype == at::kFloat ? reduce_region<float>(offs, vals, budget[i], step4_type(values_, dtype))
-                                         : reduce_region<double>(offs, vals, budget[i], step4_type(values_, dtype)));
-    }
-  }
-
-  // 4. Allgather every region's kept entries: per tensor a count (int64), then b offsets and b
-  //    values, padded to the budget so that every rank sends the same size.
-  std::vector<uint8_t> mine_kept;
-  for (int64_t i = 0; i < P; ++i) {
-    const int64_t n = static_cast<int64_t>(kept[i].offset.size());
-    const size_t vb = c10::elementSize(step4_type(values_, slots[i].local->dtype));
-    append_bytes(mine_kept, &n, 8);
-    const size_t at_ = mine_kept.size();
-    mine_kept.resize(at_ + budget[i] * (4 + vb), 0);
-    std::memcpy(mine_kept.data() + at_, kept[i].offset.data(), n * 4);
-    std::memcpy(mine_kept.data() + at_ + budget[i] * 4, kept[i].wire.data_ptr(), n * vb);
-  }
-  at::Tensor kept_t = at::from_blob(mine_kept.data(), {static_cast<int64_t>(mine_kept.size())}, at::kByte);
+  Call call;
+  call.W = comm_.world_size();
+  call.me = comm_.rank();
+  call.P = static_cast<int64_t>(slots.size());
+  call.values = values_;
+  call.slots = &slots;
+  TORCH_CHECK(call.W > 1, "SparseAllreduce needs more than one rank");
+  const int64_t payload = sort_selections(call);  // an fp16 overflow stops here, before any collective
+  exchange_counts(call, comm_);
+  std::vector<int64_t> send_bytes, recv_bytes;
+  const at::Tensor got = scatter(call, comm_, send_bytes, recv_bytes);
+  const std::vector<KeptRegion> kept = reduce_owned(call, got, recv_bytes);
+  std::vector<uint8_t> mine = pack_kept(call, kept);
   std::vector<at::Tensor> regions;
-  comm_.allgather_into(kept_t, regions);
+  comm_.allgather_into(at::from_blob(mine.data(), {static_cast<int64_t>(mine.size())}, at::kByte), regions);
+  std::vector<int64_t> cursor(static_cast<size_t>(call.W), 0);
+  for (int64_t i = 0; i < call.P; ++i) decode_tensor(call, i, regions, cursor, kept[i]);
 
-  // 5. The mean, region after region; what this rank sent that was not kept, and its own
-  //    rounding of the sums it kept, return to it.
-  std::vector<int64_t> at_(static_cast<size_t>(W), 0);
-  for (int64_t i = 0; i < P; ++i) {
-    const Compressed& c = *slots[i].local;
-    const at::ScalarType kt = step4_type(values_, c.dtype);
-    const size_t vb = c10::elementSize(kt);
-    std::vector<int64_t> index, back_index;
-    std::vector<at::Tensor> parts, back_parts;
-    const SortedLocal& s = mine[i];
-    std::vector<uint8_t> arrived(s.index.size(), 0);  // bool per local entry (sorted order)
-    for (int r = 0; r < W; ++r) {
-      const uint8_t* p = regions[r].data_ptr<uint8_t>() + at_[r];
-      int64_t n;
-      std::memcpy(&n, p, 8);
-      const int64_t lo = region_begin(c.numel, W, r);
-      const size_t first = index.size();
-      for (int64_t j = 0; j < n; ++j) {
-        uint32_t off;
-        std::memcpy(&off, p + 8 + 4 * j, 4);
-        index.push_back(lo + off);
-      }
-      parts.push_back(at::from_blob(const_cast<uint8_t*>(p) + 8 + budget[i] * 4, {n}, kt).to(c.dtype));
-      at_[r] += 8 + budget[i] * int64_t(4 + vb);
-      // Which of this rank's entries in region r are among the kept offsets (both sorted).
-      size_t q = first;
-      for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {
-        while (q < index.size() && index[q] < s.index[j]) ++q;
-        arrived[j] = q < index.size() && index[q] == s.index[j];
-      }
-    }
-    // Owed back to this rank's residual: a dropped entry's whole value, a kept one's rounding to
-    // the wire type (v − round(v), exact by Sterbenz; +0 for fp32), where not zero.
-    if (!arrived.empty()) {
-      at::Tensor kept_here = at::from_blob(arrived.data(), {int64_t(arrived.size())}, at::kBool);
-      at::Tensor owed = at::where(kept_here, s.values - s.wire.to(c.dtype), s.values);
-      at::Tensor nz = owed.ne(0).nonzero().reshape(-1);
-      const int64_t* z = nz.data_ptr<int64_t>();
-      for (int64_t j = 0; j < nz.numel(); ++j) back_index.push_back(s.index[z[j]]);
-      back_parts.push_back(owed.index_select(0, nz));
-    }
-    // The owner's rounding: S − round(S), exact (Sterbenz), where it is not zero.
-    const KeptRegion& own = kept[i];
-    at::Tensor diff = own.sums - own.wire.to(c.dtype);
-    at::Tensor nz = diff.ne(0).nonzero().reshape(-1);
-    if (nz.numel() > 0) {
-      const int64_t lo = region_begin(c.numel, W, me);
-      const int64_t* z = nz.data_ptr<int64_t>();
-      for (int64_t j = 0; j < nz.numel(); ++j) back_index.push_back(lo + own.offset[z[j]]);
-      back_parts.push_back(diff.index_select(0, nz));
-    }
-    const auto opts = at::TensorOptions().dtype(c.dtype);
-    fill(*slots[i].mean, index, (parts.empty() ? at::empty({0}, opts) : at::cat(parts)).div_(W), c.numel);
-    fill(*slots[i].returned, back_index, back_parts.empty() ? at::empty({0}, opts) : at::cat(back_parts), c.numel);
-  }
-
-  int64_t sent = static_cast<int64_t>(send.size()) - send_bytes[me] + static_cast<int64_t>(mine_kept.size());
-  int64_t received = got.numel() - recv_bytes[me] + (W - 1) * static_cast<int64_t>(mine_kept.size());
-  sent += (W - 1) * 2 * P * 8;
-  received += (W - 1) * 2 * P * 8;
+  // Bytes that left / reached this rank: to and from the others only.
+  const int64_t W = call.W, counts = (W - 1) * 2 * call.P * 8, gathered = static_cast<int64_t>(mine.size());
+  int64_t scattered_out = 0, scattered_in = 0;
+  for (int r = 0; r < call.W; ++r)
+    if (r != call.me) scattered_out += send_bytes[r], scattered_in += recv_bytes[r];
   stats.payload_bytes += payload;
-  stats.bytes_sent += sent;
-  stats.bytes_received += received;
+  stats.bytes_sent += counts + scattered_out + gathered;
+  stats.bytes_received += counts + scattered_in + (W - 1) * gathered;
 }
 
 }  // namespace cddp::detail
