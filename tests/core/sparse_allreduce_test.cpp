@@ -318,7 +318,7 @@ void run_optimizer_conservation(int W, const std::string& exchange, const std::s
     grads[rank] = total;
     auto& state = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
     residual[rank] = state.residual().to(at::kDouble);
-    for (const auto& r : opt.routing()) log[rank] += r.name + ": " + r.reason + "\n";
+    log[rank] = opt.exchange_decision();
   });
   at::Tensor lhs = at::zeros({n}, at::kDouble), rhs = at::zeros({n}, at::kDouble);
   for (int r = 0; r < W; ++r) {

@@ -14,7 +14,7 @@ The model of one step at W ranks on a link of bandwidth B (bytes/s) and a per-me
     step = compute + compress + exchange
     exchange = messages(W) * a + bytes_received(W) / B
 with, per exchange (k entries per rank, v value bytes, i index bytes):
-    allgather (top-k):   messages 2(W-1) (counts and data rings), bytes (W-1)*k*(v+i)
+    allgather (top-k):   messages W-1 (one ring; fixed-k top-k skips the counts), bytes (W-1)*k*(v+i)
     sparse allreduce:    messages 3(W-1) (two alltoalls, one allgather),
                          bytes (W-1)/W*k*(4+v) + (W-1)*(8 + ceil(k/W)*(4+v)) + 16(W-1)
     PowerSGD allreduce:  messages 2 * 2(W-1) (two ring allreduces, P and Q),
@@ -23,7 +23,8 @@ and every method also ring-allreduces `dense_bytes` (the tensors kept dense) wit
 
 Validation: a and the loopback bandwidth are fitted at W = 2 only (a from the 8-byte collectives,
 B from each exchange's W = 2 time), then W = 4 and 8 are predicted and set against the measured
-times. Prediction: W = 16 ... 1024 at 100 Mbit/s, 1 Gbit/s and 10 Gbit/s with a = the W = 2
+times; a second prediction takes each collective's latency as measured at that W (8-byte rows),
+which separates the byte model from the cost of W ranks sharing the cores. Prediction: W = 16 ... 1024 at 100 Mbit/s, 1 Gbit/s and 10 Gbit/s with a = the W = 2
 loopback latency per message (software cost; a real network adds its own).
 
 compute/compress defaults are the medians of issue #13's study run (study mlp, 4 workers, 100
@@ -59,7 +60,7 @@ def load_bench(path):
 
 
 def messages(method, W):
-    return {"allgather": 2 * (W - 1), "sparse_allreduce": 3 * (W - 1), "powersgd": 4 * (W - 1),
+    return {"allgather": W - 1, "sparse_allreduce": 3 * (W - 1), "powersgd": 4 * (W - 1),
             "dense_allreduce": 2 * (W - 1)}[method]
 
 
@@ -77,6 +78,15 @@ def exchange_time(method, W, bandwidth, per_message, **kw):
     return messages(method, W) * per_message + received_bytes(method, W, **kw) / bandwidth
 
 
+def collectives_latency(ex, W, latency):
+    """The measured 8-byte latency of the collectives one exchange makes at W (seconds)."""
+    if ex == "allgather":
+        return latency[(W, "allgather")]
+    if ex == "sparse_allreduce":
+        return 2 * latency[(W, "alltoall")] + latency[(W, "allgather")]
+    raise ValueError(ex)
+
+
 def validate(exchanges, latency):
     """Fit at W = 2, predict the measured W > 2; rows of (W, exchange, values, measured ms, predicted ms)."""
     a2 = latency.get((2, "allgather"))
@@ -92,7 +102,8 @@ def validate(exchanges, latency):
         t2 = base["ms"] / 1e3
         bw = base["bytes_received"] / max(t2 - msgs2 * a2, 1e-6)
         predicted = messages(ex, W) * a2 + r["bytes_received"] / bw
-        rows.append((W, ex, values, r["ms"], predicted * 1e3, r["bytes_received"]))
+        with_latency = collectives_latency(ex, W, latency) + r["bytes_received"] / bw
+        rows.append((W, ex, values, r["ms"], predicted * 1e3, with_latency * 1e3, r["bytes_received"]))
     return rows, a2
 
 
@@ -124,10 +135,12 @@ def write_atomic(path, data, mode="w"):
 def markdown(args, val_rows, a2, links, worlds, pred):
     lines = ["Validation (fitted at W = 2, predicted at W = 4 and 8; loopback Gloo on the shared 2-core machine,",
              f"W ranks on 2 cores; per-message cost a = {a2 * 1e3:.3f} ms from the W = 2 8-byte allgather):", "",
-             "| W | exchange | values | bytes received per rank | measured ms | predicted ms | error |",
-             "|---|---|---|---|---|---|---|"]
-    for W, ex, values, meas, predd, b in val_rows:
-        lines.append(f"| {W} | {ex} | {values} | {b:.0f} | {meas:.2f} | {predd:.2f} | {(predd - meas) / meas * 100:+.0f} % |")
+             "| W | exchange | values | bytes received per rank | measured ms | predicted ms | error | "
+             "predicted with this W's measured latency | error |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for W, ex, values, meas, predd, pl, b in val_rows:
+        lines.append(f"| {W} | {ex} | {values} | {b:.0f} | {meas:.2f} | {predd:.2f} | {(predd - meas) / meas * 100:+.0f} % "
+                     f"| {pl:.2f} | {(pl - meas) / meas * 100:+.0f} % |")
     lines += ["", f"Predicted step time, ms (compute {args.compute_ms} + compress {args.compress_ms} ms for top-k, "
               f"k = {args.k} per rank, {args.value_bytes}-byte values; PowerSGD {args.powersgd_compute_ms} + "
               f"{args.powersgd_compress_ms} ms, {args.powersgd_bytes:.0f} B of P and Q; {args.dense_bytes:.0f} B dense "

@@ -105,8 +105,8 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // receives (W−1)·k entries), "sparse_allreduce" (about 2k entries for any W: a region-wise
   // reduce-scatter and an allgather of each region's largest sums; what that re-selection drops
   // goes back into the residual of the rank that sent it), or "auto": chosen at the first step
-  // by the wire-cost model over W, k and the bytes (core/src/comm/wire_cost.h), and recorded
-  // once in routing() under the name "<sparse exchange>".
+  // by the wire-cost model over W, k and the bytes (core/src/comm/wire_cost.h); what it chose
+  // and why is exchange_decision(), for the caller to log once.
   TORCH_ARG(std::string, exchange) = "allgather";
   // How ranks talk; null means a LocalCommunicator (world size 1).
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
@@ -176,6 +176,9 @@ class CompressedSGD : public torch::optim::Optimizer {
   // Routing decisions made so far, in the order first made (for logging them once).
   const std::vector<RoutingDecision>& routing() const { return routing_log_; }
   int64_t step_count() const { return step_; }
+  // exchange "auto": the choice made at the first step with a sparse tensor and why (one line);
+  // empty before it, and for "allgather" / "sparse_allreduce".
+  const std::string& exchange_decision() const { return exchange_decision_; }
 
   // Overrides the density of every compressed tensor from the next step on (warm-up
   // schedules); <0 restores the configured density.
@@ -204,6 +207,7 @@ class CompressedSGD : public torch::optim::Optimizer {
   StepStats last_;
   CumulativeStats total_;
   bool exchange_decided_ = false;  // exchange "auto": chosen at the first step with a sparse tensor
+  std::string exchange_decision_;
   int64_t step_ = 0;
   double density_override_ = -1;
 };

@@ -262,7 +262,7 @@ void CompressedSGD::decide_exchange(const std::vector<int64_t>& counts, const st
                                                             settings_->index_coding, W, why);
   exchange_->set_algorithm(a);
   exchange_decided_ = true;
-  routing_log_.push_back({"<sparse exchange>", Route::Sparse, why});
+  exchange_decision_ = why;
 }
 
 // ---------------------------------------------------------------- serialization
