@@ -48,14 +48,20 @@ def load_bench(path):
             rows = json.load(f)
     except (OSError, ValueError) as e:
         sys.exit(f"scale_model.py: cannot read {path}: {e}")
+    exchanges, latency = load_bench_rows(rows)
+    if not exchanges or not latency:
+        sys.exit(f"scale_model.py: {path} has no exchange or latency rows (bench_exchange --world --json)")
+    return exchanges, latency
+
+
+def load_bench_rows(rows):
+    """The rows of a bench file, by (W, exchange, values) and by (W, latency op)."""
     exchanges, latency = {}, {}
     for r in rows:
         if "latency" in r:
             latency[(r["world"], r["latency"])] = r["ms"] / 1e3
         elif "exchange" in r:
             exchanges[(r["world"], r["exchange"], r["values"])] = r
-    if not exchanges or not latency:
-        sys.exit(f"scale_model.py: {path} has no exchange or latency rows (bench_exchange --world --json)")
     return exchanges, latency
 
 
