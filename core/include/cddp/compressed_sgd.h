@@ -168,6 +168,8 @@ class CompressedSGD : public torch::optim::Optimizer {
   // Overrides the density of every compressed tensor from the next step on (warm-up
   // schedules); <0 restores the configured density.
   void set_density(double density) { density_override_ = density; }
+  // The state of parameter `p`, or null before its first step (for reading checkpoints).
+  const CompressedSGDParamState* find_state(const at::Tensor& p) const;
   const CompressedSGDOptions& defaults_options() const;
 
  private:

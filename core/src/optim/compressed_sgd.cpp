@@ -160,6 +160,9 @@ void CompressedSGD::adopt_new_param_groups() {
 }
 
 namespace {
+// The key of `p` in the optimizer's state map: LibTorch 1.13 keys optimizer state by the
+// TensorImpl address as a string, 2.x by the address itself; the map's key type tells which.
+// The only place that knows (state_for and find_state use it).
 template <class Key>
 Key state_key(const at::Tensor& p) {
   if constexpr (std::is_same_v<Key, std::string>) {
@@ -173,13 +176,17 @@ Key state_key(const at::Tensor& p) {
 }  // namespace
 
 CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
-  // LibTorch 1.13 keys optimizer state by the TensorImpl address as a string, 2.x by the
-  // address itself; the key type tells us which.
   using Key = typename std::decay_t<decltype(state_)>::key_type;
   const Key key = state_key<Key>(p);
   auto it = state_.find(key);
   if (it == state_.end()) it = state_.emplace(key, std::make_unique<CompressedSGDParamState>()).first;
   return static_cast<CompressedSGDParamState&>(*it->second);
+}
+
+const CompressedSGDParamState* CompressedSGD::find_state(const at::Tensor& p) const {
+  using Key = typename std::decay_t<decltype(state_)>::key_type;
+  auto it = state_.find(state_key<Key>(p));
+  return it == state_.end() ? nullptr : static_cast<const CompressedSGDParamState*>(it->second.get());
 }
 
 // ---------------------------------------------------------------- step
