@@ -81,6 +81,8 @@ struct CompressionConfig {
   bool residual_lr_scaling = false;  // residual kept in units of the current lr (CompressedSGDOptions)
   std::string scope = "layer";  // "layer" | "model"
   std::string index_coding = "block16";  // how sparse indices travel: "block16" | "plain" (int32)
+  std::string value_dtype = "fp32";      // how sparse values travel: "fp32" | "bf16" | "fp16" (rounding kept in the residual)
+  std::string exchange = "allgather";    // "allgather" | "sparse_allreduce" | "auto" (CompressedSGDOptions::exchange)
   int64_t min_numel = 32768;  // smaller tensors go dense; why not 0, the library's: compressed_sgd.h, min_numel
   bool compress_1d = true;
   bool auto_dense = true;

@@ -25,6 +25,8 @@ std::unique_ptr<CompressedSGD> make_optimizer(const TrainConfig& cfg, const Comp
       .residual_lr_scaling(c.residual_lr_scaling)
       .scope(c.scope)
       .index_coding(c.index_coding)
+      .value_dtype(c.value_dtype)
+      .exchange(c.exchange)
       .min_numel(c.min_numel)
       .compress_1d(c.compress_1d)
       .auto_dense(c.auto_dense)

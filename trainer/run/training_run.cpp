@@ -273,6 +273,10 @@ void TrainingRun::log_routing() {
     log_->info("routing{}: {} -> {} ({})", routing_logged_ ? " change" : "", r.name, route_name(r.route), r.reason);
   }
   routing_logged_ = routing.size();
+  if (!exchange_logged_ && !opt_->exchange_decision().empty()) {  // exchange "auto": once
+    log_->info("{}", opt_->exchange_decision());
+    exchange_logged_ = true;
+  }
 }
 
 void TrainingRun::quiet_progress() {

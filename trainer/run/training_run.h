@@ -103,6 +103,7 @@ class TrainingRun {
   double current_lr_ = 0;
   double current_density_ = -2;  // -2: not set yet
   size_t routing_logged_ = 0;
+  bool exchange_logged_ = false;  // compression.exchange "auto": its choice, logged once
   int64_t last_saved_step_ = -1;
   std::string last_checkpoint_;
 
