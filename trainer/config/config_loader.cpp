@@ -91,6 +91,21 @@ Field string_field(const char* key, S TrainConfig::*sec, std::string S::*mem, bo
   return f;
 }
 
+// [optimizer] keys that only one optimizer reads: set for the other one they are errors
+// (check_optimizer_keys), and the effective configuration leaves them out.
+const std::vector<std::string>& sgd_only_keys() {
+  static const std::vector<std::string> keys = {"momentum", "nesterov", "momentum_mode"};
+  return keys;
+}
+const std::vector<std::string>& adamw_only_keys() {
+  static const std::vector<std::string> keys = {"beta1", "beta2", "eps", "amsgrad", "adamw_mode", "onebit_warmup_steps"};
+  return keys;
+}
+bool optimizer_reads(const std::string& optimizer, const std::string& key) {
+  const auto& other = optimizer == "adamw" ? sgd_only_keys() : adamw_only_keys();
+  return std::find(other.begin(), other.end(), key) == other.end();
+}
+
 const std::vector<Section>& schema() {
   static const std::vector<Section> sections = [] {
     using C = TrainConfig;
@@ -670,9 +685,7 @@ class Reader {
     const auto& o = cfg.optimizer;
     const bool adamw = o.name == "adamw";
     const char* other = adamw ? "\"sgd\"" : "\"adamw\"";
-    const std::vector<std::string> sgd_only = {"momentum", "nesterov", "momentum_mode"};
-    const std::vector<std::string> adamw_only = {"beta1", "beta2", "eps", "amsgrad", "adamw_mode", "onebit_warmup_steps"};
-    for (const auto& key : adamw ? sgd_only : adamw_only)
+    for (const auto& key : adamw ? sgd_only_keys() : adamw_only_keys())
       if (locations_.count("optimizer." + key))
         error(loc("optimizer." + key), "optimizer." + key + " applies to optimizer.name = " + other +
                                            ", but optimizer.name = " + quote(o.name) +
@@ -784,7 +797,9 @@ std::string render_config(const TrainConfig& cfg) {
   os << "# effective configuration" << (cfg.source.empty() ? "" : " (from " + cfg.source + ")") << "\n";
   for (const auto& s : schema()) {
     os << "\n[" << s.name << "]\n";
-    for (const auto& f : s.fields) os << f.key << " = " << render_val(f.get(cfg)) << "\n";
+    for (const auto& f : s.fields)
+      if (s.name != "optimizer" || optimizer_reads(cfg.optimizer.name, f.key))
+        os << f.key << " = " << render_val(f.get(cfg)) << "\n";
     if (s.name == "compression") {
       os << "\n[compression.params]\n";
       for (const auto& [k, v] : cfg.compression.params) os << toml_key(k) << " = " << render_param(v) << "\n";
