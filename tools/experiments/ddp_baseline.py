@@ -251,12 +251,13 @@ def timed_hook(inner):
 
 # ----------------------------------------------------------------------------- training
 
-def evaluate(model, loader, world):
+def evaluate(model, loader, world, precision="fp32"):
     model.eval()
     tot = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for x, y in loader:
-            out = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = model(x).float()
             tot[0] += F.cross_entropy(out, y, reduction="sum").item()
             tot[1] += (out.argmax(1) == y).sum().item()
             tot[2] += len(y)
@@ -354,8 +355,10 @@ def train(a):
             STATS.reset()
             STATS.active = True
             t0 = time.perf_counter()
-            logits = ddp(x)
-            loss = F.cross_entropy(logits, y)
+            # --precision bf16: CPU autocast of the forward pass, as cddp-train's run.precision.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                logits = ddp(x)
+                loss = F.cross_entropy(logits, y)
             loss.backward()
             t_bwd = time.perf_counter()
             opt.step()
@@ -392,7 +395,7 @@ def train(a):
                           wall_s=time.perf_counter() - t_start, train_s=train_s))
                 win = dict(loss=0.0, correct=0.0, n=0.0, ms=0.0, comp=0.0, comm=0.0, hook=0.0, bytes=0.0, k=0)
             if (a.eval_every > 0 and step % a.eval_every == 0) or step == total or step % steps_per_epoch == 0:
-                tl, ta = evaluate(model, test_loader, world)
+                tl, ta = evaluate(model, test_loader, world, a.precision)
                 emit(dict(step=step, epoch=epoch + 1, test_loss=tl, test_acc=ta,
                           wall_s=time.perf_counter() - t_start, train_s=train_s))
                 if rank == 0:
@@ -439,6 +442,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="mlp", choices=["mlp", "simple_cnn", "vit_tiny"])
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: CPU autocast of forward")
     p.add_argument("--beta1", type=float, default=0.9)
     p.add_argument("--beta2", type=float, default=0.999)
     p.add_argument("--eps", type=float, default=1e-8)
