@@ -140,15 +140,6 @@ TEST(Cli, BadUsageExitsWith2) {
   EXPECT_NE(r.output.find("/nonexistent/x.toml: error: cannot open the config file"), std::string::npos) << r.output;
   EXPECT_EQ(run_command(exe() + " eval").exit_code, 2);
   EXPECT_EQ(run_command(exe() + " eval --checkpoint /nonexistent/ckpt.pt").exit_code, 2);
-  // Valid settings the training loop does not run yet are refused, not trained as SGD in fp32.
-  const std::string vit = std::string(CDDP_TEST_SOURCE_DIR) + "/configs/fashion_mnist_vit_adamw.toml";
-  for (const std::string& args : {" --config " + vit, " --config " + kSmoke + " --set run.precision=bf16"}) {
-    const std::string out = " --set run.output_dir=" + shell_quote(scratch_dir("refused").string());
-    auto refused = run_command(exe() + " train" + args + out);
-    EXPECT_EQ(refused.exit_code, 2) << args;
-    EXPECT_NE(refused.output.find("this build's training loop does not run yet"), std::string::npos) << refused.output;
-    EXPECT_EQ(run_command(exe() + " train" + args + out + " --dry-run").exit_code, 0) << args;
-  }
 }
 
 TEST(Cli, DryRunPrintsAndSavesTheEffectiveConfig) {

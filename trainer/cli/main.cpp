@@ -140,16 +140,6 @@ int run_train(const std::string& config_path, std::vector<std::string> sets, int
     save_config_copy(cfg, ctx.log);
   }
   if (dry_run) return kExitOk;
-  // The config accepts optimizer.name = "adamw" and run.precision = "bf16", and the library has
-  // CompressedAdamW and the autocast scope, but the training loop does not use them yet (issue
-  // #18: wired in after the trainer split). Refuse rather than silently train SGD in fp32.
-  if (cfg.optimizer.name != "sgd" || cfg.run.precision != "fp32") {
-    std::fprintf(stderr, "cddp-train: optimizer.name = \"%s\" and run.precision = \"%s\" are valid settings that "
-                         "this build's training loop does not run yet (only \"sgd\" and \"fp32\"); --dry-run "
-                         "checks such configs\n", cfg.optimizer.name.c_str(), cfg.run.precision.c_str());
-    return kExitUsage;
-  }
-
   if (!worker && cfg.distributed.nproc_per_node > 1) return launch_workers(cfg, ctx);
 
   TrainResult r = run_training(cfg, ctx);
