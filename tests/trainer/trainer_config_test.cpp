@@ -69,7 +69,7 @@ TEST(BadConfigs, EachIsRefusedWithExitCode2AndItsMessage) {
   fs::remove_all(out);
 }
 
-ConfigChoices choices() { return {{"mlp", "simple_cnn", "resnet18"}, {"fashion_mnist", "mnist", "synthetic"}}; }
+ConfigChoices choices() { return {{"mlp", "simple_cnn", "resnet18", "vit_tiny"}, {"fashion_mnist", "mnist", "synthetic"}}; }
 
 TEST(ConfigLoader, DefaultsAndDerivedPaths) {
   TrainConfig c = load_config_string("", "empty.toml", {}, choices());

@@ -3,8 +3,9 @@
 
 Trains the same models as cddp-train (mlp: flatten -> (Linear -> ReLU)* -> Linear;
 simple_cnn: conv5x5(32) -> relu -> pool2 -> conv5x5(64) -> relu -> pool2 -> fc(512) -> relu ->
-fc(10)) on Fashion-MNIST read straight from the IDX .gz files, with DistributedSampler
-sharding, plain SGD with momentum, and dense allreduce, the fp16 cast hook
+fc(10); vit_tiny: models/vit_tiny.h's vision transformer, the same layers in the same order) on
+Fashion-MNIST read straight from the IDX .gz files, with DistributedSampler sharding, plain SGD
+with momentum or AdamW (--optimizer adamw), and dense allreduce, the fp16 cast hook
 (default_hooks.fp16_compress_hook) or the PowerSGD comm hook
 (torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook). Uses Debian's torch (/usr/bin/python3)
 and the gloo backend on CPU.
@@ -130,12 +131,64 @@ class SimpleCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
 
 
+class TransformerBlock(nn.Module):
+    """Pre-norm block: x + proj(MHSA(norm1 x)), then x + fc2(GELU(fc1(norm2 x))) (models/transformer_block.h)."""
+
+    def __init__(self, dim, heads, mlp_dim):
+        super().__init__()
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn_qkv = nn.Linear(dim, 3 * dim)
+        self.attn_proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp_fc1 = nn.Linear(dim, mlp_dim)
+        self.mlp_fc2 = nn.Linear(mlp_dim, dim)
+
+    def attention(self, x):
+        n, t, d = x.shape
+        qkv = self.attn_qkv(x).reshape(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        scores = qkv[0] @ qkv[1].transpose(-2, -1) * (1.0 / math.sqrt(d // self.heads))
+        mixed = scores.softmax(-1) @ qkv[2]
+        return self.attn_proj(mixed.transpose(1, 2).reshape(n, t, d))
+
+    def forward(self, x):
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp_fc2(F.gelu(self.mlp_fc1(self.norm2(x))))
+
+
+class ViTTiny(nn.Module):
+    """models/vit_tiny.h: patch 7 on 28x28, dim 128, depth 3, heads 4, MLP 256, class token, learned positions."""
+
+    def __init__(self, in_channels=1, size=28, classes=10, patch=7, dim=128, depth=3, heads=4, mlp_dim=256):
+        super().__init__()
+        self.patch, self.in_channels = patch, in_channels
+        tokens = (size // patch) ** 2 + 1
+        self.patch_embed = nn.Linear(in_channels * patch * patch, dim)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(dim, heads, mlp_dim) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, images):
+        n, c, h, w = images.shape
+        p = self.patch
+        patches = images.reshape(n, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, c * p * p)
+        x = self.patch_embed(patches)
+        x = torch.cat([self.cls_token.expand(n, 1, -1).to(x.dtype), x], 1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x[:, 0]))
+
+
 def make_model(name, hidden):
     if name == "mlp":
         return MLP(hidden)
     if name == "simple_cnn":
         return SimpleCNN()
-    raise SystemExit(f"ddp_baseline: unknown model {name!r} (mlp, simple_cnn)")
+    if name == "vit_tiny":
+        return ViTTiny()
+    raise SystemExit(f"ddp_baseline: unknown model {name!r} (mlp, simple_cnn, vit_tiny)")
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -198,12 +251,13 @@ def timed_hook(inner):
 
 # ----------------------------------------------------------------------------- training
 
-def evaluate(model, loader, world):
+def evaluate(model, loader, world, precision="fp32"):
     model.eval()
     tot = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for x, y in loader:
-            out = model(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = model(x).float()
             tot[0] += F.cross_entropy(out, y, reduction="sum").item()
             tot[1] += (out.argmax(1) == y).sum().item()
             tot[2] += len(y)
@@ -265,8 +319,12 @@ def train(a):
     else:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         ddp.register_comm_hook(None, timed_hook(default_hooks.allreduce_hook))
-    opt = torch.optim.SGD(ddp.parameters(), lr=a.lr, momentum=a.momentum, nesterov=a.nesterov,
-                          weight_decay=a.weight_decay)
+    if a.optimizer == "adamw":
+        opt = torch.optim.AdamW(ddp.parameters(), lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps,
+                                weight_decay=a.weight_decay)
+    else:
+        opt = torch.optim.SGD(ddp.parameters(), lr=a.lr, momentum=a.momentum, nesterov=a.nesterov,
+                              weight_decay=a.weight_decay)
 
     steps_per_epoch = len(loader)
     total = a.max_steps if a.max_steps > 0 else a.epochs * steps_per_epoch
@@ -297,8 +355,10 @@ def train(a):
             STATS.reset()
             STATS.active = True
             t0 = time.perf_counter()
-            logits = ddp(x)
-            loss = F.cross_entropy(logits, y)
+            # --precision bf16: CPU autocast of the forward pass, as cddp-train's run.precision.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16"):
+                logits = ddp(x)
+                loss = F.cross_entropy(logits, y)
             loss.backward()
             t_bwd = time.perf_counter()
             opt.step()
@@ -335,7 +395,7 @@ def train(a):
                           wall_s=time.perf_counter() - t_start, train_s=train_s))
                 win = dict(loss=0.0, correct=0.0, n=0.0, ms=0.0, comp=0.0, comm=0.0, hook=0.0, bytes=0.0, k=0)
             if (a.eval_every > 0 and step % a.eval_every == 0) or step == total or step % steps_per_epoch == 0:
-                tl, ta = evaluate(model, test_loader, world)
+                tl, ta = evaluate(model, test_loader, world, a.precision)
                 emit(dict(step=step, epoch=epoch + 1, test_loss=tl, test_acc=ta,
                           wall_s=time.perf_counter() - t_start, train_s=train_s))
                 if rank == 0:
@@ -380,7 +440,12 @@ def spawn_local(a, argv):
 def main():
     faulthandler.register(__import__("signal").SIGUSR1)  # `kill -USR1 PID`: dump the stacks
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="mlp", choices=["mlp", "simple_cnn"])
+    p.add_argument("--model", default="mlp", choices=["mlp", "simple_cnn", "vit_tiny"])
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="bf16: CPU autocast of forward")
+    p.add_argument("--beta1", type=float, default=0.9)
+    p.add_argument("--beta2", type=float, default=0.999)
+    p.add_argument("--eps", type=float, default=1e-8)
     p.add_argument("--hidden", default="2048,2048", type=lambda s: [int(v) for v in s.split(",") if v])
     p.add_argument("--data-path", default="/usr/share/datasets/fashion-mnist")
     p.add_argument("--train-subset", type=int, default=0)

@@ -18,11 +18,15 @@
 #   --quick               a few-minute smoke study: 1 rate (1gbit), tiny subset, small mlp,
 #                         runs dense, topk1_ef (+ ddp_dense when /usr/bin/python3 has torch)
 #   --rate R              1gbit | 100mbit | both | any tc rate (e.g. 500mbit)   [both]
-#   --model M             mlp (784-2048-2048-10, 5.8M params) | simple_cnn | both   [both]
+#   --model M             mlp (784-2048-2048-10, 5.8M params) | simple_cnn | both | vit_tiny
+#                         (407,690 params; not in "both")                    [both]
 #   --runs LIST           comma-separated run names (see RUNS below)          [all]
 #   --epochs N            [2]      --train-subset N [0 = all 60000]   --test-subset N [0]
 #   --batch-size N        per rank [64]    --lr X [0.05]    --schedule S [cosine]
 #   --eval-every N        optimizer steps between evaluations [50]
+#   --weight-decay X      AdamW runs' decoupled weight decay (cddp and DDP alike) [0.05]
+#   --onebit-warmup N     adamw_onebit_* runs: dense AdamW steps before the variance freezes [100]
+#   --min-numel N         compression.min_numel of every cddp run (unset: the trainer's 32768)
 #   --repeats N           run everything N times with the same seed (noise estimate) [1]
 #   --seeds LIST          run everything once per seed, e.g. 0,1,2 (seed spread; output in
 #                         <run>/seed<S>); overrides --repeats                 [0]
@@ -63,6 +67,11 @@
 #   ddp_powersgd_r2        PyTorch DDP, gloo, PowerSGD hook rank 2, start_powerSGD_iter 10
 #   ddp_powersgd_r4        PyTorch DDP, gloo, PowerSGD hook rank 4, start_powerSGD_iter 10
 #   ddp_powersgd           PyTorch DDP, gloo, PowerSGD hook rank 4 (mlp) / 2 (cnn), 2 dense steps
+#   adamw_dense            CompressedAdamW, no compressor (plain AdamW; --lr, --weight-decay)
+#   adamw_onebit_topk1     1-bit Adam: --onebit-warmup dense steps, then top-k 1 % of the momentum, EF
+#   adamw_onebit_sign      1-bit Adam with the scaled sign of the momentum, EF
+#   adamw_naive_topk1      Adam on the averaged top-k 1 % gradient (EF): the control
+#   ddp_adamw              PyTorch DDP, gloo, dense allreduce, torch.optim.AdamW
 # Momentum for every run without DGC is "global" (SGD's momentum on the averaged gradient).
 set -euo pipefail
 
@@ -74,9 +83,12 @@ SUBNET=10.77.0
 P="cddp$$"
 
 QUICK=0 RATE=both MODEL=both RUNS="" EPOCHS=2 TRAIN_SUBSET=0 TEST_SUBSET=0 BATCH=64 LR=0.05
+ADAMW_WD=0.05 ONEBIT_WARMUP=100 MIN_NUMEL="" RUN_OPT=sgd
 SCHEDULE=cosine EVAL_EVERY=50 REPEATS=1 OUT="" BIN="${CDDP_TRAIN:-}" RUN_TIMEOUT="" SELFTEST=0
 SIMFAIL=0 SUMMARY=1 LOG_EVERY=10 HIDDEN="2048,2048" SEEDS="" SEED=0 DRY=0
 ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk1_ef_warmup_dgc,topk01_ef_warmup,topk01_ef_warmup_dgc,topk01_ef,topk01_ef_dgc,randk1_ef,topk1_noef,ddp_dense,ddp_powersgd"
+# AdamW and 1-bit Adam against PyTorch DDP with AdamW (issue #18's study): --runs adamw
+ADAMW_RUNS="adamw_dense,adamw_onebit_topk1,adamw_onebit_sign,adamw_naive_topk1,ddp_adamw"
 # Every compressor family against every PyTorch DDP peer (issue #14's study): --runs compare
 COMPARE_RUNS="dense,topk1_ef_dgc,topk01_ef_dgc,randk1_ef,threshold_ef,qsgd,terngrad,natural,sign_signsgd,sign_scaled_ef,sign_onebit_ef,cast_fp16,cast_bf16,powersgd_r2,powersgd_r4,ddp_dense,ddp_fp16,ddp_powersgd_r2,ddp_powersgd_r4"
 
@@ -96,6 +108,9 @@ while [ $# -gt 0 ]; do
     --test-subset) TEST_SUBSET="$2"; shift ;;
     --batch-size) BATCH="$2"; shift ;;
     --lr) LR="$2"; shift ;;
+    --weight-decay) ADAMW_WD="$2"; shift ;;
+    --onebit-warmup) ONEBIT_WARMUP="$2"; shift ;;
+    --min-numel) MIN_NUMEL="$2"; shift ;;
     --schedule) SCHEDULE="$2"; shift ;;
     --eval-every) EVAL_EVERY="$2"; shift ;;
     --log-every) LOG_EVERY="$2"; shift ;;
@@ -126,13 +141,14 @@ fi
 : "${OUT:=$REPO/runs/study}"
 [ -n "$RUNS" ] || RUNS="$ALL_RUNS"
 [ "$RUNS" = compare ] && RUNS="$COMPARE_RUNS"
+[ "$RUNS" = adamw ] && RUNS="$ADAMW_RUNS"
 if [ -n "$SEEDS" ]; then
   echo "$SEEDS" | grep -Eq '^[0-9]+(,[0-9]+)*$' || die "--seeds: a comma-separated list of integers, got '$SEEDS'"
   REPEATS=$(echo "$SEEDS" | tr ',' '\n' | wc -l)
 fi
 seed_of_repeat() { if [ -n "$SEEDS" ]; then echo "$SEEDS" | cut -d, -f"$1"; else echo 0; fi; }
 case "$RATE" in both) RATES="1gbit 100mbit" ;; *) RATES="$RATE" ;; esac
-case "$MODEL" in both) MODELS="mlp simple_cnn" ;; mlp|simple_cnn) MODELS="$MODEL" ;; *) die "--model: mlp, simple_cnn or both" ;; esac
+case "$MODEL" in both) MODELS="mlp simple_cnn" ;; mlp|simple_cnn|vit_tiny) MODELS="$MODEL" ;; *) die "--model: mlp, simple_cnn, vit_tiny or both" ;; esac
 
 # ------------------------------------------------------------------ can this machine run it?
 if [ "$DRY" = 1 ]; then :; else
@@ -328,11 +344,19 @@ write_config() {
     echo "test_subset = $TEST_SUBSET"
     echo "[optimizer]"
     echo "lr = $LR"
-    echo "momentum = 0.9"
-    echo "momentum_mode = \"$mm\""
+    if [ "$RUN_OPT" = sgd ]; then
+      echo "momentum = 0.9"
+      echo "momentum_mode = \"$mm\""
+    else  # adamw_onebit | adamw_naive
+      echo "name = \"adamw\""
+      echo "weight_decay = $ADAMW_WD"
+      echo "adamw_mode = \"${RUN_OPT#adamw_}\""
+      echo "onebit_warmup_steps = $ONEBIT_WARMUP"
+    fi
     echo "schedule = \"$SCHEDULE\""
     echo "[compression]"
     echo "plugin = \"$plugin\""
+    [ -n "$MIN_NUMEL" ] && echo "min_numel = $MIN_NUMEL"
     if [ "$plugin" != none ]; then
       [ "$ratio" = - ] || echo "ratio = $ratio"
       echo "error_feedback = $ef"
@@ -369,7 +393,14 @@ launch_run() {
   local ddp_args=(--model "$model" --hidden "$HIDDEN" --train-subset "$TRAIN_SUBSET" --test-subset "$TEST_SUBSET"
     --batch-size "$BATCH" --epochs "$EPOCHS" --lr "$LR" --momentum 0.9 --schedule "$SCHEDULE" --seed "$SEED" --threads 1
     --log-every "$LOG_EVERY" --eval-every "$EVAL_EVERY" --timeout-s 120 --output-dir "$dir")
+  RUN_OPT=sgd
   case "$run" in
+    adamw_*) RUN_OPT=adamw_onebit ;;&
+    adamw_dense|adamw_naive_*) RUN_OPT=adamw_naive ;;&
+    adamw_dense)          write_config "$dir/config.toml" "$run" "$model" "$dir" none 1 false global 0 0 ;;
+    adamw_onebit_topk1|adamw_naive_topk1) write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true global 0 0 ;;
+    adamw_onebit_sign)    write_config "$dir/config.toml" "$run" "$model" "$dir" sign - true global 0 0 'variant = "scaled"' ;;
+    ddp_adamw)            kind=ddp; ddp_args+=(--hook none --optimizer adamw --weight-decay "$ADAMW_WD") ;;
     dense)                write_config "$dir/config.toml" "$run" "$model" "$dir" none 1 false global 0 0 ;;
     topk1_ef)             write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true global 0 0 ;;
     topk1_ef_dgc)         write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;

@@ -13,6 +13,7 @@
 #include <cddp/compressed_sgd.h>
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <cddp/compressed_adamw.h>
 
 namespace cddp::train {
 
@@ -26,18 +27,32 @@ std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const std::fi
     throw CheckpointError(path.string() + ": its saved config does not load: " + e.what());
   }
   std::shared_ptr<Classifier> model = build_model(cfg, meta.input_shape);
-  CompressedSGD opt(named_parameters(*model), CompressedSGDOptions(cfg.optimizer.lr));
   at::Generator gen = at::make_generator<at::CPUGeneratorImpl>();
-  load_training_state(payload, *model, &opt, &gen);
   std::vector<std::pair<std::string, at::Tensor>> out;
   for (const auto& p : model->named_parameters()) out.emplace_back("model/" + p.key(), p.value());
   for (const auto& b : model->named_buffers()) out.emplace_back("model/" + b.key(), b.value());
-  for (const auto& p : model->named_parameters()) {
-    const CompressedSGDParamState* st = opt.find_state(p.value());
-    if (!st) continue;
-    if (st->momentum_buffer().defined()) out.emplace_back("momentum/" + p.key(), st->momentum_buffer());
-    if (st->residual().defined()) out.emplace_back("residual/" + p.key(), st->residual());
-    for (const auto& [name, t] : st->plugin_state()) out.emplace_back("plugin/" + p.key() + "/" + name, t);
+  auto memory = [&](const std::string& key, const CompressionMemory& st) {
+    if (st.residual().defined()) out.emplace_back("residual/" + key, st.residual());
+    for (const auto& [name, t] : st.plugin_state()) out.emplace_back("plugin/" + key + "/" + name, t);
+  };
+  if (cfg.optimizer.name == "adamw") {
+    CompressedAdamW opt(named_parameters(*model),
+                        CompressedAdamWOptions(cfg.optimizer.lr).mode(cfg.optimizer.adamw_mode));
+    load_training_state(payload, *model, &opt, &gen);
+    for (const auto& p : model->named_parameters())
+      if (const CompressedAdamWParamState* st = opt.find_state(p.value())) {
+        out.emplace_back("exp_avg/" + p.key(), st->exp_avg());
+        out.emplace_back("exp_avg_sq/" + p.key(), st->exp_avg_sq());
+        memory(p.key(), *st);
+      }
+  } else {
+    CompressedSGD opt(named_parameters(*model), CompressedSGDOptions(cfg.optimizer.lr));
+    load_training_state(payload, *model, &opt, &gen);
+    for (const auto& p : model->named_parameters())
+      if (const CompressedSGDParamState* st = opt.find_state(p.value())) {
+        if (st->momentum_buffer().defined()) out.emplace_back("momentum/" + p.key(), st->momentum_buffer());
+        memory(p.key(), *st);
+      }
   }
   out.emplace_back("rng_state", gen.get_state());
   return out;

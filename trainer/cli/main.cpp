@@ -140,7 +140,6 @@ int run_train(const std::string& config_path, std::vector<std::string> sets, int
     save_config_copy(cfg, ctx.log);
   }
   if (dry_run) return kExitOk;
-
   if (!worker && cfg.distributed.nproc_per_node > 1) return launch_workers(cfg, ctx);
 
   TrainResult r = run_training(cfg, ctx);

@@ -93,6 +93,21 @@ Field string_field(const char* key, S TrainConfig::*sec, std::string S::*mem, bo
   return f;
 }
 
+// [optimizer] keys that only one optimizer reads: set for the other one they are errors
+// (check_optimizer_keys), and the effective configuration leaves them out.
+const std::vector<std::string>& sgd_only_keys() {
+  static const std::vector<std::string> keys = {"momentum", "nesterov", "momentum_mode"};
+  return keys;
+}
+const std::vector<std::string>& adamw_only_keys() {
+  static const std::vector<std::string> keys = {"beta1", "beta2", "eps", "amsgrad", "adamw_mode", "onebit_warmup_steps"};
+  return keys;
+}
+bool optimizer_reads(const std::string& optimizer, const std::string& key) {
+  const auto& other = optimizer == "adamw" ? sgd_only_keys() : adamw_only_keys();
+  return std::find(other.begin(), other.end(), key) == other.end();
+}
+
 const std::vector<Section>& schema() {
   static const std::vector<Section> sections = [] {
     using C = TrainConfig;
@@ -108,7 +123,8 @@ const std::vector<Section>& schema() {
                   int_field("threads", &C::run, &RunConfig::threads, 0, 1024),
                   enum_field("device", &C::run, &RunConfig::device, {"cpu", "cuda", "auto"}),
                   enum_field("log_level", &C::run, &RunConfig::log_level,
-                             {"trace", "debug", "info", "warn", "error", "off"})},
+                             {"trace", "debug", "info", "warn", "error", "off"}),
+                  enum_field("precision", &C::run, &RunConfig::precision, {"fp32", "bf16"})},
                  {}});
     Field model_name = field("name", Kind::Enum, &C::model, &ModelConfig::name);
     model_name.dynamic = Dynamic::Models;
@@ -130,7 +146,8 @@ const std::vector<Section>& schema() {
                   int_field("synthetic_test", &C::data, &DataConfig::synthetic_test, 1)},
                  {}});
     s.push_back({"optimizer",
-                 {float_field("lr", &C::optimizer, &OptimizerConfig::lr, 0, kInf, true),
+                 {enum_field("name", &C::optimizer, &OptimizerConfig::name, {"sgd", "adamw"}),
+                  float_field("lr", &C::optimizer, &OptimizerConfig::lr, 0, kInf, true),
                   float_field("momentum", &C::optimizer, &OptimizerConfig::momentum, 0, 1, false, true),
                   field("nesterov", Kind::Bool, &C::optimizer, &OptimizerConfig::nesterov),
                   float_field("weight_decay", &C::optimizer, &OptimizerConfig::weight_decay, 0, kInf),
@@ -141,7 +158,13 @@ const std::vector<Section>& schema() {
                   float_field("min_lr", &C::optimizer, &OptimizerConfig::min_lr, 0, kInf),
                   int_field("warmup_steps", &C::optimizer, &OptimizerConfig::warmup_steps, 0),
                   int_field("grad_accumulation", &C::optimizer, &OptimizerConfig::grad_accumulation, 1, 1 << 16),
-                  enum_field("nonfinite", &C::optimizer, &OptimizerConfig::nonfinite, {"error", "skip_step"})},
+                  enum_field("nonfinite", &C::optimizer, &OptimizerConfig::nonfinite, {"error", "skip_step"}),
+                  float_field("beta1", &C::optimizer, &OptimizerConfig::beta1, 0, 1, false, true),
+                  float_field("beta2", &C::optimizer, &OptimizerConfig::beta2, 0, 1, false, true),
+                  float_field("eps", &C::optimizer, &OptimizerConfig::eps, 0, kInf),
+                  field("amsgrad", Kind::Bool, &C::optimizer, &OptimizerConfig::amsgrad),
+                  enum_field("adamw_mode", &C::optimizer, &OptimizerConfig::adamw_mode, {"onebit", "naive"}),
+                  int_field("onebit_warmup_steps", &C::optimizer, &OptimizerConfig::onebit_warmup_steps, 1)},
                  {}});
     s.push_back({"compression",
                  {string_field("plugin", &C::compression, &CompressionConfig::plugin, true),
@@ -662,6 +685,29 @@ class Reader {
     return it != locations_.end() ? it->second : source_;
   }
 
+  // Keys of one optimizer set while the other is chosen are errors, not silently ignored.
+  void check_optimizer_keys(const TrainConfig& cfg) {
+    const auto& o = cfg.optimizer;
+    const bool adamw = o.name == "adamw";
+    const char* other = adamw ? "\"sgd\"" : "\"adamw\"";
+    for (const auto& key : adamw ? sgd_only_keys() : adamw_only_keys())
+      if (locations_.count("optimizer." + key))
+        error(loc("optimizer." + key), "optimizer." + key + " applies to optimizer.name = " + other +
+                                           ", but optimizer.name = " + quote(o.name) +
+                                           (adamw && key == "momentum" ? " (AdamW's momentum decay is beta1)" : ""));
+    if (!adamw) return;
+    if (o.amsgrad && o.adamw_mode == "onebit")
+      error(loc("optimizer.amsgrad"), "optimizer.amsgrad = true needs optimizer.adamw_mode = \"naive\" (in "
+                                      "\"onebit\" the variance is frozen, so it has no running max)");
+    if (cfg.compression.scope == "model")
+      error(loc("compression.scope"), "compression.scope = \"model\" is not available with optimizer.name = "
+                                      "\"adamw\" (it selects per tensor); use \"layer\"");
+    if (cfg.compression.residual_lr_scaling)
+      error(loc("compression.residual_lr_scaling"), "compression.residual_lr_scaling applies to optimizer.name = "
+                                                    "\"sgd\" (AdamW's residual is of the gradient or momentum, not "
+                                                    "of an lr-scaled update)");
+  }
+
   // Cross-field checks and derived defaults.
   void finish(TrainConfig& cfg) {
     if (model_device_) {
@@ -671,6 +717,7 @@ class Reader {
       cfg.run.device = *model_device_;
     }
     const auto& o = cfg.optimizer;
+    check_optimizer_keys(cfg);
     if (o.nesterov && o.momentum == 0)
       error(loc("optimizer.nesterov"), "optimizer.nesterov = true needs optimizer.momentum > 0");
     if (o.schedule == "cosine" && o.min_lr > o.lr)
@@ -755,7 +802,9 @@ std::string render_config(const TrainConfig& cfg) {
   os << "# effective configuration" << (cfg.source.empty() ? "" : " (from " + cfg.source + ")") << "\n";
   for (const auto& s : schema()) {
     os << "\n[" << s.name << "]\n";
-    for (const auto& f : s.fields) os << f.key << " = " << render_val(f.get(cfg)) << "\n";
+    for (const auto& f : s.fields)
+      if (s.name != "optimizer" || optimizer_reads(cfg.optimizer.name, f.key))
+        os << f.key << " = " << render_val(f.get(cfg)) << "\n";
     if (s.name == "compression") {
       os << "\n[compression.params]\n";
       for (const auto& [k, v] : cfg.compression.params) os << toml_key(k) << " = " << render_param(v) << "\n";
@@ -788,6 +837,8 @@ std::string compressor_fingerprint(const TrainConfig& c) {
        << " scope=" << k.scope << " params=" << render_params_inline(k.params);
   }
   os << " skip=" << render_val(Val(k.skip)) << " momentum_mode=" << c.optimizer.momentum_mode;
+  // (Only for AdamW, so that the fingerprints of SGD checkpoints written before it stay as they were.)
+  if (c.optimizer.name != "sgd") os << " optimizer=" << c.optimizer.name << " adamw_mode=" << c.optimizer.adamw_mode;
   for (const auto& r : k.rules) {
     os << " rule{match=" << r.match;
     if (r.plugin) os << " plugin=" << *r.plugin;

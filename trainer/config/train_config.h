@@ -30,6 +30,7 @@ struct RunConfig {
   int64_t threads = 0;         // intra-op threads per rank; 0: cores / local world size
   std::string device = "cpu";  // "cpu" | "cuda" | "auto"
   std::string log_level = "info";
+  std::string precision = "fp32";  // "fp32" | "bf16": autocast of forward and backward (CPU)
 };
 
 struct ModelConfig {
@@ -51,11 +52,18 @@ struct DataConfig {
 };
 
 struct OptimizerConfig {
+  std::string name = "sgd";  // "sgd" (CompressedSGD) | "adamw" (CompressedAdamW)
   double lr = 0.05;
-  double momentum = 0.9;
-  bool nesterov = false;
-  double weight_decay = 0;
-  std::string momentum_mode = "dgc";  // "dgc" | "global" (docs/results.md: why dgc)
+  double momentum = 0.9;       // sgd only
+  bool nesterov = false;       // sgd only
+  double weight_decay = 0;     // sgd: added to the gradient; adamw: decoupled, p·(1 − lr·wd)
+  std::string momentum_mode = "dgc";  // sgd only: "dgc" | "global" (docs/results.md: why dgc)
+  double beta1 = 0.9;                 // adamw only: the momentum's decay
+  double beta2 = 0.999;               // adamw only: the variance's decay
+  double eps = 1e-8;                  // adamw only
+  bool amsgrad = false;               // adamw only, adamw_mode "naive" only
+  std::string adamw_mode = "onebit";  // adamw only: "onebit" (1-bit Adam) | "naive" (the control)
+  int64_t onebit_warmup_steps = 100;  // adamw "onebit": dense AdamW steps before the variance freezes
   std::string schedule = "constant";     // "constant" | "step" | "cosine"
   int64_t step_size = 1000;              // "step": steps between decays
   double gamma = 0.1;                    // "step": decay factor

@@ -4,11 +4,41 @@
 
 #include "config/config_loader.h"
 
+#include <cddp/compressed_adamw.h>
+#include <cddp/compressed_sgd.h>
+
 #include <c10/util/Exception.h>
 
 namespace cddp::train {
+namespace {
 
-std::unique_ptr<CompressedSGD> make_optimizer(const TrainConfig& cfg, const Compression& compression,
+std::unique_ptr<CompressedOptimizer> make_adamw(const TrainConfig& cfg, const Compression& compression,
+                                                std::vector<std::pair<std::string, at::Tensor>> named_params,
+                                                std::shared_ptr<Communicator> comm) {
+  const auto& o = cfg.optimizer;
+  const auto& c = cfg.compression;
+  CompressedAdamWOptions opts(o.lr);
+  opts.betas({o.beta1, o.beta2})
+      .eps(o.eps)
+      .weight_decay(o.weight_decay)
+      .amsgrad(o.amsgrad)
+      .mode(o.adamw_mode)
+      .warmup_steps(o.onebit_warmup_steps)
+      .nonfinite(o.nonfinite)
+      .compressor(compression.compressor)
+      .density(c.dense() ? -1.0 : c.ratio)
+      .error_feedback(c.error_feedback)
+      .index_coding(c.index_coding)
+      .min_numel(c.min_numel)
+      .compress_1d(c.compress_1d)
+      .auto_dense(c.auto_dense)
+      .rules(compression.rules)
+      .seed(cfg.run.seed)
+      .communicator(std::move(comm));
+  return std::make_unique<CompressedAdamW>(std::move(named_params), opts);
+}
+
+std::unique_ptr<CompressedOptimizer> make_sgd(const TrainConfig& cfg, const Compression& compression,
                                               std::vector<std::pair<std::string, at::Tensor>> named_params,
                                               std::shared_ptr<Communicator> comm) {
   const auto& o = cfg.optimizer;
@@ -33,8 +63,17 @@ std::unique_ptr<CompressedSGD> make_optimizer(const TrainConfig& cfg, const Comp
       .rules(compression.rules)
       .seed(cfg.run.seed)
       .communicator(std::move(comm));
+  return std::make_unique<CompressedSGD>(std::move(named_params), opts);
+}
+
+}  // namespace
+
+std::unique_ptr<CompressedOptimizer> make_optimizer(const TrainConfig& cfg, const Compression& compression,
+                                                    std::vector<std::pair<std::string, at::Tensor>> named_params,
+                                                    std::shared_ptr<Communicator> comm) {
   try {
-    return std::make_unique<CompressedSGD>(std::move(named_params), opts);
+    if (cfg.optimizer.name == "adamw") return make_adamw(cfg, compression, std::move(named_params), std::move(comm));
+    return make_sgd(cfg, compression, std::move(named_params), std::move(comm));
   } catch (const c10::Error& e) {
     throw ConfigError(cfg.source + ": error: optimizer: " + e.what_without_backtrace());
   }

@@ -1,5 +1,6 @@
 // optimizer_setup.h — the run's optimizer from [optimizer] and [compression]: CompressedSGD
-// with the compressors compression_setup created and the run's communicator.
+// (name = "sgd") or CompressedAdamW (name = "adamw"), with the compressors compression_setup
+// created and the run's communicator, behind the CompressedOptimizer interface.
 //
 // It will not create compressors (compression_setup) or set the per-step learning rate and
 // density (the schedules, applied by the run loop).
@@ -9,7 +10,7 @@
 #include "run/compression_setup.h"
 
 #include <cddp/communicator.h>
-#include <cddp/compressed_sgd.h>
+#include <cddp/compressed_optimizer.h>
 
 #include <memory>
 #include <string>
@@ -18,8 +19,8 @@
 
 namespace cddp::train {
 
-// ConfigError "optimizer: ..." when CompressedSGD refuses the options.
-std::unique_ptr<CompressedSGD> make_optimizer(const TrainConfig& config, const Compression& compression,
+// ConfigError "optimizer: ..." when the optimizer refuses the options.
+std::unique_ptr<CompressedOptimizer> make_optimizer(const TrainConfig& config, const Compression& compression,
                                               std::vector<std::pair<std::string, at::Tensor>> named_params,
                                               std::shared_ptr<Communicator> comm);
 

@@ -4,6 +4,7 @@
 #include "run/training_run.h"
 
 #include "checkpoint/checkpoint.h"
+#include "precision/autocast_scope.h"
 #include "run/optimizer_setup.h"
 #include "run/run_inputs.h"
 
@@ -312,8 +313,12 @@ TrainingRun::StepSums TrainingRun::forward_backward(BatchIterator& batches) {
   for (int64_t m = 0; m < group; ++m) {
     Batch b = gather_batch(train_, batches.next());
     at::Tensor images = b.images.to(device_), labels = b.labels.to(device_);
-    at::Tensor logits = model_->forward(images);
-    at::Tensor loss = at::cross_entropy_loss(logits, labels);
+    at::Tensor logits, loss;
+    {
+      AutocastScope autocast(cfg_.run.precision);  // run.precision "bf16": forward in bf16 (backward follows)
+      logits = model_->forward(images);
+      loss = at::cross_entropy_loss(logits, labels);
+    }
     (group > 1 ? loss / double(group) : loss).backward();
     const double n = double(labels.size(0));
     sums.loss += loss.item<double>() * n;
@@ -324,7 +329,7 @@ TrainingRun::StepSums TrainingRun::forward_backward(BatchIterator& batches) {
 }
 
 void TrainingRun::apply_schedules(bool log_now) {
-  static_cast<CompressedSGDOptions&>(opt_->defaults()).track_residual_norm(log_now);
+  opt_->set_track_residual_norm(log_now);
   current_lr_ = lr_schedule_->at(step_);
   for (auto& g : opt_->param_groups()) g.options().set_lr(current_lr_);
   const double density = density_schedule_.at(step_);

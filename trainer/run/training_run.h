@@ -92,7 +92,7 @@ class TrainingRun {
   std::shared_ptr<Classifier> model_;
   std::vector<at::Tensor> buffers_;
   Compression compression_;
-  std::unique_ptr<CompressedSGD> opt_;
+  std::unique_ptr<CompressedOptimizer> opt_;
   std::unique_ptr<DistributedSampler> sampler_;
   std::unique_ptr<LrSchedule> lr_schedule_;
   DensitySchedule density_schedule_;

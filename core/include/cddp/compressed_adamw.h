@@ -129,6 +129,8 @@ class CompressedAdamW : public CompressedOptimizer {
   void set_density(double density) override { density_override_ = density; }
   void set_track_residual_norm(bool on) override;
   const CompressedAdamWOptions& defaults_options() const;
+  // The state of parameter `p`, or null before its first step (for reading checkpoints).
+  const CompressedAdamWParamState* find_state(const at::Tensor& p) const;
   // True once the onebit warm-up is over (the next step compresses the momentum).
   bool variance_frozen() const;
 

@@ -45,6 +45,12 @@ class CompressedOptimizer : public torch::optim::Optimizer {
   virtual void set_density(double density) = 0;
   // Computes StepStats::residual_norm at the following steps (one extra pass over residuals).
   virtual void set_track_residual_norm(bool on) = 0;
+  // How compression.exchange = "auto" chose the sparse exchange and why, once it has; "" when
+  // the optimizer has no such choice (CompressedAdamW) or has not made it yet.
+  virtual const std::string& exchange_decision() const {
+    static const std::string none;
+    return none;
+  }
 };
 
 }  // namespace cddp

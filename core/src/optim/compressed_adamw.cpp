@@ -201,6 +201,12 @@ CompressedAdamWParamState& CompressedAdamW::state_for(const at::Tensor& p) {
   return detail::param_state_of<CompressedAdamWParamState>(state_, p);
 }
 
+const CompressedAdamWParamState* CompressedAdamW::find_state(const at::Tensor& p) const {
+  using Key = typename std::decay_t<decltype(state_)>::key_type;
+  auto it = state_.find(detail::state_key<Key>(p));
+  return it == state_.end() ? nullptr : static_cast<const CompressedAdamWParamState*>(it->second.get());
+}
+
 // ---------------------------------------------------------------- step
 
 namespace {
