@@ -317,3 +317,8 @@ TEST_F(Qsgd, APayloadOfAnotherConfigurationIsRefused) {
 }
 
 }  // namespace
+
+TEST_F(Qsgd, EncodeIntoWritesLastStepsBuffersWithTheSameBits) {
+  auto c = make(16, 512);
+  cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+}
