@@ -129,7 +129,7 @@ void CastCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
     const at::Tensor x = acc.reshape(-1).contiguous();
     wire = reusable_part(p, 0, acc.numel(), wire_);  // last step's 16-bit buffer when it fits
     encode_float(fp16, x.data_ptr<float>(), float(ctx.world_size), static_cast<uint16_t*>(wire.data_ptr()),
-                 p.numel);
+                 acc.numel());
   } else {
     at::Tensor scaled = ctx.world_size > 1 ? acc.reshape(-1).div(ctx.world_size) : acc.reshape(-1);
     wire = scaled.to(wire_).contiguous();
