@@ -22,8 +22,13 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace cddp::quant {
 
@@ -65,6 +70,11 @@ class Uniforms {
     return k_[i - base];
   }
   float at(int64_t i) { return static_cast<float>(bits16(i)) * (1.0f / 65536.0f); }  // exact in float
+  // The kChunk draws of elements [base, base + kChunk), base a multiple of kChunk.
+  const uint16_t* chunk(int64_t base) {
+    if (base != base_) fill(base);
+    return k_;
+  }
 
  private:
   void fill(int64_t base) {
@@ -106,8 +116,39 @@ class BitWriter {
     for (; fill_ > 0; fill_ -= 8, acc_ >>= 8) *out_++ = static_cast<uint8_t>(acc_);
     fill_ = 0;
   }
+  // put(code[j]) for j < len, the same bytes. Eight codes of `width` bits are exactly `width`
+  // bytes, so from the first code that starts on a byte boundary on, whole groups of eight are
+  // packed into one word and stored at once: no loop-carried bit count, no branch a code.
+  void put_many(const uint32_t* code, int64_t len) {
+    int64_t j = 0;
+    while (j < len && (fill_ & 7) != 0) put(code[j++]);
+    if (len - j >= 8) {
+      for (; fill_ >= 8; fill_ -= 8, acc_ >>= 8) *out_++ = static_cast<uint8_t>(acc_);  // byte-aligned: whole bytes
+      switch (width_) {
+        case 2: j = groups<2>(code, j, len); break;
+        case 3: j = groups<3>(code, j, len); break;
+        case 4: j = groups<4>(code, j, len); break;
+        case 5: j = groups<5>(code, j, len); break;
+        case 6: j = groups<6>(code, j, len); break;
+        case 9: j = groups<9>(code, j, len); break;
+        default: break;  // other widths: one code at a time below
+      }
+    }
+    while (j < len) put(code[j++]);
+  }
 
  private:
+  template <int W>
+  int64_t groups(const uint32_t* code, int64_t j, int64_t len) {
+    for (; j + 8 <= len; j += 8) {
+      unsigned __int128 g = 0;  // 8·W ≤ 72 bits
+      for (int k = 0; k < 8; ++k) g |= static_cast<unsigned __int128>(code[j + k]) << (k * W);
+      std::memcpy(out_, &g, W);  // little-endian: LSB first, as put() stores
+      out_ += W;
+    }
+    return j;
+  }
+
   uint8_t* out_;
   int width_;
   uint64_t acc_ = 0;
@@ -136,6 +177,40 @@ class BitReader {
   uint64_t acc_ = 0;
   int have_ = 0;
 };
+
+// max |x_i| over finite x (checked before): max is exact and order-free, so four SSE lanes give
+// the bits of the index-order loop, without its serial dependency (65 % of TernGrad's encode).
+inline float max_abs(const float* x, int64_t n) {
+  int64_t i = 0;
+  float m = 0;
+#if defined(__SSE2__)
+  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
+  __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
+  for (; i + 16 <= n; i += 16) {
+    m0 = _mm_max_ps(m0, _mm_and_ps(_mm_loadu_ps(x + i), abs_mask));
+    m1 = _mm_max_ps(m1, _mm_and_ps(_mm_loadu_ps(x + i + 4), abs_mask));
+    m2 = _mm_max_ps(m2, _mm_and_ps(_mm_loadu_ps(x + i + 8), abs_mask));
+    m3 = _mm_max_ps(m3, _mm_and_ps(_mm_loadu_ps(x + i + 12), abs_mask));
+  }
+  alignas(16) float lanes[4];
+  _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
+  for (float l : lanes) m = l > m ? l : m;
+#endif
+  for (; i < n; ++i) m = std::fabs(x[i]) > m ? std::fabs(x[i]) : m;
+  return m;
+}
+
+// Σ x_i² over [lo, hi) in double, in a fixed order that vectorises: entry i into lane (i − lo) mod 8,
+// the lanes added pairwise, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). The same bits on
+// every CPU and thread count, which is all a norm that travels with its bucket needs.
+inline double sum_of_squares(const float* x, int64_t lo, int64_t hi) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = lo;
+  for (; i + 8 <= hi; i += 8)
+    for (int k = 0; k < 8; ++k) lane[k] += double(x[i + k]) * double(x[i + k]);
+  for (int k = 0; i < hi; ++i, ++k) lane[k] += double(x[i]) * double(x[i]);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
 
 // True when no entry is NaN or ±Inf: one vectorisable pass (at::isfinite(x).all() took 30 times as long).
 inline bool all_finite(const float* x, int64_t n) {

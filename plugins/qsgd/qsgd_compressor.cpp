@@ -43,9 +43,8 @@ void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
   int32_t draw[kPiece], code[kPiece];
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
-    double sq = 0;
-    for (int64_t i = lo; i < hi; ++i) sq += double(v[i]) * double(v[i]);
-    const float norm = float(std::sqrt(sq));  // ‖v‖₂ of the bucket, as it travels
+    const double sq = quant::sum_of_squares(v, lo, hi);  // in its documented fixed order
+    const float norm = float(std::sqrt(sq));              // ‖v‖₂ of the bucket, as it travels
     // Finite entries whose norm exceeds float32 (|v| near 3.4e38) would travel as Inf and decode to NaN.
     TORCH_CHECK(std::isfinite(norm), "qsgd: the norm of bucket ", b, " (entries ", lo, "..", hi - 1,
                 ") of parameter '", ctx.param_name, "' at step ", ctx.step, " is ", std::sqrt(sq),
@@ -73,7 +72,7 @@ void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
         for (int j = 0; j < len; ++j) code[j] = 0;
       }
       for (int j = 0; j < len; ++j) code[j] = static_cast<int32_t>(std::signbit(w[j])) | code[j] << 1;
-      for (int j = 0; j < len; ++j) out.put(static_cast<uint32_t>(code[j]));
+      out.put_many(reinterpret_cast<const uint32_t*>(code), len);  // codes ≥ 0: the same bits
     }
   }
   out.flush();
