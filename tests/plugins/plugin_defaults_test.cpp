@@ -79,14 +79,15 @@ const cddp::ParamSpec kSpecs[] = {
 };
 
 TEST(PluginDefaults, ReaderTakesAbsentKeysFromTheSchemaAndGivenOnesAsGiven) {
-  const cddp::ParamReader absent("p", kSpecs, 4, {});
+  const cddp::ParamMap none;  // the reader keeps a reference: a named map, not a temporary
+  const cddp::ParamReader absent("p", kSpecs, 4, none);
   EXPECT_EQ(absent.get_int("levels"), 16);
   EXPECT_EQ(absent.get_double("ratio"), 0.25);
   EXPECT_TRUE(absent.get_bool("on"));
   EXPECT_EQ(absent.get_string("kind"), "fp16");
   EXPECT_EQ(absent.get_double("levels"), 16.0);  // an integer read as a number
-  const cddp::ParamReader given("p", kSpecs, 4,
-                                {{"levels", int64_t{3}}, {"ratio", int64_t{1}}, {"on", false}, {"kind", std::string("bf16")}});
+  const cddp::ParamMap values{{"levels", int64_t{3}}, {"ratio", int64_t{1}}, {"on", false}, {"kind", std::string("bf16")}};
+  const cddp::ParamReader given("p", kSpecs, 4, values);
   EXPECT_EQ(given.get_int("levels"), 3);
   EXPECT_EQ(given.get_double("ratio"), 1.0);
   EXPECT_FALSE(given.get_bool("on"));
@@ -94,7 +95,8 @@ TEST(PluginDefaults, ReaderTakesAbsentKeysFromTheSchemaAndGivenOnesAsGiven) {
 }
 
 TEST(PluginDefaults, ABadSchemaDefaultIsAnErrorNamingTheKey) {
-  const cddp::ParamReader r("p", kSpecs, sizeof(kSpecs) / sizeof(kSpecs[0]), {});
+  const cddp::ParamMap none;
+  const cddp::ParamReader r("p", kSpecs, sizeof(kSpecs) / sizeof(kSpecs[0]), none);
   EXPECT_NE(error_of([&] { r.get_int("broken"); }).find("plugin 'p': the schema's default of 'broken' (\"sixteen\")"),
             std::string::npos);
   EXPECT_NE(error_of([&] { r.get_int("wide"); }).find("'wide' (\"1000\") is not a number in its range"),
