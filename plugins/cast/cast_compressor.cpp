@@ -23,7 +23,7 @@ extern const size_t kCastParamCount;
 
 CastCompressor::CastCompressor(const ParamMap& params) {
   ParamReader r("cast", kCastParams, kCastParamCount, params);
-  const std::string d = r.get_string("dtype", "fp16");
+  const std::string d = r.get_string("dtype");
   if (d == "fp16") wire_ = at::kHalf;
   else if (d == "bf16") wire_ = at::kBFloat16;
   else r.fail("parameter 'dtype' = \"" + d + "\" is not one of \"fp16\", \"bf16\"");
@@ -113,26 +113,31 @@ bool any_nonfinite16(const uint16_t* h, int64_t n, uint16_t exponent_mask) {
 
 }  // namespace
 
-Payload CastCompressor::encode(const at::Tensor& acc, PluginState&, const CompressContext& ctx) {
+Payload CastCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
+  Payload p;
+  encode_into(acc, state, ctx, p);
+  return p;
+}
+
+void CastCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
   TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, "cast: parameter '",
               ctx.param_name, "' is ", acc.scalar_type(), "; expected float32 or float64");
   TORCH_CHECK(ctx.world_size >= 1, "cast: world_size must be >= 1");
-  Payload p;
-  p.numel = acc.numel();
-  p.shape = acc.sizes().vec();
-  p.dtype = acc.scalar_type();
-  p.world_size = ctx.world_size;
   const bool fp16 = wire_ == at::kHalf;
   at::Tensor wire;
   if (acc.is_cpu() && acc.scalar_type() == at::kFloat) {  // one pass: scale, round, pack
     const at::Tensor x = acc.reshape(-1).contiguous();
-    wire = at::empty({p.numel}, wire_);
+    wire = reusable_part(p, 0, acc.numel(), wire_);  // last step's 16-bit buffer when it fits
     encode_float(fp16, x.data_ptr<float>(), float(ctx.world_size), static_cast<uint16_t*>(wire.data_ptr()),
-                 p.numel);
+                 acc.numel());
   } else {
     at::Tensor scaled = ctx.world_size > 1 ? acc.reshape(-1).div(ctx.world_size) : acc.reshape(-1);
     wire = scaled.to(wire_).contiguous();
   }
+  p.numel = acc.numel();
+  p.shape = acc.sizes().vec();
+  p.dtype = acc.scalar_type();
+  p.world_size = ctx.world_size;
   // A finite input that became Inf overflowed the 16-bit range; NaN/Inf in the input is an error too.
   const at::Tensor wire_cpu = wire.is_cpu() ? wire : wire.cpu();
   if (any_nonfinite16(static_cast<const uint16_t*>(wire_cpu.data_ptr()), p.numel, fp16 ? 0x7C00 : 0x7F80)) {
@@ -142,8 +147,7 @@ Payload CastCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
                              : "non-finite value (NaN or Inf)",
                 " in parameter '", ctx.param_name, "' at step ", ctx.step);
   }
-  p.parts.push_back(wire);
-  return p;
+  p.parts = {wire};
 }
 
 void CastCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {

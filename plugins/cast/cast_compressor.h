@@ -26,6 +26,8 @@ class CastCompressor final : public Compressor {
 
   std::string name() const override { return "cast"; }
   Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  // The same into last step's 16-bit buffer when the host hands it back (Compressor::encode_into).
+  void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) override;
   void decode_add_(const Payload& payload, at::Tensor& dense) const override;
   void decode_sum(const Payload& sum, int world, at::Tensor& average) const override;
   int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;

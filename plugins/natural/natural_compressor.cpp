@@ -4,6 +4,7 @@
 
 #include "quantizer_support.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -26,27 +27,39 @@ float float_of(uint32_t b) {
 
 NaturalCompressor::NaturalCompressor(const ParamMap& params) { ParamReader("natural", kNaturalParams, 0, params); }
 
-Payload NaturalCompressor::encode(const at::Tensor& acc, PluginState&, const CompressContext& ctx) {
+Payload NaturalCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
+  Payload p;
+  encode_into(acc, state, ctx, p);
+  return p;
+}
+
+void NaturalCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
   const at::Tensor x = quant::checked_input("natural", acc, ctx);
-  Payload p = quant::payload_like(acc, ctx);
   const int64_t n = x.numel();
   const float* v = x.data_ptr<float>();
-  at::Tensor codes = at::zeros({quant::packed_bytes(n, kBits)}, at::kByte);
+  at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, kBits), at::kByte);  // BitWriter stores every byte
+  quant::describe_payload(p, acc, ctx);
   quant::BitWriter out(codes.data_ptr<uint8_t>(), kBits);
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagNatural));
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t b = bits_of(v[i]);
-    const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
-    // Up with probability m/2^23: for a normal entry (|v| − 2^e)/2^e, the mantissa's fraction; for
-    // zero or a subnormal (exponent field 0, neighbours 0 and 2^−126) |v|/2^−126 = m/2^23 as well.
-    // With u = k/2^24 that is k < 2m, in integers (m = 0: never, exact powers of two stay).
-    const uint32_t up = u.bits24(i) < 2 * mantissa ? 1u : 0u;
-    const uint32_t e = std::min<uint32_t>(exponent + up, 254u);  // 255 would be Inf
-    out.put(sign << 8 | e);
+  constexpr int kPiece = quant::Uniforms::kChunk;
+  uint32_t code[kPiece];
+  for (int64_t i0 = 0; i0 < n; i0 += kPiece) {  // a chunk of draws at a time: loops without branches
+    const int len = static_cast<int>(std::min<int64_t>(kPiece, n - i0));
+    const uint16_t* k = u.chunk(i0);
+    for (int j = 0; j < len; ++j) {
+      const uint32_t b = bits_of(v[i0 + j]);
+      const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
+      // Up with probability m/2^23: for a normal entry (|v| − 2^e)/2^e, the mantissa's fraction; for
+      // zero or a subnormal (exponent field 0, neighbours 0 and 2^−126) |v|/2^−126 = m/2^23 as well.
+      // With u = k/2^16 that is k·2^7 < m, in integers (m = 0: never, exact powers of two stay).
+      const uint32_t up = (uint32_t{k[j]} << 7) < mantissa ? 1u : 0u;
+      const uint32_t e = std::min<uint32_t>(exponent + up, 254u);  // 255 would be Inf
+      code[j] = sign << 8 | e;
+    }
+    out.put_many(code, len);
   }
   out.flush();
   p.parts = {codes};
-  return p;
 }
 
 void NaturalCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {

@@ -4,12 +4,16 @@
 //
 //   for 2^e ≤ |v_i| < 2^(e+1):   C(v)_i = sign(v_i) · 2^(e+1)   with probability (|v_i| − 2^e)/2^e
 //                                          sign(v_i) · 2^e       otherwise
-// Unbiased: E[C(v)_i] = v_i, with variance ≤ (1/8)·v_i² (the paper's Theorem 1). Below the
+// Unbiased, E[C(v)_i] = v_i (up to the 16-bit draws' bias, below), with variance ≤ (1/8)·v_i² (the paper's Theorem 1). Below the
 // smallest normal float (2^−126) the two neighbours are 0 and 2^−126, with the same rule.
 // Wire: 9 bits an entry, the sign and float32's 8-bit exponent field (0: zero), bit-packed;
 // fp32's mantissa is never sent. The one value that would round up past float32's largest
 // power of two (2^127) stays at 2^127: a bias only for entries above 1.7·10^38.
-// The draws come from Philox keyed by (seed, step, parameter), never the global RNG.
+// The draws come from Philox keyed by (seed, step, parameter), never the global RNG, with
+// 16 bits each (quantizer_support.h, Uniforms): u = k/2^16 rounds up when k·2^7 < m (m the
+// 23-bit mantissa), with probability ⌈m/2^7⌉/2^16 instead of m/2^23: E[C(v)_i] − v_i has v_i's
+// sign and a size below 2^−16 of the gap between the two neighbours (2^e, at most |v_i|, for a
+// normal entry; 2^−126 below the normals). (With 24-bit draws it was exact.)
 //
 // It will not keep state or run on GPU; NaN/Inf is a clear error naming the parameter.
 #pragma once
@@ -25,6 +29,7 @@ class NaturalCompressor final : public Compressor {
 
   std::string name() const override { return "natural"; }
   Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) override;
   void decode_add_(const Payload& payload, at::Tensor& dense) const override;
   void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
   int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;

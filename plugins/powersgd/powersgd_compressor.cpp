@@ -49,12 +49,12 @@ void orthogonalize_(at::Tensor& mats, double epsilon) {
 
 PowerSgdCompressor::PowerSgdCompressor(const ParamMap& params) {
   ParamReader r("powersgd", kPowerSgdParams, kPowerSgdParamCount, params);
-  rank_ = r.get_int("rank", 4);
-  start_iter_ = r.get_int("start_iter", 10);
-  min_rate_ = r.get_double("min_compression_rate", 2.0);
-  epsilon_ = r.get_double("orthogonalization_epsilon", 0.0);
-  warm_start_ = r.get_bool("warm_start", true);
-  keep_p_ = r.get_bool("keep_p", false);
+  rank_ = r.get_int("rank");
+  start_iter_ = r.get_int("start_iter");
+  min_rate_ = r.get_double("min_compression_rate");
+  epsilon_ = r.get_double("orthogonalization_epsilon");
+  warm_start_ = r.get_bool("warm_start");
+  keep_p_ = r.get_bool("keep_p");
 }
 
 void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, RoundCollective& coll,

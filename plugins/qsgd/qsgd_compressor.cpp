@@ -14,19 +14,26 @@ extern const size_t kQsgdParamCount;
 
 QsgdCompressor::QsgdCompressor(const ParamMap& params) {
   ParamReader r("qsgd", kQsgdParams, kQsgdParamCount, params);
-  levels_ = r.get_int("levels", 16);
-  bucket_ = r.get_int("bucket_size", 512);
+  levels_ = r.get_int("levels");
+  bucket_ = r.get_int("bucket_size");
   int level_bits = 0;
   while ((int64_t{1} << level_bits) < levels_ + 1) ++level_bits;  // ⌈log₂(s+1)⌉
   width_ = 1 + level_bits;
 }
 
-Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const CompressContext& ctx) {
+Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
+  Payload p;
+  encode_into(acc, state, ctx, p);
+  return p;
+}
+
+void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
   const at::Tensor x = quant::checked_input("qsgd", acc, ctx);
-  Payload p = quant::payload_like(acc, ctx);
   const int64_t n = x.numel(), buckets = (n + bucket_ - 1) / bucket_;
-  at::Tensor codes = at::zeros({quant::packed_bytes(n, width_)}, at::kByte);
-  at::Tensor norms = at::empty({buckets}, at::kFloat);
+  // Every byte of the codes is stored (BitWriter), every norm written: last step's parts serve.
+  at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, width_), at::kByte);
+  at::Tensor norms = reusable_part(p, 1, buckets, at::kFloat);
+  quant::describe_payload(p, acc, ctx);
   const float* v = x.data_ptr<float>();
   float* nb = norms.data_ptr<float>();
   quant::BitWriter out(codes.data_ptr<uint8_t>(), width_);
@@ -36,9 +43,8 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
   int32_t draw[kPiece], code[kPiece];
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
-    double sq = 0;
-    for (int64_t i = lo; i < hi; ++i) sq += double(v[i]) * double(v[i]);
-    const float norm = float(std::sqrt(sq));  // ‖v‖₂ of the bucket, as it travels
+    const double sq = quant::sum_of_squares(v, lo, hi);  // in its documented fixed order
+    const float norm = float(std::sqrt(sq));              // ‖v‖₂ of the bucket, as it travels
     // Finite entries whose norm exceeds float32 (|v| near 3.4e38) would travel as Inf and decode to NaN.
     TORCH_CHECK(std::isfinite(norm), "qsgd: the norm of bucket ", b, " (entries ", lo, "..", hi - 1,
                 ") of parameter '", ctx.param_name, "' at step ", ctx.step, " is ", std::sqrt(sq),
@@ -48,7 +54,7 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
     // then the bit packing.
     for (int64_t i0 = lo; i0 < hi; i0 += kPiece) {
       const int len = static_cast<int>(std::min<int64_t>(kPiece, hi - i0));
-      for (int j = 0; j < len; ++j) draw[j] = static_cast<int32_t>(u.bits24(i0 + j));
+      for (int j = 0; j < len; ++j) draw[j] = static_cast<int32_t>(u.bits16(i0 + j));
       const float* w = v + i0;
       if (norm > 0) {
         // Levels in double lanes (⌊r⌋ through a 32-bit conversion: r ≤ s ≤ 2^20), so that SSE2
@@ -57,7 +63,7 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
         for (int j = 0; j < len; ++j) {
           const double r = double(std::fabs(w[j])) / double(norm) * s;  // r_i ∈ [0, s]
           const double floor_r = double(static_cast<int32_t>(r));       // r ≥ 0: truncation is ⌊r⌋
-          const double u = double(draw[j]) * (1.0 / 16777216.0);        // u = k/2^24, exact
+          const double u = double(draw[j]) * (1.0 / 65536.0);           // u = k/2^16, exact
           double level = floor_r + (u < r - floor_r ? 1.0 : 0.0);       // stochastic rounding
           level = level < top ? level : top;  // r = s exactly (float rounding of the norm)
           code[j] = static_cast<int32_t>(level);
@@ -66,12 +72,11 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState&, const Compre
         for (int j = 0; j < len; ++j) code[j] = 0;
       }
       for (int j = 0; j < len; ++j) code[j] = static_cast<int32_t>(std::signbit(w[j])) | code[j] << 1;
-      for (int j = 0; j < len; ++j) out.put(static_cast<uint32_t>(code[j]));
+      out.put_many(reinterpret_cast<const uint32_t*>(code), len);  // codes ≥ 0: the same bits
     }
   }
   out.flush();
   p.parts = {codes, norms};
-  return p;
 }
 
 void QsgdCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {

@@ -14,8 +14,8 @@ extern const size_t kRandomKParamCount;
 
 RandomKCompressor::RandomKCompressor(const ParamMap& params) {
   ParamReader reader("randomk", kRandomKParams, kRandomKParamCount, params);
-  ratio_ = reader.get_double("ratio", 0.01);
-  scale_ = reader.get_bool("scale", false);
+  ratio_ = reader.get_double("ratio");
+  scale_ = reader.get_bool("scale");
 }
 
 Compressed RandomKCompressor::compress(const at::Tensor& grad, const CompressContext& ctx) {

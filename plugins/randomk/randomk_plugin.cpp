@@ -3,9 +3,12 @@
 
 #include "randomk_compressor.h"
 
+// The default density, in one place: the schema's text and the declared capability both.
+#define CDDP_RANDOMK_DEFAULT_RATIO 0.01
+
 namespace cddp::randomk {
 extern const ParamSpec kRandomKParams[] = {
-    {"ratio", ParamType::Double, "0.01", 1e-12, 1.0, "density: fraction of entries kept, k = ceil(ratio*numel)"},
+    {"ratio", ParamType::Double, CDDP_STRINGIFY(CDDP_RANDOMK_DEFAULT_RATIO), 1e-12, 1.0, "density: fraction of entries kept, k = ceil(ratio*numel)"},
     {"scale", ParamType::Bool, "false", 0, 0, "multiply kept values by numel/k (unbiased estimator)"},
 };
 extern const size_t kRandomKParamCount = sizeof(kRandomKParams) / sizeof(kRandomKParams[0]);
@@ -19,4 +22,4 @@ extern const size_t kRandomKParamCount = sizeof(kRandomKParams) / sizeof(kRandom
 
 CDDP_DEFINE_COMPRESSOR_PLUGIN_V2(cddp::randomk::RandomKCompressor, "randomk", "1.0.0",
                                  "k indices from a seeded Philox stream, identical on every rank",
-                                 cddp::randomk::kRandomKParams, CDDP_CAPS_SHARED_SELECTION(0.01, CDDP_RANDOMK_DEVICES))
+                                 cddp::randomk::kRandomKParams, CDDP_CAPS_SHARED_SELECTION(CDDP_RANDOMK_DEFAULT_RATIO, CDDP_RANDOMK_DEVICES))

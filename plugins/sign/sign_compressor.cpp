@@ -23,7 +23,7 @@ extern const size_t kSignParamCount;
 namespace {
 
 Variant parse_variant(const ParamReader& r) {
-  const std::string v = r.get_string("variant", "scaled");
+  const std::string v = r.get_string("variant");
   if (v == "signsgd") return Variant::SignSgd;
   if (v == "scaled") return Variant::Scaled;
   if (v == "onebit") return Variant::OneBit;
@@ -57,6 +57,22 @@ void check_payload(const Payload& p, Variant v, const char* where) {
               "sign: ", where, ": payload does not have this variant's layout (", p.parts.size(), " parts)");
 }
 
+// A sum of doubles in a fixed order that vectorises (‖x‖₁ and the side sums were summed strictly
+// in index order, one dependent add after another: 4× a read pass): entry i adds into lane i mod 8
+// of its block of kBlock entries; fold() adds a block's lanes pairwise,
+// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), onto the total, blocks in index order. It is
+// deterministic and the same on every CPU and for any thread count, which is all a scale needs:
+// each rank sends its own, and every rank decodes that one.
+struct BlockedSum {
+  static constexpr int64_t kBlock = 1024;  // a power of two, a multiple of 8
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  double total = 0;
+  void fold() {
+    total += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+    for (double& l : lane) l = 0;
+  }
+};
+
 }  // namespace
 
 SignCompressor::SignCompressor(const ParamMap& params) {
@@ -64,18 +80,24 @@ SignCompressor::SignCompressor(const ParamMap& params) {
   variant_ = parse_variant(r);
 }
 
-Payload SignCompressor::encode(const at::Tensor& acc_in, PluginState&, const CompressContext& ctx) {
+Payload SignCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
+  Payload p;
+  encode_into(acc, state, ctx, p);
+  return p;
+}
+
+void SignCompressor::encode_into(const at::Tensor& acc_in, PluginState&, const CompressContext& ctx, Payload& p) {
   TORCH_CHECK(acc_in.is_cpu(), "sign: parameter '", ctx.param_name, "' is on ", acc_in.device(), "; sign runs on CPU");
   TORCH_CHECK(acc_in.scalar_type() == at::kFloat || acc_in.scalar_type() == at::kDouble, "sign: parameter '",
               ctx.param_name, "' is ", acc_in.scalar_type(), "; expected float32 or float64");
   const at::Tensor acc = acc_in.contiguous();
   const int64_t n = acc.numel();
-  Payload p;
+  at::Tensor bits = reusable_part(p, 0, (n + 7) / 8, at::kByte);  // every byte is written below
+  at::Tensor scales = variant_ == Variant::SignSgd ? at::Tensor() : reusable_part(p, 1, scale_count(variant_), at::kFloat);
   p.numel = n;
   p.shape = acc.sizes().vec();
   p.dtype = acc.scalar_type();
   p.world_size = ctx.world_size;
-  at::Tensor bits = at::empty({(n + 7) / 8}, at::kByte);
   uint8_t* b = bits.data_ptr<uint8_t>();
   double l1 = 0, pos_sum = 0, neg_sum = 0;
   int64_t pos_n = 0;
@@ -83,21 +105,35 @@ Payload SignCompressor::encode(const at::Tensor& acc_in, PluginState&, const Com
   AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "sign_encode", [&] {
     const scalar_t* x = acc.data_ptr<scalar_t>();
     // One pass: signs 8 to a byte, finiteness, and only the sums this variant sends (‖x‖₁ for
-    // scaled; each side's sum for onebit), each summed in index order in double. Branch-free: an
+    // scaled; each side's sum for onebit), in double, in BlockedSum's fixed order. Branch-free: an
     // entry of the other side adds v·0 = ±0, and s + ±0 = s unless s = −0, which neither sum
     // (starting at +0) can become: the bits are those of summing one side's entries only.
     auto run = [&](auto need_l1, auto need_sides) {
-      int ok = 1;
-      auto one = [&](double v, int k, uint32_t& byte) {
-        ok &= std::fabs(v) <= std::numeric_limits<double>::max();
-        const uint32_t up = v < 0 ? 0u : 1u;  // x ≥ 0, −0 included
-        byte |= up << k;
-        if constexpr (decltype(need_l1)::value) l1 += std::fabs(v);
-        if constexpr (decltype(need_sides)::value) {
-          pos_sum += v * double(up);
-          neg_sum += v * double(1u - up);
-          pos_n += up;
+      constexpr bool kL1 = decltype(need_l1)::value, kSides = decltype(need_sides)::value;
+      BlockedSum l1s, pos_s, neg_s;
+      // The sums of entries i0 + k, k < len (i0 % 8 == 0), whose signs are bits k of `up`.
+      auto add_sums = [&](int64_t i0, uint32_t up, int len) {
+        for (int k = 0; k < len; ++k) {
+          const double v = static_cast<double>(x[i0 + k]);
+          if constexpr (kL1) l1s.lane[k] += std::fabs(v);
+          if constexpr (kSides) {
+            const double side = static_cast<double>((up >> k) & 1u);  // from the sign mask: no branch
+            pos_s.lane[k] += v * side;
+            neg_s.lane[k] += v * (1.0 - side);
+          }
         }
+        if constexpr (kSides) pos_n += __builtin_popcount(up & ((1u << len) - 1u));
+        if (((i0 + 8) & (BlockedSum::kBlock - 1)) == 0) l1s.fold(), pos_s.fold(), neg_s.fold();
+      };
+      int ok = 1;
+      auto signs = [&](int64_t i0, int len) {  // bit k: x[i0 + k] ≥ 0, −0 included
+        uint32_t up = 0;
+        for (int k = 0; k < len; ++k) {
+          const double v = static_cast<double>(x[i0 + k]);
+          ok &= std::fabs(v) <= std::numeric_limits<double>::max();
+          up |= (v < 0 ? 0u : 1u) << k;
+        }
+        return up;
       };
       int64_t i0 = 0;
 #if defined(__SSE2__)
@@ -111,31 +147,26 @@ Payload SignCompressor::encode(const at::Tensor& acc_in, PluginState&, const Com
           const int down = _mm_movemask_ps(_mm_cmplt_ps(lo, zero)) | _mm_movemask_ps(_mm_cmplt_ps(hi, zero)) << 4;
           fin = _mm_and_ps(fin, _mm_and_ps(_mm_cmple_ps(_mm_and_ps(lo, abs_mask), top),
                                            _mm_cmple_ps(_mm_and_ps(hi, abs_mask), top)));
-          b[i0 >> 3] = static_cast<uint8_t>(~down);
-          for (int k = 0; k < 8; ++k) {  // the sums, as one() makes them
-            const double v = static_cast<double>(xf[i0 + k]);
-            if constexpr (decltype(need_l1)::value) l1 += std::fabs(v);
-            if constexpr (decltype(need_sides)::value) {
-              const double up = static_cast<double>((~down >> k) & 1);  // from the sign mask: no branch
-              pos_sum += v * up;
-              neg_sum += v * (1.0 - up);
-            }
-          }
-          if constexpr (decltype(need_sides)::value) pos_n += 8 - __builtin_popcount(unsigned(down));
+          const uint32_t up = ~uint32_t(down) & 0xFFu;
+          b[i0 >> 3] = static_cast<uint8_t>(up);
+          if constexpr (kL1 || kSides) add_sums(i0, up, 8);
         }
         ok &= _mm_movemask_ps(fin) == 0xF;
       }
 #endif
       for (; i0 + 8 <= n; i0 += 8) {
-        uint32_t byte = 0;
-        for (int k = 0; k < 8; ++k) one(static_cast<double>(x[i0 + k]), k, byte);
-        b[i0 >> 3] = static_cast<uint8_t>(byte);
+        const uint32_t up = signs(i0, 8);
+        b[i0 >> 3] = static_cast<uint8_t>(up);
+        if constexpr (kL1 || kSides) add_sums(i0, up, 8);
       }
       if (i0 < n) {
-        uint32_t byte = 0;
-        for (int k = 0; i0 + k < n; ++k) one(static_cast<double>(x[i0 + k]), k, byte);
-        b[i0 >> 3] = static_cast<uint8_t>(byte);
+        const int len = static_cast<int>(n - i0);
+        const uint32_t up = signs(i0, len);
+        b[i0 >> 3] = static_cast<uint8_t>(up);
+        if constexpr (kL1 || kSides) add_sums(i0, up, len);
       }
+      l1s.fold(), pos_s.fold(), neg_s.fold();
+      l1 = l1s.total, pos_sum = pos_s.total, neg_sum = neg_s.total;
       finite = ok != 0;
     };
     using T = std::true_type;
@@ -145,16 +176,16 @@ Payload SignCompressor::encode(const at::Tensor& acc_in, PluginState&, const Com
     else run(F{}, F{});
   });
   TORCH_CHECK(finite, "sign: non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
-  p.parts.push_back(bits);
+  p.parts = {bits};
   if (variant_ == Variant::Scaled) {
-    p.parts.push_back(at::full({1}, n ? float(l1 / double(n)) : 0.0f, at::kFloat));  // ‖x‖₁/n
+    scales.data_ptr<float>()[0] = n ? float(l1 / double(n)) : 0.0f;  // ‖x‖₁/n
+    p.parts.push_back(scales);
   } else if (variant_ == Variant::OneBit) {
-    at::Tensor s = at::empty({2}, at::kFloat);
-    s.data_ptr<float>()[0] = pos_n ? float(pos_sum / double(pos_n)) : 0.0f;         // a+ = mean of x ≥ 0
-    s.data_ptr<float>()[1] = n - pos_n ? float(neg_sum / double(n - pos_n)) : 0.0f;  // a− = mean of x < 0
-    p.parts.push_back(s);
+    float* s = scales.data_ptr<float>();
+    s[0] = pos_n ? float(pos_sum / double(pos_n)) : 0.0f;         // a+ = mean of x ≥ 0
+    s[1] = n - pos_n ? float(neg_sum / double(n - pos_n)) : 0.0f;  // a− = mean of x < 0
+    p.parts.push_back(scales);
   }
-  return p;
 }
 
 void SignCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {

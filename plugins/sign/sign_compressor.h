@@ -33,6 +33,7 @@ class SignCompressor final : public Compressor {
 
   std::string name() const override { return "sign"; }
   Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) override;
   void decode_add_(const Payload& payload, at::Tensor& dense) const override;
   void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
   int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;

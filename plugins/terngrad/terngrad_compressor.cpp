@@ -3,6 +3,7 @@
 
 #include "quantizer_support.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace cddp::terngrad {
@@ -14,26 +15,40 @@ TernGradCompressor::TernGradCompressor(const ParamMap& params) {
   ParamReader("terngrad", kTernGradParams, kTernGradParamCount, params);
 }
 
-Payload TernGradCompressor::encode(const at::Tensor& acc, PluginState&, const CompressContext& ctx) {
+Payload TernGradCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
+  Payload p;
+  encode_into(acc, state, ctx, p);
+  return p;
+}
+
+void TernGradCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
   const at::Tensor x = quant::checked_input("terngrad", acc, ctx);
-  Payload p = quant::payload_like(acc, ctx);
   const int64_t n = x.numel();
   const float* v = x.data_ptr<float>();
-  float s = 0;
-  for (int64_t i = 0; i < n; ++i) s = std::fabs(v[i]) > s ? std::fabs(v[i]) : s;  // s = ‖v‖_∞
-  at::Tensor codes = at::zeros({quant::packed_bytes(n, 2)}, at::kByte);
+  const float s = quant::max_abs(v, n);  // s = ‖v‖_∞
+  at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, 2), at::kByte);  // BitWriter stores every byte
+  at::Tensor scaler = reusable_part(p, 1, 1, at::kFloat);
+  scaler.data_ptr<float>()[0] = s;
+  quant::describe_payload(p, acc, ctx);
   quant::BitWriter out(codes.data_ptr<uint8_t>(), 2);
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagTernGrad));
-  for (int64_t i = 0; i < n; ++i) {
-    // b_i ~ Bernoulli(|v_i|/s): u < |v|/s, decided as u·s < |v| without a division. The same bits as
-    // u < double(|v|)/double(s): u·s is exact in double (24 + 24 bits), and a float quotient |v|/s
-    // that is not u itself lies further than half an ulp of double from every u = k/2^24.
-    const uint32_t keep = double(u.at(i)) * double(s) < double(std::fabs(v[i])) ? 1u : 0u;
-    out.put(keep << (std::signbit(v[i]) ? 1 : 0));  // 0: zero, 1: +s, 2: −s
+  constexpr int kPiece = quant::Uniforms::kChunk;
+  uint32_t code[kPiece];
+  for (int64_t i0 = 0; i0 < n; i0 += kPiece) {  // a chunk of draws at a time: loops without branches
+    const int len = static_cast<int>(std::min<int64_t>(kPiece, n - i0));
+    const uint16_t* k = u.chunk(i0);
+    const float* w = v + i0;
+    for (int j = 0; j < len; ++j) {
+      // b_i ~ Bernoulli(|v_i|/s): u < |v|/s, decided as u·s < |v| without a division. The same bits as
+      // u < double(|v|)/double(s): u·s is exact in double (16 + 24 bits), and a float quotient |v|/s
+      // that is not u itself lies further than half an ulp of double from every u = k/2^16.
+      const uint32_t keep = double(k[j]) * (1.0 / 65536.0) * double(s) < double(std::fabs(w[j])) ? 1u : 0u;
+      code[j] = keep << (std::signbit(w[j]) ? 1 : 0);  // 0: zero, 1: +s, 2: −s
+    }
+    out.put_many(code, len);
   }
   out.flush();
-  p.parts = {codes, at::full({1}, s, at::kFloat)};
-  return p;
+  p.parts = {codes, scaler};
 }
 
 void TernGradCompressor::decode_add_(const Payload& p, at::Tensor& dense) const {

@@ -13,7 +13,7 @@ extern const ParamSpec kThresholdParams[];
 extern const size_t kThresholdParamCount;
 
 ThresholdCompressor::ThresholdCompressor(const ParamMap& params) {
-  tau_ = ParamReader("threshold", kThresholdParams, kThresholdParamCount, params).get_double("tau", 1e-3);
+  tau_ = ParamReader("threshold", kThresholdParams, kThresholdParamCount, params).get_double("tau");
 }
 
 Compressed ThresholdCompressor::compress(const at::Tensor& grad, const CompressContext& ctx) {

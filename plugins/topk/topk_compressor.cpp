@@ -18,8 +18,8 @@ TopKCompressor::TopKCompressor(const ParamMap& params) {
   extern const ParamSpec kTopKParams[];
   extern const size_t kTopKParamCount;
   ParamReader reader(kPlugin, kTopKParams, kTopKParamCount, params);
-  ratio_ = reader.get_double("ratio", 0.01);
-  impl_ = reader.get_string("impl", "auto");
+  ratio_ = reader.get_double("ratio");
+  impl_ = reader.get_string("impl");
   if (impl_ != "auto" && impl_ != "cpu" && impl_ != "cuda")
     reader.fail("parameter 'impl' must be \"auto\", \"cpu\" or \"cuda\", got \"" + impl_ + "\"");
   if (!(ratio_ > 0 && ratio_ <= 1)) reader.fail("parameter 'ratio' must be in (0, 1], got " + std::to_string(ratio_));

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <limits>
 #include <sstream>
+#include <string>
+#include <type_traits>
 
 using cddp::testing::build_tree_loader;
 using cddp::testing::error_of;
@@ -542,6 +544,120 @@ TEST(PayloadCodecs, ResidualHoldsWhatTheQuantizerDidNotSend) {
 
 // The plugin's declared state lives in the optimizer's ParamState, goes into the checkpoint
 // beside the residual, and comes back bitwise: rounds_mean counts its calls there.
+// A format-version-2 checkpoint, written as the version-2 code wrote one (CompressedSGD::save
+// from 846bc29 to 427a0eb^, the commit before plugin_state): torch's optimizer layout, the
+// options' eleven keys (unchanged since), a param state of momentum_buffer, residual and
+// residual_lr and nothing else, then cddp_format_version = 2 and cddp_step. ParamStateV2 is
+// that version's CompressedSGDParamState::serialize, copied from the history; WriterV2 holds
+// the live optimizer's groups and keys with such states, and torch::optim::serialize writes
+// them through the same template the version-2 save went through.
+struct ParamStateV2 : public torch::optim::OptimizerCloneableParamState<ParamStateV2> {
+  TORCH_ARG(at::Tensor, momentum_buffer);
+  TORCH_ARG(at::Tensor, residual);
+  TORCH_ARG(double, residual_lr) = 0;
+
+ public:
+  void serialize(torch::serialize::OutputArchive& archive) const override {
+    _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_buffer);
+    _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual);
+    _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual_lr);
+  }
+};
+
+// p's state, under the key LibTorch uses: the TensorImpl address as text in 1.13, the address in 2.x.
+template <class StateMap>
+const cddp::CompressedSGDParamState& state_of(const StateMap& state, const at::Tensor& p) {
+  if constexpr (std::is_same_v<typename StateMap::key_type, std::string>) {
+    std::ostringstream key;
+    key << p.unsafeGetTensorImpl();
+    return static_cast<const cddp::CompressedSGDParamState&>(*state.at(key.str()));
+  } else {
+    return static_cast<const cddp::CompressedSGDParamState&>(*state.at(p.unsafeGetTensorImpl()));
+  }
+}
+
+class WriterV2 final : public torch::optim::Optimizer {
+ public:
+  explicit WriterV2(const cddp::CompressedSGD& live)
+      : Optimizer(live.param_groups(), std::make_unique<cddp::CompressedSGDOptions>(live.defaults_options())),
+        step_(live.step_count()) {
+    for (const auto& [key, state] : live.state()) {
+      const auto& s = static_cast<const cddp::CompressedSGDParamState&>(*state);
+      auto v2 = std::make_unique<ParamStateV2>();
+      v2->momentum_buffer(s.momentum_buffer()).residual(s.residual()).residual_lr(s.residual_lr());
+      state_[key] = std::move(v2);
+    }
+  }
+  at::Tensor step(LossClosure) override { TORCH_CHECK(false, "a writer only writes"); }
+  void save(torch::serialize::OutputArchive& archive) const override {
+    torch::optim::serialize<ParamStateV2, cddp::CompressedSGDOptions>(archive, *this);
+    archive.write("cddp_format_version", c10::IValue(int64_t{2}));
+    archive.write("cddp_step", c10::IValue(step_));
+  }
+
+ private:
+  int64_t step_;
+};
+
+TEST(CompressedSGD, LoadsAFormatVersion2CheckpointAndContinuesBitwise) {
+  auto loader = build_tree_loader();
+  auto make = [&](TinyMlp& m) {
+    return std::make_unique<cddp::CompressedSGD>(
+        m.params, cddp::CompressedSGDOptions(0.05).momentum(0.9).residual_lr_scaling(true).compressor(
+                      loader.create("topk", {{"ratio", 0.1}})));
+  };
+  TinyMlp a(11);
+  auto opt_a = make(a);
+  for (int64_t s = 0; s < 4; ++s) {
+    Batch d = batch(s);
+    opt_a->zero_grad();
+    a.loss(d.x, d.y).backward();
+    opt_a->step();
+  }
+  std::stringstream saved;
+  {
+    torch::serialize::OutputArchive archive;
+    WriterV2(*opt_a).save(archive);
+    archive.save_to(saved);
+  }
+  {  // it is a version-2 file: no plugin state anywhere, the version says 2
+    torch::serialize::InputArchive in;
+    std::stringstream copy(saved.str());
+    in.load_from(copy);
+    c10::IValue version;
+    ASSERT_TRUE(in.try_read("cddp_format_version", version));
+    EXPECT_EQ(version.toInt(), 2);
+  }
+  EXPECT_EQ(saved.str().find("plugin_state"), std::string::npos);
+
+  TinyMlp b = a.clone();
+  auto opt_b = make(b);
+  torch::load(*opt_b, saved);
+  EXPECT_EQ(opt_b->step_count(), 4);
+  ASSERT_EQ(opt_b->state().size(), opt_a->state().size());
+  for (size_t i = 0; i < a.params.size(); ++i) {  // each parameter's state, by its own key
+    const cddp::CompressedSGDParamState& sa = state_of(opt_a->state(), a.params[i].second);
+    const cddp::CompressedSGDParamState& sb = state_of(opt_b->state(), b.params[i].second);
+    const std::string name = a.params[i].first;
+    ASSERT_TRUE(sa.residual().defined()) << name;
+    EXPECT_TRUE(at::equal(sb.residual(), sa.residual())) << name;
+    EXPECT_TRUE(at::equal(sb.momentum_buffer(), sa.momentum_buffer())) << name;
+    EXPECT_EQ(sb.residual_lr(), 0.05) << name;
+    EXPECT_TRUE(sb.plugin_state().empty()) << name;
+  }
+  for (int64_t s = 4; s < 8; ++s) {
+    Batch d = batch(s);
+    opt_a->zero_grad();
+    a.loss(d.x, d.y).backward();
+    opt_a->step();
+    opt_b->zero_grad();
+    b.loss(d.x, d.y).backward();
+    opt_b->step();
+  }
+  for (size_t i = 0; i < a.params.size(); ++i)
+    EXPECT_TRUE(at::equal(a.params[i].second, b.params[i].second)) << a.params[i].first;
+}
+
 TEST(PayloadCodecs, PluginStateIsSavedAndRestored) {
   cddp::PluginLoader rounds_loader(cddp::PluginSearchPath::standard({CDDP_TEST_ROUNDS_PLUGIN_DIR}, nullptr));
   auto make = [&](at::Tensor& w) {

@@ -89,6 +89,32 @@ TEST(PluginLoader, RefusesAnUnknownPayloadKindNamingThePlugin) {
       << msg;
 }
 
+TEST(PluginLoader, LoadsAVersion2PluginBuiltBeforeEncodeIntoAndNeverReadsPastItsStruct) {
+  // Its struct ends at wire_bytes; the host's copy leaves encode_into null, so encode_into() runs
+  // the plugin's encode() (the slot beyond its struct_size would fail: it is never reached).
+  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_TEST_BAD_PLUGIN_DIR}, nullptr));
+  auto old = loader.create("v2base");
+  EXPECT_EQ(old->description().abi_version, CDDP_PLUGIN_ABI_VERSION);
+  EXPECT_EQ(old->caps().kind, cddp::PayloadKind::Gather);
+  const at::Tensor g = at::arange(6, at::kFloat).reshape({2, 3});
+  cddp::PluginState state;
+  cddp::CompressContext ctx;
+  ctx.param_name = "w";
+  cddp::Payload p;
+  p.parts = {at::zeros({6}, at::kFloat)};  // a previous payload the plugin cannot know about
+  old->encode_into(g, state, ctx, p);
+  ASSERT_EQ(p.parts.size(), 1u);
+  EXPECT_TRUE(p.parts[0].equal(at::arange(6, at::kFloat)));
+  EXPECT_EQ(p.numel, 6);
+  // A current plugin gets the trampoline: its encode_into is reached, and reuses the buffer.
+  auto cast = cddp::PluginLoader(cddp::PluginSearchPath::standard({}, nullptr)).create("cast");
+  cddp::Payload q = cast->encode(g, state, ctx);
+  const void* buffer = q.parts[0].data_ptr();
+  cast->encode_into(g.mul(2), state, ctx, q);
+  EXPECT_EQ(q.parts[0].data_ptr(), buffer);
+  EXPECT_TRUE(q.parts[0].to(at::kFloat).equal(at::arange(6, at::kFloat).mul(2)));
+}
+
 TEST(PluginLoader, AdaptsAVersion1Plugin) {
   // Built with the ABI-1 macro: the host finds no v2 entry point, adapts it, and reads its
   // capabilities from the compressor it made (a 50 % density set through `ratio`, fused EF).

@@ -221,3 +221,10 @@ TEST_F(Cast, BadParametersNameThePluginAndTheParameter) {
 }
 
 }  // namespace
+
+TEST_F(Cast, EncodeIntoWritesLastStepsBufferWithTheSameBits) {
+  for (const char* d : {"fp16", "bf16"}) {
+    auto c = make(d);
+    cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+  }
+}

@@ -220,3 +220,7 @@ TEST_F(Natural, TakesNoParameters) {
 }
 
 }  // namespace
+
+TEST_F(Natural, EncodeIntoWritesLastStepsBuffersWithTheSameBits) {
+  cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+}

@@ -70,6 +70,40 @@ inline std::vector<float> floats_of(const at::Tensor& t) {
   return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
 }
 
+// Compressor::encode_into as the optimizer's payload stage calls it, through the plugin's ABI:
+//  - handed its previous payload, it writes into those very buffers (the same data pointers) and
+//    produces the bits encode() produces, over several steps (different draws each step);
+//  - a part someone else still holds (a view kept elsewhere) is left alone: a fresh buffer, and
+//    the held tensor keeps its bytes;
+//  - handed a payload of another size (another tensor), it allocates and is still right.
+inline void expect_encode_into_reuses_buffers(Compressor& c, const at::Tensor& x, const at::Tensor& other) {
+  PluginState none;
+  Payload kept = c.encode(x, none, payload_ctx(7, 1, 2));
+  std::vector<const void*> where;
+  for (const auto& t : kept.parts) where.push_back(t.data_ptr());
+  for (int64_t step = 2; step <= 4; ++step) {
+    const Payload fresh = c.encode(x, none, payload_ctx(7, step, 2));
+    c.encode_into(x, none, payload_ctx(7, step, 2), kept);
+    ASSERT_EQ(kept.parts.size(), fresh.parts.size());
+    for (size_t j = 0; j < kept.parts.size(); ++j) {
+      EXPECT_EQ(kept.parts[j].data_ptr(), where[j]) << c.name() << ": part " << j << " was not reused, step " << step;
+      EXPECT_TRUE(bitwise_equal(kept.parts[j], fresh.parts[j])) << c.name() << ": part " << j << ", step " << step;
+    }
+    EXPECT_EQ(kept.numel, fresh.numel);
+    EXPECT_EQ(kept.shape, fresh.shape);
+    EXPECT_EQ(kept.dtype, fresh.dtype);
+  }
+  const at::Tensor held = kept.parts[0];  // someone still reads it
+  const at::Tensor held_bytes = held.clone();
+  c.encode_into(x, none, payload_ctx(7, 9, 2), kept);
+  EXPECT_NE(kept.parts[0].data_ptr(), held.data_ptr()) << c.name() << ": wrote into a buffer someone holds";
+  EXPECT_TRUE(bitwise_equal(held, held_bytes));
+  EXPECT_TRUE(bitwise_equal(kept.parts[0], c.encode(x, none, payload_ctx(7, 9, 2)).parts[0]));
+  c.encode_into(other, none, payload_ctx(7, 10, 2), kept);  // another size: fresh buffers
+  EXPECT_EQ(bytes_of(kept), bytes_of(c.encode(other, none, payload_ctx(7, 10, 2))));
+  EXPECT_EQ(kept.numel, other.numel());
+}
+
 // The Gather average as the contract states it, by hand: each rank's decode on its own, summed
 // entry by entry in rank order in float, then divided by W (nothing divided when W = 1).
 inline at::Tensor mean_in_rank_order(const Compressor& c, const std::vector<Payload>& ranks) {
@@ -141,12 +175,17 @@ inline void expect_nonfinite_names_parameter(Compressor& c, const std::string& p
   }
 }
 
-// The uniform in [0, 1) the quantizers document for element i: Philox4x32-10 under key
-// (lo32(seed) ^ tag, hi32(seed)), counter (i/4, step, parameter), lane i%4, top 24 bits.
+// The uniform in [0, 1) the quantizers document for element i (quantizer_support.h), written
+// from that text with the scalar Philox of philox.h: key (lo32(seed) ^ tag, hi32(seed)); within
+// i's chunk of 512 entries r = i mod 512, block 64·(i / 512) + r mod 64, counter (block, step,
+// parameter), lane (r mod 256) / 64, of that word the low 16 bits for r < 256, else the high 16.
 inline float philox_uniform(uint64_t seed, uint32_t tag, int64_t step, int64_t param, int64_t i) {
   const philox::Key key{static_cast<uint32_t>(seed) ^ tag, static_cast<uint32_t>(seed >> 32)};
-  const philox::Block b = philox::philox4x32_10(philox::randomk_counter(uint64_t(i) >> 2, step, param), key);
-  return static_cast<float>(b.c[i & 3] >> 8) * (1.0f / 16777216.0f);
+  const int64_t r = i % 512;
+  const uint64_t block = uint64_t(i / 512) * 64 + uint64_t(r % 64);
+  const philox::Block b = philox::philox4x32_10(philox::randomk_counter(block, step, param), key);
+  const uint32_t word = b.c[(r % 256) / 64];
+  return static_cast<float>(r < 256 ? word & 0xFFFFu : word >> 16) * (1.0f / 65536.0f);
 }
 
 // Unbiasedness, measured: the mean over seeds 0..S-1 of D(C(x)) against x, entry by entry.

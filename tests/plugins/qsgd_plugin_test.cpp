@@ -65,8 +65,10 @@ Reference reference(const at::Tensor& x, int64_t s, int64_t d, uint64_t seed, in
   Reference ref;
   for (int64_t lo = 0; lo < n; lo += d) {
     const int64_t hi = std::min(n, lo + d);
-    double sq = 0;
-    for (int64_t i = lo; i < hi; ++i) sq += double(v[i]) * double(v[i]);
+    // Σ v² in the order qsgd documents: entry i into lane (i − lo) mod 8, lanes added pairwise.
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = lo; i < hi; ++i) lane[(i - lo) % 8] += double(v[i]) * double(v[i]);
+    const double sq = ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
     const float norm = float(std::sqrt(sq));
     ref.norms.push_back(norm);
     for (int64_t i = lo; i < hi; ++i) {
@@ -317,3 +319,8 @@ TEST_F(Qsgd, APayloadOfAnotherConfigurationIsRefused) {
 }
 
 }  // namespace
+
+TEST_F(Qsgd, EncodeIntoWritesLastStepsBuffersWithTheSameBits) {
+  auto c = make(16, 512);
+  cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+}

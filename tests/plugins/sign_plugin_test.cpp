@@ -9,8 +9,10 @@
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 using namespace cddp::testing;
 
@@ -27,6 +29,19 @@ class Sign : public ::testing::Test {
 };
 
 int64_t extra_bytes(const std::string& v) { return v == "signsgd" ? 0 : v == "scaled" ? 4 : 8; }
+
+// Σ terms in the order sign_compressor.cpp documents (BlockedSum): term i into lane i mod 8 of
+// block i / 1024; a block's lanes added ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) onto
+// the total, blocks in index order.
+double blocked_sum(const std::vector<double>& terms) {
+  double total = 0;
+  for (size_t lo = 0; lo < terms.size(); lo += 1024) {
+    double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (size_t i = lo; i < std::min(terms.size(), lo + 1024); ++i) lane[i % 8] += terms[i];
+    total += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+  }
+  return total;
+}
 
 // x ≥ 0, −0 included, is "up".
 bool up(double v) { return !std::signbit(v) || v == 0; }
@@ -70,13 +85,15 @@ TEST_F(Sign, BitIOfByteIOver8LsbFirstOneForNonNegative) {
 
 TEST_F(Sign, ScaledDecodesToPlusMinusTheMeanAbsoluteValue) {
   auto c = make("scaled");
-  for (int64_t n : {1, 9, 1001}) {
-    at::Tensor x = at::randn({n}, at::make_generator<at::CPUGeneratorImpl>(n));
+  for (int64_t n : {1, 9, 1001, 1024, 5003}) {
+    // Magnitudes over 2^±20, so that the order of the sum shows in the float32 scale.
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(n);
+    at::Tensor x = at::randn({n}, gen).mul_(at::exp2(at::randint(-20, 20, {n}, gen).to(at::kFloat)));
     x[0] = -0.0f;
     const std::vector<float> xs = floats_of(x);
-    double l1 = 0;
-    for (float v : xs) l1 += std::fabs(double(v));
-    const float s = float(l1 / double(n));  // ‖x‖₁/n, as float32 on the wire
+    std::vector<double> terms;
+    for (float v : xs) terms.push_back(std::fabs(double(v)));
+    const float s = float(blocked_sum(terms) / double(n));  // ‖x‖₁/n, as float32 on the wire
     cddp::Payload p = encode(*c, x, payload_ctx());
     ASSERT_EQ(p.parts.size(), 2u);
     EXPECT_EQ(p.parts[1].item<float>(), s) << "n=" << n;
@@ -87,14 +104,18 @@ TEST_F(Sign, ScaledDecodesToPlusMinusTheMeanAbsoluteValue) {
 
 TEST_F(Sign, OneBitDecodesToTheMeanOfEachSide) {
   auto c = make("onebit");
-  at::Tensor x = at::randn({1003}, at::make_generator<at::CPUGeneratorImpl>(5));
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
+  at::Tensor x = at::randn({3003}, gen).mul_(at::exp2(at::randint(-20, 20, {3003}, gen).to(at::kFloat)));
   x[7] = 0.0f;
   x[8] = -0.0f;
   const std::vector<float> xs = floats_of(x);
-  double pos = 0, neg = 0;
+  std::vector<double> pos, neg;  // each side's entries at their own index, 0 at the other side's
   int64_t np = 0, nn = 0;
-  for (float v : xs) (up(v) ? (pos += v, ++np) : (neg += v, ++nn));
-  const float a_pos = float(pos / double(np)), a_neg = float(neg / double(nn));
+  for (float v : xs) {
+    pos.push_back(up(v) ? double(v) : 0.0), neg.push_back(up(v) ? 0.0 : double(v));
+    (up(v) ? np : nn) += 1;
+  }
+  const float a_pos = float(blocked_sum(pos) / double(np)), a_neg = float(blocked_sum(neg) / double(nn));
   cddp::Payload p = encode(*c, x, payload_ctx());
   ASSERT_EQ(p.parts.size(), 2u);
   EXPECT_EQ(floats_of(p.parts[1]), (std::vector<float>{a_pos, a_neg}));
@@ -281,3 +302,10 @@ TEST_F(Sign, CombineRefusesRanksOfDifferentSizes) {
 }
 
 }  // namespace
+
+TEST_F(Sign, EncodeIntoWritesLastStepsBuffersWithTheSameBits) {
+  for (const char* v : kVariants) {
+    auto c = make(v);
+    cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+  }
+}

@@ -150,3 +150,7 @@ TEST_F(TernGrad, TakesNoParameters) {
 }
 
 }  // namespace
+
+TEST_F(TernGrad, EncodeIntoWritesLastStepsBuffersWithTheSameBits) {
+  cddp::testing::expect_encode_into_reuses_buffers(*c, at::randn({4099}), at::randn({17}));
+}

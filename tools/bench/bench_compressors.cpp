@@ -13,13 +13,18 @@
 // The payload plugins (sign, cast, qsgd, terngrad, natural), loaded from the build tree's .so
 // files as the trainer loads them, at 25M fp32 N(0, 1) entries, one thread:
 //   read_pass/25M/t1              at::sum(x): one plain read pass over the same 25M floats
-//   encode/<plugin>/25M/t1        Compressor::encode(), the input checks included (W = 1)
+//   encode/<plugin>/25M/t1        Compressor::encode_into() into the payload of the previous
+//                                 iteration, as the optimizer's payload stage calls it (W = 1)
+//   encode_fresh/<plugin>/25M/t1  Compressor::encode(): a fresh payload every call
 //   decode/<plugin>/25M/t1        Compressor::decode_add_() of that payload into float32
 // with counters bytes_per_elem (payload.wire_bytes() / N) and x_read: the row's mean time over
 // the read pass's, both timed in this run (the read pass as the fastest of 10), which is how
 // the target "a single-pass quantizer compresses in <= 3x one plain read pass" is quoted.
-//   --benchmark_filter='read_pass|encode|decode'   runs only these rows.
+//   philox_draws/<path>/25M/t1    the quantizers' 16-bit draws alone for 25M entries (12.5M
+//                                 Philox4x32-10 words), portable, AVX2 and AVX-512 paths
+//   --benchmark_filter='read_pass|encode|decode|philox'   runs only these rows.
 // Results and the command used: docs/benchmarks.md.
+#include "philox_lanes.h"
 #include "radix_topk_cpu.h"
 
 #include <cddp/plugin_loader.h>
@@ -208,7 +213,9 @@ void bm_read_pass(benchmark::State& st, int64_t n) {
   st.counters["x_read"] = seconds_since(t0) / static_cast<double>(st.iterations()) / read;
 }
 
-void bm_payload(benchmark::State& st, const PayloadCase& pc, int64_t n, bool decode) {
+enum class PayloadRow { EncodeInto, EncodeFresh, Decode };
+
+void bm_payload(benchmark::State& st, const PayloadCase& pc, int64_t n, PayloadRow row) {
   Data& d = data(n);
   auto codec = plugin_loader().create(pc.plugin, pc.params);
   cddp::PluginState state;
@@ -220,12 +227,17 @@ void bm_payload(benchmark::State& st, const PayloadCase& pc, int64_t n, bool dec
   at::Tensor dense = at::zeros({n}, at::kFloat);
   const double read = read_pass_seconds(n);
   const auto t0 = std::chrono::steady_clock::now();
+  cddp::Payload kept;  // what the host's payload stage hands back each step (encode_into)
   for (auto _ : st) {
-    if (decode) {
+    if (row == PayloadRow::Decode) {
       codec->decode_add_(payload, dense);
       benchmark::DoNotOptimize(dense.data_ptr<float>());
-    } else {
+    } else if (row == PayloadRow::EncodeInto) {
       ++ctx.step;  // fresh draws for the stochastic ones, as in training
+      codec->encode_into(d.x, state, ctx, kept);
+      benchmark::DoNotOptimize(kept.parts[0].data_ptr());
+    } else {
+      ++ctx.step;
       cddp::Payload p = codec->encode(d.x, state, ctx);
       benchmark::DoNotOptimize(p.parts[0].data_ptr());
     }
@@ -247,9 +259,38 @@ void register_payloads() {
   };
   add("read_pass" + suffix, [n](benchmark::State& st) { bm_read_pass(st, n); });
   for (const PayloadCase& pc : payload_cases()) {
-    add("encode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, false); });
-    add("decode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, true); });
+    add("encode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, PayloadRow::EncodeInto); });
+    add("encode_fresh/" + pc.label + suffix,
+        [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, PayloadRow::EncodeFresh); });
+    add("decode/" + pc.label + suffix, [&pc, n](benchmark::State& st) { bm_payload(st, pc, n, PayloadRow::Decode); });
   }
+  // The quantizers' draws alone (philox_lanes.h): n/2 32-bit words, two 16-bit draws each, on each path.
+  using Fill = bool (*)(cddp::philox::Key, uint64_t, int64_t, int64_t, int, uint32_t*);
+  const std::pair<const char*, Fill> paths[] = {
+      {"portable",
+       [](cddp::philox::Key k, uint64_t b, int64_t s, int64_t p, int n_blocks, uint32_t* out) {
+         cddp::philox::fill_lanes_portable(k, b, s, p, n_blocks, out);
+         return true;
+       }},
+      {"avx2", &cddp::philox::fill_lanes_avx2},
+      {"avx512", &cddp::philox::fill_lanes_avx512}};
+  for (const auto& [label, fill] : paths)
+    add(std::string("philox_draws/") + label + suffix, [fill = fill, n](benchmark::State& st) {
+      const double read = read_pass_seconds(n);
+      uint32_t words[256];
+      const auto t0 = std::chrono::steady_clock::now();
+      for (auto _ : st) {
+        for (int64_t b = 0; b < n / 8; b += 64) {  // 8 draws a block
+          if (!fill(cddp::philox::Key{1, 2}, uint64_t(b), 3, 4, 64, words)) {
+            st.SkipWithError("this CPU lacks the instructions");
+            return;
+          }
+          benchmark::DoNotOptimize(words[0]);
+        }
+      }
+      st.SetItemsProcessed(st.iterations() * n);
+      st.counters["x_read"] = seconds_since(t0) / static_cast<double>(st.iterations()) / read;
+    });
 }
 
 std::string n_name(int64_t n) {

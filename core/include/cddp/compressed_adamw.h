@@ -104,6 +104,7 @@ struct CompressedAdamWParamState : public torch::optim::OptimizerCloneableParamS
 
 namespace detail {
 struct AdamWSettings;  // the option strings, parsed (compressed_adamw.cpp)
+class PayloadBuffers;  // per-tensor buffers of the payload stage (core/src/optim/payload_buffers.h)
 }  // namespace detail
 
 class CompressedAdamW : public CompressedOptimizer {
@@ -146,6 +147,7 @@ class CompressedAdamW : public CompressedOptimizer {
   std::shared_ptr<Communicator> comm_;
   std::unique_ptr<GradientExchange> exchange_;
   std::unique_ptr<PayloadExchange> payloads_;
+  std::unique_ptr<detail::PayloadBuffers> payload_buffers_;  // the payload stage's, step to step
   std::unique_ptr<detail::AdamWSettings> settings_;
   size_t groups_checked_ = 0;
   std::map<std::string, Route> routes_;

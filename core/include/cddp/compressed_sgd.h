@@ -143,6 +143,7 @@ struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamSta
 
 namespace detail {
 struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
+class PayloadBuffers;  // per-tensor buffers of the payload stage (core/src/optim/payload_buffers.h)
 }  // namespace detail
 
 class CompressedSGD : public CompressedOptimizer {
@@ -195,6 +196,7 @@ class CompressedSGD : public CompressedOptimizer {
   // Over *comm_; keeps its byte buffers and every tensor's average buffer between steps.
   std::unique_ptr<GradientExchange> exchange_;
   std::unique_ptr<PayloadExchange> payloads_;  // over *comm_: codecs that are not selections
+  std::unique_ptr<detail::PayloadBuffers> payload_buffers_;  // their per-tensor buffers, step to step
   std::unique_ptr<detail::StepSettings> settings_;
   std::map<std::string, Route> routes_;
   std::vector<RoutingDecision> routing_log_;

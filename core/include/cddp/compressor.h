@@ -112,7 +112,22 @@ class Compressor {
   // The cost model: bytes one rank hands to the collectives for such a tensor at `density`
   // (−1: its own). -1 when it cannot tell (the router then keeps the tensor compressed).
   virtual int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const;
+
+  // Gather and Sum: encode() into buffers the host keeps for this tensor. On entry `out` holds
+  // this tensor's payload of the previous step (nothing the first time, or after a route
+  // change): parts the host no longer reads, which the plugin may overwrite when their dtype and
+  // size are what it would allocate (reusable_part below) instead of allocating a fresh 50 MB a
+  // step. On return `out` is the payload, as encode() would have returned it: the same bits
+  // whether or not anything was reused. The default ignores what it is handed:
+  // out = encode(acc, state, ctx). Appended to the class: the host reaches it only through the
+  // ABI's encode_into trampoline (plugin_abi.h), which a plugin built before it lacks.
+  virtual void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out);
 };
+
+// For encode_into: `previous.parts[part]` when it is a contiguous CPU tensor of `numel` entries of
+// `dtype` that no one else holds (use_count 1: a view someone kept would see it change), else a
+// fresh at::empty. Its contents are whatever they were: the caller writes every entry.
+at::Tensor reusable_part(Payload& previous, size_t part, int64_t numel, at::ScalarType dtype);
 
 // Throws c10::Error "<who>: selection index <i> is out of range [0, numel)" unless every entry
 // of `indices` lies in [0, numel). One pass (aminmax) over the k indices.

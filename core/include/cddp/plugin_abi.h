@@ -36,7 +36,9 @@
 
 // Bump on any incompatible change to cddp_plugin_info, Compressor, Compressed, Payload,
 // CompressContext or ParamMap. Fields appended to cddp_plugin_info keep the version: the host
-// reads them only when struct_size covers them.
+// reads them only when struct_size covers them (encode_into is one). So do virtual functions
+// appended to Compressor: the host calls a plugin's compressor only through the trampolines
+// compiled into that plugin, never through its vtable.
 #define CDDP_PLUGIN_ABI_VERSION 2u
 #define CDDP_PLUGIN_ENTRY_SYMBOL "cddp_compressor_plugin_v2"
 #define CDDP_PLUGIN_ABI_VERSION_V1 1u
@@ -123,7 +125,17 @@ struct cddp_plugin_info {
                              std::vector<cddp::StateSpec>* out, char* err, size_t err_len);
   cddp_status (*wire_bytes)(const cddp::Compressor* c, const std::vector<int64_t>* shape, int32_t dtype,
                             double density, int64_t* out, char* err, size_t err_len);
+
+  // ---- Appended within ABI 2: the host reads these only when struct_size covers them, and a
+  // plugin built before them (struct_size == CDDP_PLUGIN_INFO_V2_BASE_SIZE) still loads. ----
+  // Gather/Sum: Compressor::encode_into. `out` holds on entry the tensor's previous payload,
+  // whose parts the plugin may write into (null: the host calls encode with an empty `out`).
+  cddp_status (*encode_into)(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                             const cddp::CompressContext* ctx, cddp::Payload* out, char* err, size_t err_len);
 };
+
+// The size of the first ABI-2 layout (up to wire_bytes): the least a version-2 plugin declares.
+#define CDDP_PLUGIN_INFO_V2_BASE_SIZE (offsetof(cddp_plugin_info, wire_bytes) + sizeof(void*))
 
 // The version-1 layout, frozen: what `cddp_compressor_plugin_v1` returns. The host reads it to
 // adapt a version-1 plugin; CDDP_DEFINE_COMPRESSOR_PLUGIN still writes it, so a version-1
@@ -219,6 +231,11 @@ struct Trampolines {
                             const cddp::CompressContext* ctx, cddp::Payload* out, char* err, size_t len) noexcept {
     return guarded(err, len, [&] { *out = c->encode(*acc, *state, *ctx); });
   }
+  static cddp_status encode_into(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
+                                 const cddp::CompressContext* ctx, cddp::Payload* out, char* err,
+                                 size_t len) noexcept {
+    return guarded(err, len, [&] { c->encode_into(*acc, *state, *ctx, *out); });
+  }
   static cddp_status decode_add(const cddp::Compressor* c, const cddp::Payload* in, at::Tensor* dense, char* err,
                                 size_t len) noexcept {
     return guarded(err, len, [&] { c->decode_add_(*in, *dense); });
@@ -296,7 +313,8 @@ struct Trampolines {
                                           &T_::decode_sum,                                                \
                                           &T_::run_rounds,                                                \
                                           &T_::state_specs,                                               \
-                                          &T_::wire_bytes};                                               \
+                                          &T_::wire_bytes,                                                \
+                                          &T_::encode_into};                                              \
     return &info;                                                                                         \
   }
 

@@ -93,6 +93,7 @@ class PluginCompressor final : public Compressor {
   bool has_fused_feedback() const noexcept override;
 
   Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
+  void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) override;
   void decode_add_(const Payload& payload, at::Tensor& dense) const override;
   void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
   void decode_sum(const Payload& sum, int world, at::Tensor& average) const override;

@@ -53,8 +53,11 @@ inline std::string param_to_string(const ParamValue& v) {
   return os.str();
 }
 
-// Validates a ParamMap against a schema and hands out typed values (schema defaults for
-// absent keys are the plugin's business: get<T>(key, fallback)).
+// Validates a ParamMap against a schema and hands out typed values. get_*(key) gives an absent
+// key the schema's own default_value, so that a plugin's defaults live in one place, its
+// ParamSpec table (what `cddp-train plugins --verbose` lists and docs/config.md restates; a
+// default that does not parse as its type, or lies outside its range, is an error naming the
+// key). get_*(key, fallback) (a fallback of the plugin's own) stays for plugins written before.
 class ParamReader {
  public:
   ParamReader(std::string plugin, const ParamSpec* specs, size_t n, const ParamMap& params)
@@ -100,11 +103,52 @@ class ParamReader {
     return it == params_.end() ? fallback : std::get<std::string>(it->second);
   }
 
+  double get_double(const std::string& key) const { return has(key) ? get_double(key, 0) : default_number(key); }
+  int64_t get_int(const std::string& key) const {
+    if (has(key)) return get_int(key, 0);
+    const double d = default_number(key);
+    if (d != std::floor(d)) fail("the schema's default of '" + key + "' is not an integer");
+    return static_cast<int64_t>(d);
+  }
+  bool get_bool(const std::string& key) const {
+    if (has(key)) return get_bool(key, false);
+    const std::string text = spec_default(key, ParamType::Bool);
+    if (text != "true" && text != "false") fail("the schema's default of '" + key + "' is not true or false");
+    return text == "true";
+  }
+  std::string get_string(const std::string& key) const {
+    if (has(key)) return get_string(key, "");
+    std::string text = spec_default(key, ParamType::String);
+    if (text.size() >= 2 && text.front() == '"' && text.back() == '"') text = text.substr(1, text.size() - 2);
+    return text;
+  }
+
   [[noreturn]] void fail(const std::string& what) const {
     throw std::invalid_argument("plugin '" + plugin_ + "': " + what);
   }
 
  private:
+  // The schema's default text of `key`, which must be declared with type `type`.
+  std::string spec_default(const std::string& key, ParamType type) const {
+    const ParamSpec* s = find(key);
+    if (!s) fail("no parameter '" + key + "' in the schema");
+    const bool numeric_ok = type == ParamType::Double && s->type == ParamType::Int;
+    if (s->type != type && !numeric_ok)
+      fail("parameter '" + key + "' is a " + param_type_name(s->type) + " in the schema, read as a " +
+           param_type_name(type));
+    if (!s->default_value) fail("the schema gives parameter '" + key + "' no default");
+    return s->default_value;
+  }
+  double default_number(const std::string& key) const {
+    const ParamSpec* s = find(key);
+    const std::string text = spec_default(key, s && s->type == ParamType::Int ? ParamType::Int : ParamType::Double);
+    std::istringstream in(text);
+    double x = 0;
+    in >> x;
+    if (!in || !in.eof() || !(x >= s->min && x <= s->max))
+      fail("the schema's default of '" + key + "' (\"" + text + "\") is not a number in its range");
+    return x;
+  }
   const ParamSpec* find(const std::string& key) const {
     for (size_t i = 0; i < n_; ++i)
       if (key == specs_[i].name) return &specs_[i];

@@ -102,6 +102,20 @@ Compressed Compressor::compress(const at::Tensor&, const CompressContext&) {
   not_implemented(*this, "compress()", "selection");
 }
 
+void Compressor::encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) {
+  out = encode(acc, state, ctx);
+}
+
+at::Tensor reusable_part(Payload& previous, size_t part, int64_t numel, at::ScalarType dtype) {
+  if (part < previous.parts.size()) {
+    const at::Tensor& t = previous.parts[part];
+    if (t.defined() && t.is_cpu() && t.scalar_type() == dtype && t.numel() == numel && t.dim() == 1 &&
+        t.is_contiguous() && t.storage_offset() == 0 && t.use_count() == 1 && t.storage().use_count() == 1)
+      return t;
+  }
+  return at::empty({numel}, at::TensorOptions(dtype));
+}
+
 Payload Compressor::encode(const at::Tensor&, PluginState&, const CompressContext&) {
   not_implemented(*this, "encode()", "gather and sum");
 }

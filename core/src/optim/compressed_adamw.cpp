@@ -156,6 +156,7 @@ CompressedAdamW::CompressedAdamW(std::vector<torch::optim::OptimizerParamGroup> 
   adopt_new_param_groups();
   exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
   payloads_ = std::make_unique<PayloadExchange>(*comm_);
+  payload_buffers_ = std::make_unique<detail::PayloadBuffers>();
 }
 
 CompressedAdamW::CompressedAdamW(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -278,12 +279,12 @@ at::Tensor CompressedAdamW::step(LossClosure closure) {
       if (a.t->route != Route::Dense) detail::momentum_to_send(a);
   detail::ModelSelection none =
       detail::compress_routed(routed, detail::SelectionScope::Layer, step_, comm_->world_size(), st);
-  detail::encode_payloads(routed, step_, comm_->world_size(), st);
+  detail::encode_payloads(routed, *payload_buffers_, step_, comm_->world_size(), st);
   st.compress_ms = ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent.
   detail::exchange_averages(routed, none, *exchange_, comm_->world_size(), st);
-  detail::exchange_payloads(routed, *payloads_, *comm_, step_, st);
+  detail::exchange_payloads(routed, *payloads_, *payload_buffers_, *comm_, step_, st);
 
   // 5. Apply, as torch::optim::AdamW does (the frozen variance past the onebit warm-up).
   detail::apply_adamw_updates(adam);

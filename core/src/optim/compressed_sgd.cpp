@@ -120,6 +120,7 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   exchange_ = std::make_unique<GradientExchange>(*comm_, wire);
   exchange_decided_ = settings_->exchange != detail::ExchangeChoice::Auto;
   payloads_ = std::make_unique<PayloadExchange>(*comm_);
+  payload_buffers_ = std::make_unique<detail::PayloadBuffers>();
 }
 
 CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -195,7 +196,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
       detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
   detail::rescale_residuals_to_lr(tensors);
   detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, comm_->world_size(), st);
-  detail::encode_payloads(routed, step_, comm_->world_size(), st);
+  detail::encode_payloads(routed, *payload_buffers_, step_, comm_->world_size(), st);
   wait_for_device(tensors);
   st.compress_ms = ms_since(t_compress);
 
@@ -207,7 +208,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
     decide_exchange(counts, numels);
   }
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
-  detail::exchange_payloads(routed, *payloads_, *comm_, step_, st);
+  detail::exchange_payloads(routed, *payloads_, *payload_buffers_, *comm_, step_, st);
 
   // 5. Apply, as torch::optim::SGD does; momentum too where it was not applied before compression.
   detail::apply_sgd_updates(tensors);

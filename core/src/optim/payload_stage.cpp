@@ -1,5 +1,5 @@
 // payload_stage.cpp — Gather/Sum/Rounds tensors: encode with error feedback, exchange, the
-// residual of the rounds (payload_stage.h).
+// residual of the rounds (payload_stage.h), in buffers kept per tensor (payload_buffers.h).
 #include "payload_stage.h"
 
 #include "error_feedback.h"
@@ -24,18 +24,36 @@ PluginState& plugin_state_of(TensorStep& t) {
   return state;
 }
 
-void encode_payloads(RoutedTensors& routed, int64_t step, int world, StepStats& st) {
+namespace {
+
+// acc = g + e_{t−1} into the slot's buffer (error_feedback.h's accumulate_for_payload, without a
+// fresh tensor a step); without error feedback, g itself (reshaped).
+at::Tensor accumulate_into(TensorStep& t, PayloadSlotBuffers& slot) {
+  if (!t.error_feedback) return accumulate_for_payload(t, t.g);
+  const at::Tensor& e = residual_of(t);
+  at::Tensor& acc = PayloadBuffers::sized(slot.acc, t.p.sizes(), e.options());
+  at::add_out(acc, t.g.reshape(t.p.sizes()), e);
+  return acc;
+}
+
+}  // namespace
+
+void encode_payloads(RoutedTensors& routed, PayloadBuffers& buffers, int64_t step, int world, StepStats& st) {
   for (auto* group : {&routed.gather, &routed.sum})
     for (TensorStep* t : *group) {
-      const at::Tensor acc = accumulate_for_payload(*t, t->g);  // acc = g + e_{t−1}
-      t->payload = t->compressor->encode(acc, plugin_state_of(*t), context_for(*t, step, world));
-      at::Tensor own = at::zeros({t->p.numel()}, acc.options());
+      PayloadSlotBuffers& slot = buffers.of(t->index);
+      const at::Tensor acc = accumulate_into(*t, slot);  // acc = g + e_{t−1}
+      // The last payload's parts, free now, are the plugin's to write into (encode_into).
+      t->payload = std::move(slot.previous);
+      t->compressor->encode_into(acc, plugin_state_of(*t), context_for(*t, step, world), t->payload);
+      at::Tensor& own = PayloadBuffers::sized(slot.own, {t->p.numel()}, acc.options());
+      own.zero_();
       t->compressor->decode_add_(t->payload, own);  // D(own payload)
       keep_residual(*t, acc, own);                  // e_t = acc − D, before any communication
       st.elements_sent += t->p.numel();
     }
   for (TensorStep* t : routed.rounds) {
-    t->acc = accumulate_for_payload(*t, t->g);
+    t->acc = accumulate_into(*t, buffers.of(t->index));
     st.elements_sent += t->p.numel();
   }
   st.compressed_tensors += int64_t(routed.gather.size() + routed.sum.size() + routed.rounds.size());
@@ -43,10 +61,10 @@ void encode_payloads(RoutedTensors& routed, int64_t step, int world, StepStats& 
 
 namespace {
 
-std::vector<PayloadSlot> slots_for(const std::vector<TensorStep*>& tensors) {
+std::vector<PayloadSlot> slots_for(const std::vector<TensorStep*>& tensors, PayloadBuffers& buffers) {
   std::vector<PayloadSlot> slots;
   for (TensorStep* t : tensors) {
-    t->average = at::empty({t->p.numel()}, t->p.options().memory_format(at::MemoryFormat::Contiguous));
+    t->average = PayloadBuffers::sized(buffers.of(t->index).average, {t->p.numel()}, t->p.options());
     slots.push_back({&t->payload, t->compressor.get(), &t->average, t->name,
                      t->compressor->wire_bytes(t->p.sizes().vec(), t->p.scalar_type(), t->density)});
   }
@@ -55,15 +73,19 @@ std::vector<PayloadSlot> slots_for(const std::vector<TensorStep*>& tensors) {
 
 }  // namespace
 
-void exchange_payloads(RoutedTensors& routed, PayloadExchange& exchange, Communicator& comm, int64_t step,
-                       StepStats& st) {
-  std::vector<PayloadSlot> gather = slots_for(routed.gather), sum = slots_for(routed.sum);
+void exchange_payloads(RoutedTensors& routed, PayloadExchange& exchange, PayloadBuffers& buffers, Communicator& comm,
+                       int64_t step, StepStats& st) {
+  std::vector<PayloadSlot> gather = slots_for(routed.gather, buffers), sum = slots_for(routed.sum, buffers);
   exchange.gather(gather, st);
   exchange.sum(sum, st);
+  // Combined: the payloads go back to their slots, whose buffers the next step's encode reuses.
+  for (auto* group : {&routed.gather, &routed.sum})
+    for (TensorStep* t : *group) buffers.of(t->index).previous = std::move(t->payload);
   CountingRoundCollective collective(comm, st);
   for (TensorStep* t : routed.rounds) {
-    t->average = at::empty({t->p.numel()}, t->acc.options());
-    at::Tensor approx = at::empty({t->p.numel()}, t->acc.options());
+    PayloadSlotBuffers& slot = buffers.of(t->index);
+    t->average = PayloadBuffers::sized(slot.average, {t->p.numel()}, t->acc.options());
+    at::Tensor& approx = PayloadBuffers::sized(slot.approx, {t->p.numel()}, t->acc.options());
     t->compressor->run_rounds(t->acc, plugin_state_of(*t), collective, context_for(*t, step, comm.world_size()),
                               t->average, approx);
     keep_residual(*t, t->acc, approx);  // e_t = acc − the plugin's approximation of it

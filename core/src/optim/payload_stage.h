@@ -7,6 +7,8 @@
 //   exchange_payloads: Gather and Sum through PayloadExchange, each with the size the plugin's
 //                      cost model declared; Rounds one tensor after the other, in parameter
 //                      order, each through a RoundCollective; then e = acc − approximation.
+// Buffers of a tensor's size (acc, the payload's parts through Compressor::encode_into, D(own),
+// the average, the approximation) are the ones of its previous step (payload_buffers.h).
 // Each tensor ends with its average in TensorStep::average, applied by sgd_update like a dense
 // one (momentum on the average: DGC's masking needs a selection, step_plan.h), or by
 // adamw_update.
@@ -16,6 +18,7 @@
 // Internal to core/src/optim. It will not route (step_plan) or apply updates (sgd_update).
 #pragma once
 
+#include "payload_buffers.h"
 #include "step_plan.h"
 
 #include <cddp/compression_stats.h>
@@ -23,9 +26,9 @@
 
 namespace cddp::detail {
 
-void encode_payloads(RoutedTensors& routed, int64_t step, int world, StepStats& stats);
-void exchange_payloads(RoutedTensors& routed, PayloadExchange& exchange, Communicator& comm, int64_t step,
-                       StepStats& stats);
+void encode_payloads(RoutedTensors& routed, PayloadBuffers& buffers, int64_t step, int world, StepStats& stats);
+void exchange_payloads(RoutedTensors& routed, PayloadExchange& exchange, PayloadBuffers& buffers, Communicator& comm,
+                       int64_t step, StepStats& stats);
 
 // t's plugin state, created from the compressor's state_specs() the first time; a checkpoint's
 // state that does not match the specs (another plugin or shape) is a clear error.

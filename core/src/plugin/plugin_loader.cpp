@@ -8,6 +8,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cstring>
 #include <sstream>
 
 namespace cddp {
@@ -21,7 +22,8 @@ class LoadedLibrary {
       : lib(path, boost::dll::load_mode::rtld_now | boost::dll::load_mode::rtld_local) {}
   boost::dll::shared_library lib;
   const cddp_plugin_info* info = nullptr;  // the library's own (v2), or `translated`
-  cddp_plugin_info translated{};           // a version-1 plugin's info in the v2 layout
+  cddp_plugin_info translated{};           // a version-1 plugin's info in the v2 layout, or a
+                                           // version-2 plugin's, with what it predates null
   fs::path path;
 };
 
@@ -94,9 +96,9 @@ std::string incompatibility(const cddp_plugin_info* info) {
        << ") does not match the host's ABI version " << CDDP_PLUGIN_ABI_VERSION;
     return os.str();
   }
-  if (info->struct_size < sizeof(cddp_plugin_info)) {
+  if (info->struct_size < CDDP_PLUGIN_INFO_V2_BASE_SIZE) {
     os << "plugin info struct is " << info->struct_size << " bytes, the host's ABI " << CDDP_PLUGIN_ABI_VERSION
-       << " needs at least " << sizeof(cddp_plugin_info);
+       << " needs at least " << CDDP_PLUGIN_INFO_V2_BASE_SIZE;
     return os.str();
   }
   std::string tool = toolchain_mismatch(info->torch_version, info->cxx11_abi);
@@ -158,7 +160,15 @@ std::string read_info(LoadedLibrary& lib) {
   if (lib.lib.has(CDDP_PLUGIN_ENTRY_SYMBOL)) {
     lib.info = lib.lib.get<const cddp_plugin_info*()>(CDDP_PLUGIN_ENTRY_SYMBOL)();
     if (!lib.info) return "entry point returned no info struct";
-    return incompatibility(lib.info);
+    std::string why = incompatibility(lib.info);
+    if (!why.empty()) return why;
+    // A host-owned copy of what the plugin declared: fields appended after it was built
+    // (beyond its struct_size) stay null, and the host never reads past the plugin's struct.
+    lib.translated = cddp_plugin_info{};
+    std::memcpy(static_cast<void*>(&lib.translated), lib.info,
+                std::min<size_t>(lib.info->struct_size, sizeof(cddp_plugin_info)));
+    lib.info = &lib.translated;
+    return "";
   }
   if (lib.lib.has(CDDP_PLUGIN_ENTRY_SYMBOL_V1)) {
     const cddp_plugin_info_v1* v1 = lib.lib.get<const cddp_plugin_info_v1*()>(CDDP_PLUGIN_ENTRY_SYMBOL_V1)();
@@ -282,6 +292,16 @@ Payload PluginCompressor::encode(const at::Tensor& acc, PluginState& state, cons
   call("encode failed", name(), [&](char* e, size_t n) { return fn(impl_, &acc, &state, &ctx, &out, e, n); },
        ctx.param_name);
   return out;
+}
+
+void PluginCompressor::encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx,
+                                   Payload& out) {
+  if (!info_->encode_into) {  // a plugin built before encode_into: a fresh payload
+    out = encode(acc, state, ctx);
+    return;
+  }
+  call("encode failed", name(),
+       [&](char* e, size_t n) { return info_->encode_into(impl_, &acc, &state, &ctx, &out, e, n); }, ctx.param_name);
 }
 
 void PluginCompressor::decode_add_(const Payload& payload, at::Tensor& dense) const {
