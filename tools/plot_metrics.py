@@ -169,39 +169,57 @@ def plot(runs, key, ylabel, x_kind, out_path, smooth):
     return True
 
 
+MAX_LINES_PER_PANEL = 8  # more and the colours and the legend stop being readable
+
+
+def accuracy_panel_groups(curves):
+    """The run names of each row of panels: sorted, at most MAX_LINES_PER_PANEL names a row
+    (repeats of a name stay in its row and count as one line)."""
+    names = sorted({name for name, _, pts in curves if pts})
+    return [names[i:i + MAX_LINES_PER_PANEL] for i in range(0, len(names), MAX_LINES_PER_PANEL)]
+
+
 def plot_accuracy_curves(curves, title, target, out_path):
     """The study figure (tools/experiments/summarize_study.py): test accuracy against training
-    time and against cumulative bytes, side by side, one colour per run name.
+    time and against cumulative bytes, side by side, one colour per run name; at most
+    MAX_LINES_PER_PANEL names per row of panels, further names in further rows.
+
+    Both x axes are logarithmic and every panel has its own limits, so a dense run's 300 s
+    does not squeeze the compressed runs' 10-30 s against zero.
 
     curves: [(name, repeat, [(train_s, bytes, acc), ...]), ...]; repeats of a name share its
     colour and one legend entry. target: an accuracy in [0, 1] drawn as a dotted line, or None.
+    Returns the matplotlib figure's axes, rows of [time, bytes] (for tests).
     """
-    fig, ax = plt.subplots(1, 2, figsize=(12, 4.5))
-    names = sorted({name for name, _, _ in curves})
-    # a 20-colour map: the default cycle of 10 would give two runs the same colour
-    colour = {n: plt.cm.tab20(i % 20) for i, n in enumerate(names)}
-    labelled = set()  # one legend entry per name, also when several studies ran it
-    for name, rep, pts in sorted(curves, key=lambda c: (c[0], c[1])):
-        if not pts:
-            continue
-        kw = dict(marker=".", color=colour[name], label=None if name in labelled else name,
-                  alpha=1.0 if rep == 1 else 0.5)
-        labelled.add(name)
-        ax[0].plot([p[0] for p in pts], [100 * p[2] for p in pts], **kw)
-        ax[1].plot([max(p[1], 1.0) for p in pts], [100 * p[2] for p in pts], **kw)
-    for a in ax:
-        if target:
-            a.axhline(100 * target, color="grey", ls=":", lw=1)
-        a.set_ylabel("test accuracy (%)")
-        a.grid(alpha=0.3)
-    ax[0].set_xlabel("training time (s, sum of step times)")
-    ax[1].set_xlabel("cumulative bytes per rank (max of sent, received)")
-    ax[1].set_xscale("log")
-    ax[0].legend(fontsize=8)
+    groups = accuracy_panel_groups(curves) or [[]]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 4.5 * len(groups)), squeeze=False)
+    for row, names in zip(axes, groups):
+        # tab10 within a row: at most 8 names, so no two lines of a panel share a colour
+        colour = {n: plt.cm.tab10(i % 10) for i, n in enumerate(names)}
+        labelled = set()  # one legend entry per name, also when several studies ran it
+        for name, rep, pts in sorted(curves, key=lambda c: (c[0], c[1])):
+            if not pts or name not in colour:
+                continue
+            kw = dict(marker=".", color=colour[name], label=None if name in labelled else name,
+                      alpha=1.0 if rep == 1 else 0.5)
+            labelled.add(name)
+            row[0].plot([max(p[0], 1e-3) for p in pts], [100 * p[2] for p in pts], **kw)
+            row[1].plot([max(p[1], 1.0) for p in pts], [100 * p[2] for p in pts], **kw)
+        for a in row:
+            if target:
+                a.axhline(100 * target, color="grey", ls=":", lw=1)
+            a.set_ylabel("test accuracy (%)")
+            a.set_xscale("log")
+            a.grid(alpha=0.3, which="both")
+        row[0].set_xlabel("training time (s, sum of step times; log scale)")
+        row[1].set_xlabel("cumulative bytes per rank (max of sent, received; log scale)")
+        if names:
+            row[0].legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out_path, dpi=90)
     plt.close(fig)
+    return axes
 
 
 def main(argv=None):

@@ -95,5 +95,30 @@ class PlotMetricsTest(unittest.TestCase):
         self.assertEqual(m.cumulative_bytes(rows), [7.0, 9.0])
 
 
+class AccuracyCurvesTest(unittest.TestCase):
+    """plot_accuracy_curves (the study figure): at most 8 names a panel, log time axes."""
+
+    def test_twelve_runs_split_into_rows_of_at_most_eight_with_log_axes(self):
+        pm = load_module()
+        curves = []
+        for i in range(12):
+            end = 300.0 if i < 2 else 20.0  # two dense runs of 300 s, ten compressed of 20 s
+            for rep in (1, 2):
+                curves.append((f"run{i:02d}", rep, [(end / 4 * k, 1e6 * k, 0.2 * k) for k in range(1, 5)]))
+        with tempfile.TemporaryDirectory() as d:
+            out = os.path.join(d, "fig.png")
+            axes = pm.plot_accuracy_curves(curves, "t", 0.75, out)
+            self.assertTrue(os.path.getsize(out) > 0)
+        self.assertEqual(len(axes), 2)  # 12 names: rows of 8 and 4
+        names_per_row = []
+        for row in axes:
+            for a in row:
+                self.assertEqual(a.get_xscale(), "log")
+            lines = [l for l in row[0].get_lines() if l.get_label() and not l.get_label().startswith("_")]
+            names_per_row.append(len(lines))
+        self.assertEqual(names_per_row, [8, 4])
+        self.assertEqual([len(g) for g in pm.accuracy_panel_groups(curves)], [8, 4])
+
+
 if __name__ == "__main__":
     unittest.main()

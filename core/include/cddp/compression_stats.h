@@ -5,7 +5,7 @@
 //   allreduce of B bytes (ring):           sent = received = 2(W-1)/W · B
 //   dense equivalent of N gradient values of v bytes: 2(W-1)/W · N·v  (N·v when W = 1)
 // At W = 1 nothing reaches a wire; bytes_sent then reports the payload that would be sent.
-// The model is implemented once, in core/src/comm/wire_cost.h, for the stats and for routing.
+// The model is implemented once, in core/src/exchange/wire_cost.h, for the stats and for routing.
 #pragma once
 
 #include <cstdint>

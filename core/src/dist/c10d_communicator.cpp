@@ -277,6 +277,9 @@ void C10dCommunicator::Impl::check_stop(const std::string& doing, Clock::time_po
                     " after " + fmt_seconds(seconds_since(t0)) + " s while waiting " + doing);
 }
 
+// Longer than 80 lines on purpose: its numbered stages (store, announce and count, backend)
+// share one deadline t0 + timeout and one stop check, and read top to bottom as the protocol;
+// split up, the deadline and the who-is-missing bookkeeping would travel between functions.
 void C10dCommunicator::Impl::rendezvous() {
   const auto t0 = Clock::now();
   const int me = opt.rank, W = opt.world_size;

@@ -325,6 +325,9 @@ int pick_free_port(const std::string& addr) {
   return ntohs(a.sin_port);
 }
 
+// Longer than 80 lines on purpose: starting the workers, the poll loop over their output
+// pipes, signal forwarding and the stop-everyone-on-first-failure rule act on one set of
+// live processes; kept in one function so that no path can leave a worker unreaped.
 int launch_local(const LaunchOptions& o, LaunchReport* report) {
   TORCH_CHECK(o.nproc >= 1 && o.nproc <= 4096, "launch_local: nproc must be in [1, 4096], got ", o.nproc);
   TORCH_CHECK(!o.argv.empty() && !o.argv[0].empty(), "launch_local: no program to run (argv is empty)");

@@ -13,7 +13,7 @@
 #include "sgd_update.h"
 #include "step_plan.h"
 #include "typed_options.h"
-#include "../comm/wire_cost.h"
+#include "../exchange/wire_cost.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/VirtualGuardImpl.h>

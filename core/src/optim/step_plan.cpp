@@ -1,7 +1,7 @@
 // step_plan.cpp — collecting the step's gradients, resolving rules, routing (step_plan.h).
 #include "step_plan.h"
 
-#include "../comm/wire_cost.h"
+#include "../exchange/wire_cost.h"
 
 #include <ATen/ATen.h>
 

@@ -1,6 +1,6 @@
 // step_plan.h — planning a step of CompressedSGD or CompressedAdamW: which gradients take part,
 // with which compressor, density and error feedback (the group's options, then the rules), and
-// how each travels (its Route), by the wire-cost model of core/src/comm/wire_cost.h.
+// how each travels (its Route), by the wire-cost model of core/src/exchange/wire_cost.h.
 //
 // TensorStep is one parameter's record for the step; every later stage reads what planning put
 // there and adds what it produced (the selection, the average). The stages shared by both

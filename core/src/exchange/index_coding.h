@@ -1,6 +1,6 @@
 // index_coding.h — how a sparse selection's indices are laid out on the wire (IndexCoding,
 // declared in gradient_exchange.h): the byte counts every rank computes from the counts alone,
-// and the Block16 encoder and decoder. Internal to core/src/comm.
+// and the Block16 encoder and decoder. Internal to core/src/exchange.
 //
 // It will not pack values, pad, or talk to other ranks: GradientExchange does.
 #pragma once

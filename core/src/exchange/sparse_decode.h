@@ -1,7 +1,7 @@
 // sparse_decode.h — the CPU loops that turn the ranks' sparse selections into their mean:
 // into a dense output (sweep, merge, scatter; see mean_raw) or into a coalesced list
 // (coalesce), and the sparse update add_sparse_ (declared in gradient_exchange.h). Internal to
-// core/src/comm.
+// core/src/exchange.
 //
 // Every loop adds the ranks' values in rank order — ((+0 + v_rank0) + v_rank1 ...) / W — so
 // every rank computes the same bits whichever loop runs. It will not communicate, allocate the
