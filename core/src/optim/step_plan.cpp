@@ -99,13 +99,14 @@ CompressContext context_for(const TensorStep& t, int64_t step, int world) {
 
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,
-                                          double density_override) {
+                                          double density_override, const std::vector<char>* only) {
   std::vector<TensorStep> tensors;
   int64_t flat_index = 0;
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const auto& o = static_cast<const CompressedSGDOptions&>(groups[gi].options());
     for (auto& p : groups[gi].params()) {
       const int64_t index = flat_index++;
+      if (only && !(*only)[size_t(index)]) continue;
       if (!p.grad().defined()) continue;
       TensorStep t;
       t.p = p;

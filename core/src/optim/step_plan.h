@@ -67,9 +67,10 @@ CompressContext context_for(const TensorStep& t, int64_t step, int world);
 // Every parameter with a gradient, in param_groups() order: g = grad + weight_decay·p (as
 // torch::optim::SGD computes it), its group's compressor, density and error feedback, then the
 // rules matching its name, in order. `density_override` > 0 (set_density) replaces every density.
+// `only` (per flat parameter index, non-zero: take part): a subset, such as one overlap bucket.
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,
-                                          double density_override);
+                                          double density_override, const std::vector<char>* only = nullptr);
 
 // The tensors of each route, in parameter order.
 struct RoutedTensors {
