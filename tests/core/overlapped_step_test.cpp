@@ -30,10 +30,10 @@ namespace {
 struct Mlp {
   std::vector<std::pair<std::string, at::Tensor>> params;
   Mlp() {
-    at::manual_seed(7);
-    params = {{"fc1.weight", at::randn({48, 24}) * 0.2}, {"fc1.bias", at::randn({48}) * 0.1},
-              {"fc2.weight", at::randn({32, 48}) * 0.2}, {"fc2.bias", at::randn({32}) * 0.1},
-              {"fc3.weight", at::randn({5, 32}) * 0.2},  {"fc3.bias", at::randn({5}) * 0.1}};
+    auto g = at::make_generator<at::CPUGeneratorImpl>(7);  // its own: the rank threads run at once
+    params = {{"fc1.weight", at::randn({48, 24}, g) * 0.2}, {"fc1.bias", at::randn({48}, g) * 0.1},
+              {"fc2.weight", at::randn({32, 48}, g) * 0.2}, {"fc2.bias", at::randn({32}, g) * 0.1},
+              {"fc3.weight", at::randn({5, 32}, g) * 0.2},  {"fc3.bias", at::randn({5}, g) * 0.1}};
     for (auto& [n, p] : params) p.set_requires_grad(true);
   }
   at::Tensor loss(int rank, int64_t step, int micro = 0) const {
