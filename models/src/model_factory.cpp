@@ -4,12 +4,13 @@
 #include <cddp/models/mlp.h>
 #include <cddp/models/resnet18.h>
 #include <cddp/models/simple_cnn.h>
+#include <cddp/models/vit_tiny.h>
 
 #include <stdexcept>
 
 namespace cddp {
 
-std::vector<std::string> model_names() { return {"mlp", "simple_cnn", "resnet18"}; }
+std::vector<std::string> model_names() { return {"mlp", "simple_cnn", "resnet18", "vit_tiny"}; }
 
 std::shared_ptr<Classifier> make_model(const ModelSpec& spec) {
   auto check = [&](int64_t v, const char* field) {
@@ -29,6 +30,9 @@ std::shared_ptr<Classifier> make_model(const ModelSpec& spec) {
   }
   if (spec.name == "resnet18") {
     return std::make_shared<ResNet18>(spec.in_channels, spec.num_classes);
+  }
+  if (spec.name == "vit_tiny") {
+    return std::make_shared<ViTTiny>(spec.in_channels, spec.height, spec.width, spec.num_classes);
   }
   std::string valid;
   for (const auto& n : model_names()) valid += (valid.empty() ? "" : ", ") + n;

@@ -33,7 +33,7 @@ struct Shape {
 }  // namespace
 
 TEST(Models, ForwardShapesForEveryModelAndInput) {
-  for (const std::string name : {"mlp", "simple_cnn", "resnet18"}) {
+  for (const std::string name : {"mlp", "simple_cnn", "resnet18", "vit_tiny"}) {
     for (const Shape s : {Shape{1, 28, 28}, Shape{3, 32, 32}}) {
       SCOPED_TRACE(name + " " + std::to_string(s.c) + "x" + std::to_string(s.h) + "x" + std::to_string(s.w));
       cddp::ModelSpec spec;

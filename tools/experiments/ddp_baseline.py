@@ -4,9 +4,10 @@
 Trains the same models as cddp-train (mlp: flatten -> (Linear -> ReLU)* -> Linear;
 simple_cnn: conv5x5(32) -> relu -> pool2 -> conv5x5(64) -> relu -> pool2 -> fc(512) -> relu ->
 fc(10)) on Fashion-MNIST read straight from the IDX .gz files, with DistributedSampler
-sharding, plain SGD with momentum, and either dense allreduce or the PowerSGD comm hook
-(torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook). Uses Debian's torch
-(/usr/bin/python3) and the gloo backend on CPU.
+sharding, plain SGD with momentum, and dense allreduce, the fp16 cast hook
+(default_hooks.fp16_compress_hook) or the PowerSGD comm hook
+(torch.distributed.algorithms.ddp_comm_hooks.powerSGD_hook). Uses Debian's torch (/usr/bin/python3)
+and the gloo backend on CPU.
 
 It writes <output_dir>/metrics.jsonl with the same field names as cddp-train
 (step, epoch, loss, train_acc, lr, bytes_sent, bytes_received, bytes_dense_equivalent,
@@ -19,12 +20,13 @@ Launch (one process per rank, torchrun-style env):
 or let it spawn N local ranks on 127.0.0.1:
     /usr/bin/python3 ddp_baseline.py --nproc 4 ...
 
-bytes_sent is an estimate: every dist.all_reduce issued for gradients (by the dense hook or
-inside the PowerSGD hook) is counted as a ring allreduce, 2*(W-1)/W * nbytes sent per rank.
-comm_ms is the summed duration of the per-bucket hook futures (hook call -> future done); it
-overlaps backward, so compute_ms + comm_ms can exceed step_ms. For PowerSGD, compress_ms is
-the time spent inside the hook call itself (orthogonalization and matmuls run partly there,
-partly in future callbacks, so it is a lower bound).
+bytes_sent is an estimate: every dist.all_reduce issued for gradients (by the dense or fp16
+hook, or inside the PowerSGD hook) is counted as a ring allreduce, 2*(W-1)/W * nbytes sent per
+rank, at the tensor's own element size (2 bytes for fp16). comm_ms is the summed duration of the
+per-bucket hook futures (hook call -> future done); it overlaps backward, so compute_ms + comm_ms
+can exceed step_ms. For the fp16 hook and PowerSGD, compress_ms is the time spent inside the hook
+call itself (the cast; PowerSGD's orthogonalization and matmuls run partly there, partly in
+future callbacks, so it is a lower bound).
 
 Differences from cddp-train that the study states: the class-balanced subset and the shuffle
 use torch's RNG, not cddp's SeededRng, so the same seed picks different (equally sized,
@@ -255,6 +257,11 @@ def train(a):
                                  start_powerSGD_iter=a.start_powersgd_iter, min_compression_rate=a.min_compression_rate,
                                  use_error_feedback=True, warm_start=True, random_seed=a.seed)
         ddp.register_comm_hook(state, timed_hook(ps.powerSGD_hook))
+    elif a.hook == "fp16":
+        # PyTorch's fp16_compress_hook: each bucket divided by the world size, cast to fp16,
+        # allreduced as fp16 (so counted at 2 bytes an entry), cast back.
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        ddp.register_comm_hook(None, timed_hook(default_hooks.fp16_compress_hook))
     else:
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
         ddp.register_comm_hook(None, timed_hook(default_hooks.allreduce_hook))
@@ -310,7 +317,7 @@ def train(a):
             # bucket time as fully exposed (gloo on CPU: one bucket, fired at the end of backward).
             win["comp"] += max(0.0, (t_bwd - t0) * 1000.0 - STATS.comm_ms) + (t1 - t_bwd) * 1000.0
             win["comm"] += STATS.comm_ms
-            win["hook"] += STATS.hook_ms if a.hook == "powersgd" else 0.0
+            win["hook"] += STATS.hook_ms if a.hook != "none" else 0.0
             win["bytes"] += STATS.bytes
             win["k"] += 1
             if step % a.log_every == 0 or step == total:
@@ -390,7 +397,7 @@ def main():
     p.add_argument("--gamma", type=float, default=0.1)
     p.add_argument("--min-lr", type=float, default=0.0)
     p.add_argument("--warmup-steps", type=int, default=0)
-    p.add_argument("--hook", default="none", choices=["none", "powersgd"])
+    p.add_argument("--hook", default="none", choices=["none", "fp16", "powersgd"])
     p.add_argument("--powersgd-rank", type=int, default=2)
     p.add_argument("--start-powersgd-iter", type=int, default=2)
     p.add_argument("--min-compression-rate", type=float, default=2.0)
@@ -403,7 +410,11 @@ def main():
     p.add_argument("--output-dir", default="runs/ddp_baseline")
     p.add_argument("--nproc", type=int, default=0, help="spawn N local ranks (when WORLD_SIZE is unset)")
     p.add_argument("--master-port", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="check the arguments, print them, and stop")
     a = p.parse_args()
+    if a.dry_run:
+        print("ddp_baseline: dry run:", json.dumps(vars(a), sort_keys=True))
+        return
     if a.nproc > 0 and "WORLD_SIZE" not in os.environ:
         sys.exit(spawn_local(a, sys.argv[1:]))
     train(a)

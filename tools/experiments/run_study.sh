@@ -23,13 +23,18 @@
 #   --epochs N            [2]      --train-subset N [0 = all 60000]   --test-subset N [0]
 #   --batch-size N        per rank [64]    --lr X [0.05]    --schedule S [cosine]
 #   --eval-every N        optimizer steps between evaluations [50]
-#   --repeats N           run everything N times (noise estimate) [1]
+#   --repeats N           run everything N times with the same seed (noise estimate) [1]
+#   --seeds LIST          run everything once per seed, e.g. 0,1,2 (seed spread; output in
+#                         <run>/seed<S>); overrides --repeats                 [0]
 #   --out DIR             [runs/study]     --bin PATH  cddp-train (else $CDDP_TRAIN, build/*/bin)
 #   --run-timeout S       per run, seconds [3600; quick: 120]
 #   --netns-selftest      only set up the namespaces, measure the rate of each link pair with
 #                         tools/experiments/tc_measure.py, and tear down (no binary needed)
 #   --simulate-failure    with --netns-selftest: fail on purpose after setup (checks cleanup)
 #   --no-summary          do not run summarize_study.py at the end
+#   --dry-run             write every run's config and check it with `cddp-train train --dry-run`,
+#                         check each PyTorch peer's arguments (`ddp_baseline.py --dry-run`);
+#                         no namespaces, no root, no training
 # Exit: 0 done, 1 a run failed, 2 usage, 77 cannot run here (not root, no netns, no binary).
 #
 # RUNS (cddp-train unless ddp_*; same seed, data, batch, epochs, lr schedule):
@@ -43,8 +48,22 @@
 #   topk01_ef_dgc          top-k 0.1%, EF, momentum_mode dgc, no warm-up
 #   randk1_ef              random-k 1%, EF
 #   topk1_noef             top-k 1%, no error feedback
+#   threshold_ef           threshold (|x| >= tau, plugin default tau), EF
+#   qsgd                   QSGD, plugin defaults (16 levels, 512-entry buckets), no EF (unbiased)
+#   terngrad               TernGrad, plugin defaults, no EF (unbiased)
+#   natural                natural compression, plugin defaults, no EF (unbiased)
+#   sign_signsgd           signSGD with majority vote, EF off (as in the paper)
+#   sign_scaled_ef         scaled sign ||x||_1/n * sign(x), EF (Karimireddy et al.)
+#   sign_onebit_ef         1-bit SGD (two reconstruction values), EF (Seide et al.)
+#   cast_fp16, cast_bf16   16-bit casts (sum payload), no EF
+#   powersgd_r2            PowerSGD rank 2, EF, warm start, 10 dense steps first (plugin defaults)
+#   powersgd_r4            PowerSGD rank 4, likewise
 #   ddp_dense              PyTorch DDP, gloo, dense allreduce        (ddp_baseline.py)
-#   ddp_powersgd           PyTorch DDP, gloo, PowerSGD hook rank 4 (mlp) / 2 (cnn)
+#   ddp_fp16               PyTorch DDP, gloo, fp16_compress_hook
+#   ddp_powersgd_r2        PyTorch DDP, gloo, PowerSGD hook rank 2, start_powerSGD_iter 10
+#   ddp_powersgd_r4        PyTorch DDP, gloo, PowerSGD hook rank 4, start_powerSGD_iter 10
+#   ddp_powersgd           PyTorch DDP, gloo, PowerSGD hook rank 4 (mlp) / 2 (cnn), 2 dense steps
+# Momentum for every run without DGC is "global" (SGD's momentum on the averaged gradient).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,8 +75,10 @@ P="cddp$$"
 
 QUICK=0 RATE=both MODEL=both RUNS="" EPOCHS=2 TRAIN_SUBSET=0 TEST_SUBSET=0 BATCH=64 LR=0.05
 SCHEDULE=cosine EVAL_EVERY=50 REPEATS=1 OUT="" BIN="${CDDP_TRAIN:-}" RUN_TIMEOUT="" SELFTEST=0
-SIMFAIL=0 SUMMARY=1 LOG_EVERY=10 HIDDEN="2048,2048"
+SIMFAIL=0 SUMMARY=1 LOG_EVERY=10 HIDDEN="2048,2048" SEEDS="" SEED=0 DRY=0
 ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk1_ef_warmup_dgc,topk01_ef_warmup,topk01_ef_warmup_dgc,topk01_ef,topk01_ef_dgc,randk1_ef,topk1_noef,ddp_dense,ddp_powersgd"
+# Every compressor family against every PyTorch DDP peer (issue #14's study): --runs compare
+COMPARE_RUNS="dense,topk1_ef_dgc,topk01_ef_dgc,randk1_ef,threshold_ef,qsgd,terngrad,natural,sign_signsgd,sign_scaled_ef,sign_onebit_ef,cast_fp16,cast_bf16,powersgd_r2,powersgd_r4,ddp_dense,ddp_fp16,ddp_powersgd_r2,ddp_powersgd_r4"
 
 ORIG_ARGS="$*"
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -80,12 +101,14 @@ while [ $# -gt 0 ]; do
     --log-every) LOG_EVERY="$2"; shift ;;
     --hidden) HIDDEN="$2"; shift ;;
     --repeats) REPEATS="$2"; shift ;;
+    --seeds) SEEDS="$2"; shift ;;
     --out) OUT="$2"; shift ;;
     --bin) BIN="$2"; shift ;;
     --run-timeout) RUN_TIMEOUT="$2"; shift ;;
     --netns-selftest) SELFTEST=1 ;;
     --simulate-failure) SIMFAIL=1 ;;
     --no-summary) SUMMARY=0 ;;
+    --dry-run) DRY=1 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
   esac
@@ -102,10 +125,17 @@ fi
 : "${RUN_TIMEOUT:=3600}"
 : "${OUT:=$REPO/runs/study}"
 [ -n "$RUNS" ] || RUNS="$ALL_RUNS"
+[ "$RUNS" = compare ] && RUNS="$COMPARE_RUNS"
+if [ -n "$SEEDS" ]; then
+  echo "$SEEDS" | grep -Eq '^[0-9]+(,[0-9]+)*$' || die "--seeds: a comma-separated list of integers, got '$SEEDS'"
+  REPEATS=$(echo "$SEEDS" | tr ',' '\n' | wc -l)
+fi
+seed_of_repeat() { if [ -n "$SEEDS" ]; then echo "$SEEDS" | cut -d, -f"$1"; else echo 0; fi; }
 case "$RATE" in both) RATES="1gbit 100mbit" ;; *) RATES="$RATE" ;; esac
 case "$MODEL" in both) MODELS="mlp simple_cnn" ;; mlp|simple_cnn) MODELS="$MODEL" ;; *) die "--model: mlp, simple_cnn or both" ;; esac
 
 # ------------------------------------------------------------------ can this machine run it?
+if [ "$DRY" = 1 ]; then :; else
 [ "$(id -u)" = 0 ] || skip "needs root (network namespaces and tc)"
 command -v ip >/dev/null && command -v tc >/dev/null || skip "iproute2 (ip, tc) is not installed"
 command -v timeout >/dev/null || skip "coreutils timeout is missing"
@@ -119,6 +149,7 @@ timeout 10 ip -n "$probe" link add pa type veth peer name pb 2>/dev/null || prob
   2>/dev/null || probe_ok=2; }
 timeout 10 ip netns del "$probe" 2>/dev/null || true
 [ "$probe_ok" = 1 ] || skip "$( [ "$probe_ok" = 0 ] && echo "cannot create veth pairs" || echo "tc tbf qdisc unavailable (sch_tbf)")"
+fi
 
 if [ "$SELFTEST" = 0 ]; then
   if [ -z "$BIN" ]; then
@@ -271,14 +302,17 @@ fi
 # ------------------------------------------------------------------ configs and runs
 hidden_toml() { echo "[$(echo "$1" | sed 's/,/, /g')]"; }
 
-# write_config FILE NAME MODEL OUTDIR PLUGIN RATIO EF MM WARM_DENSE WARM_DECAY
+# write_config FILE NAME MODEL OUTDIR PLUGIN RATIO EF MM WARM_DENSE WARM_DECAY [PARAMS]
+#   RATIO "-": the plugin takes none (quantizers, signs, casts, PowerSGD, threshold);
+#   PARAMS: "key = value" lines for [compression.params], separated by ';'.
 write_config() {
   local f="$1" name="$2" model="$3" out="$4" plugin="$5" ratio="$6" ef="$7" mm="$8" wd="$9" wdec="${10}"
+  local params="${11:-}"
   {
     echo "# generated by tools/experiments/run_study.sh"
     echo "[run]"
     echo "name = \"$name\""
-    echo "seed = 0"
+    echo "seed = $SEED"
     echo "output_dir = \"$out\""
     echo "epochs = $EPOCHS"
     echo "log_every = $LOG_EVERY"
@@ -300,10 +334,14 @@ write_config() {
     echo "[compression]"
     echo "plugin = \"$plugin\""
     if [ "$plugin" != none ]; then
-      echo "ratio = $ratio"
+      [ "$ratio" = - ] || echo "ratio = $ratio"
       echo "error_feedback = $ef"
       echo "warmup_dense_steps = $wd"
       echo "warmup_decay_steps = $wdec"
+      if [ -n "$params" ]; then
+        echo "[compression.params]"
+        echo "$params" | tr ';' '\n' | sed 's/^ *//'
+      fi
     fi
     echo "[distributed]"
     echo "backend = \"gloo\""
@@ -324,11 +362,12 @@ PORT=29500
 launch_run() {
   local rate="$1" model="$2" run="$3" rep="$4" dir cmd i ns t0 t1 rc=0 kind=cddp
   dir="$OUT/$rate/$model/$run"
-  [ "$REPEATS" -gt 1 ] && dir="$dir/rep$rep"
+  SEED=$(seed_of_repeat "$rep")
+  if [ -n "$SEEDS" ]; then dir="$dir/seed$SEED"; elif [ "$REPEATS" -gt 1 ]; then dir="$dir/rep$rep"; fi
   rm -rf "$dir"; mkdir -p "$dir"
   PORT=$((PORT + 1))
   local ddp_args=(--model "$model" --hidden "$HIDDEN" --train-subset "$TRAIN_SUBSET" --test-subset "$TEST_SUBSET"
-    --batch-size "$BATCH" --epochs "$EPOCHS" --lr "$LR" --momentum 0.9 --schedule "$SCHEDULE" --seed 0 --threads 1
+    --batch-size "$BATCH" --epochs "$EPOCHS" --lr "$LR" --momentum 0.9 --schedule "$SCHEDULE" --seed "$SEED" --threads 1
     --log-every "$LOG_EVERY" --eval-every "$EVAL_EVERY" --timeout-s 120 --output-dir "$dir")
   case "$run" in
     dense)                write_config "$dir/config.toml" "$run" "$model" "$dir" none 1 false global 0 0 ;;
@@ -341,7 +380,19 @@ launch_run() {
     topk01_ef_dgc)        write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true dgc 0 0 ;;
     randk1_ef)            write_config "$dir/config.toml" "$run" "$model" "$dir" randomk 0.01 true global 0 0 ;;
     topk1_noef)           write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 false global 0 0 ;;
+    threshold_ef)         write_config "$dir/config.toml" "$run" "$model" "$dir" threshold - true global 0 0 ;;
+    qsgd|terngrad|natural) write_config "$dir/config.toml" "$run" "$model" "$dir" "$run" - false global 0 0 ;;
+    sign_signsgd)         write_config "$dir/config.toml" "$run" "$model" "$dir" sign - false global 0 0 'variant = "signsgd"' ;;
+    sign_scaled_ef)       write_config "$dir/config.toml" "$run" "$model" "$dir" sign - true global 0 0 'variant = "scaled"' ;;
+    sign_onebit_ef)       write_config "$dir/config.toml" "$run" "$model" "$dir" sign - true global 0 0 'variant = "onebit"' ;;
+    cast_fp16)            write_config "$dir/config.toml" "$run" "$model" "$dir" cast - false global 0 0 'dtype = "fp16"' ;;
+    cast_bf16)            write_config "$dir/config.toml" "$run" "$model" "$dir" cast - false global 0 0 'dtype = "bf16"' ;;
+    powersgd_r2)          write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 2; start_iter = 10' ;;
+    powersgd_r4)          write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 4; start_iter = 10' ;;
     ddp_dense)            kind=ddp; ddp_args+=(--hook none) ;;
+    ddp_fp16)             kind=ddp; ddp_args+=(--hook fp16) ;;
+    ddp_powersgd_r2)      kind=ddp; ddp_args+=(--hook powersgd --powersgd-rank 2 --start-powersgd-iter 10) ;;
+    ddp_powersgd_r4)      kind=ddp; ddp_args+=(--hook powersgd --powersgd-rank 4 --start-powersgd-iter 10) ;;
     ddp_powersgd)         kind=ddp; ddp_args+=(--hook powersgd --powersgd-rank "$([ "$model" = mlp ] && echo 4 || echo 2)") ;;
     *) die "unknown run $run (see --help)" ;;
   esac
@@ -354,6 +405,15 @@ launch_run() {
     cmd=("$BIN" train --config "$dir/config.toml")
   else
     cmd=("$PY" "$HERE/ddp_baseline.py" "${ddp_args[@]}")
+  fi
+  if [ "$DRY" = 1 ]; then
+    echo "run_study: [dry $rate $model $run seed $SEED] ${cmd[*]}"
+    if ! "${cmd[@]}" --dry-run >"$dir/dry-run.log" 2>&1; then
+      echo "run_study: $run: the config does not validate:" >&2
+      tail -5 "$dir/dry-run.log" >&2
+      FAILED=1
+    fi
+    return 0
   fi
   echo "run_study: [$rate $model $run rep $rep] ${cmd[*]}"
   t0=$(date +%s.%N)
@@ -370,8 +430,8 @@ launch_run() {
   t1=$(date +%s.%N)
   local wall
   wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
-  printf '{"run": "%s", "kind": "%s", "rate": "%s", "model": "%s", "repeat": %s, "rc": %s, "wall_s": %s, "world_size": %s, "command": "%s", "launch": "ip netns exec %s-wI env RANK=I WORLD_SIZE=%s LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=%s.1 MASTER_PORT=%s GLOO_SOCKET_IFNAME=eth0"}\n' \
-    "$run" "$kind" "$rate" "$model" "$rep" "$rc" "$wall" "$W" "$(echo "${cmd[*]}" | sed 's/"/\\"/g')" "$P" "$W" "$SUBNET" "$PORT" \
+  printf '{"run": "%s", "kind": "%s", "rate": "%s", "model": "%s", "repeat": %s, "seed": %s, "rc": %s, "wall_s": %s, "world_size": %s, "command": "%s", "launch": "ip netns exec %s-wI env RANK=I WORLD_SIZE=%s LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=%s.1 MASTER_PORT=%s GLOO_SOCKET_IFNAME=eth0"}\n' \
+    "$run" "$kind" "$rate" "$model" "$rep" "$SEED" "$rc" "$wall" "$W" "$(echo "${cmd[*]}" | sed 's/"/\\"/g')" "$P" "$W" "$SUBNET" "$PORT" \
     >"$dir/run.json"
   if [ "$rc" != 0 ]; then
     echo "run_study: $run failed (exit $rc); last lines of rank0.log:" >&2
@@ -389,11 +449,11 @@ launch_run() {
   echo "git: $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
   echo "binary: ${BIN}"
   echo "command: $0 $ORIG_ARGS"
-  echo "settings: W=$W rates=\"$RATES\" models=\"$MODELS\" runs=$RUNS epochs=$EPOCHS train_subset=$TRAIN_SUBSET test_subset=$TEST_SUBSET batch=$BATCH lr=$LR schedule=$SCHEDULE eval_every=$EVAL_EVERY repeats=$REPEATS hidden=$HIDDEN"
+  echo "settings: W=$W rates=\"$RATES\" models=\"$MODELS\" runs=$RUNS epochs=$EPOCHS train_subset=$TRAIN_SUBSET test_subset=$TEST_SUBSET batch=$BATCH lr=$LR schedule=$SCHEDULE eval_every=$EVAL_EVERY repeats=$REPEATS seeds=${SEEDS:-0} hidden=$HIDDEN"
 } >"$OUT/study.txt"
 
 for rate in $RATES; do
-  setup_net "$rate"
+  [ "$DRY" = 1 ] || setup_net "$rate"
   for model in $MODELS; do
     # DGC warm-up: the first ~4% of the steps dense, then density decays to the target over ~8%.
     n=$TRAIN_SUBSET; [ "$n" -gt 0 ] || n=60000
@@ -409,7 +469,7 @@ for rate in $RATES; do
 done
 echo "loadavg at end: $(cat /proc/loadavg)" >>"$OUT/study.txt"
 
-if [ "$SUMMARY" = 1 ]; then
+if [ "$SUMMARY" = 1 ] && [ "$DRY" = 0 ]; then
   dest="$OUT/results.md"
   timeout 300 "$PY" "$HERE/summarize_study.py" "$OUT" --out "$dest" || { echo "run_study: summarize_study.py failed" >&2; FAILED=1; }
 fi

@@ -19,6 +19,8 @@
 #pragma once
 
 #include <cddp/communicator.h>
+#include <cddp/compressed_optimizer.h>
+#include <cddp/compression_memory.h>
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
 #include <cddp/gradient_exchange.h>
@@ -111,9 +113,9 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   TORCH_ARG(double, bucket_cap_mb) = 25;
   TORCH_ARG(double, first_bucket_cap_mb) = 1;
   // Param groups: nonfinite, scope, index_coding, communicator, track_residual_norm and the
-  // three overlap options are optimizer-wide, and with scope "model" so are compressor, density, error_feedback and seed:
-  // a group that sets another value than defaults() is refused (at construction, or at the
-  // first step after add_param_group). Every other option is honoured per group.
+  // three overlap options are optimizer-wide, and with scope "model" so are compressor,
+  // density, error_feedback and seed: a group that sets another value than defaults() is
+  // refused (at construction, or at the first step after add_param_group). Every other option is honoured per group.
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -122,31 +124,19 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   void set_lr(const double lr) override { this->lr(lr); }
 };
 
-struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamState<CompressedSGDParamState> {
+// momentum_buffer, and (CompressionMemory) the residual, the lr it is expressed at and the
+// compressor plugin's state (its state_specs(): PowerSGD's Q, a running scale), held here so
+// that checkpoints save them beside the momentum.
+struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamState<CompressedSGDParamState>,
+                                 public CompressionMemory {
   TORCH_ARG(at::Tensor, momentum_buffer);  // "global": SGD's buffer; "dgc": the velocity u
-  TORCH_ARG(at::Tensor, residual);         // error-feedback memory e, this rank only
-  TORCH_ARG(double, residual_lr) = 0;      // the lr residual is expressed at (0: none yet)
-  // What the compressor plugin keeps between steps for this parameter (its state_specs():
-  // PowerSGD's Q, a running scale), held here so that checkpoints save it beside the residual.
-  TORCH_ARG(PluginState, plugin_state) = {};
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
   void serialize(torch::serialize::OutputArchive& archive) const override;
 };
 
-// How a parameter's gradient travels. Decided per tensor at its first step.
-//   Sparse, SharedIndices: a selection (values + indices), averaged by GradientExchange;
-//   Gather, Sum, Rounds: another codec's payload (payload.h), through PayloadExchange;
-//   Dense: the whole gradient, one ring allreduce.
-enum class Route { Sparse, SharedIndices, Dense, Gather, Sum, Rounds };
-const char* route_name(Route r);
-
-struct RoutingDecision {
-  std::string name;
-  Route route;
-  std::string reason;
-};
+// Route and RoutingDecision (how a tensor travels, and why): compressed_optimizer.h.
 
 namespace detail {
 struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
@@ -154,7 +144,7 @@ class OverlappedStep;  // Options::overlap (core/src/optim/overlapped_step.h)
 struct TensorStep;     // one parameter's record for a step (core/src/optim/step_plan.h)
 }  // namespace detail
 
-class CompressedSGD : public torch::optim::Optimizer {
+class CompressedSGD : public CompressedOptimizer {
  public:
   // 2: residual_lr, residual_lr_scaling; 3: plugin_state. Version 2 states still load.
   static constexpr int64_t kFormatVersion = 3;
@@ -170,21 +160,23 @@ class CompressedSGD : public torch::optim::Optimizer {
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
-  const StepStats& last_step_stats() const { return last_; }
-  const CumulativeStats& cumulative_stats() const { return total_; }
+  const StepStats& last_step_stats() const override { return last_; }
+  const CumulativeStats& cumulative_stats() const override { return total_; }
   // Routing decisions made so far, in the order first made (for logging them once).
-  const std::vector<RoutingDecision>& routing() const { return routing_log_; }
-  int64_t step_count() const { return step_; }
+  const std::vector<RoutingDecision>& routing() const override { return routing_log_; }
+  int64_t step_count() const override { return step_; }
 
   // Overrides the density of every compressed tensor from the next step on (warm-up
   // schedules); <0 restores the configured density.
-  void set_density(double density) { density_override_ = density; }
+  void set_density(double density) override { density_override_ = density; }
   // With overlap: false makes the next backward passes only accumulate gradients (the
   // micro-batches of a gradient accumulation before the last); true (the default) lets the next
   // backward start the exchange. Stays as set. No effect without overlap.
-  void set_last_micro_batch(bool last);
+  void set_last_micro_batch(bool last) override;
   // With overlap, how many buckets the parameters were split into (0 without overlap).
   size_t overlap_bucket_count() const;
+  // defaults().track_residual_norm(on), which step() reads each step.
+  void set_track_residual_norm(bool on) override;
   const CompressedSGDOptions& defaults_options() const;
 
  private:

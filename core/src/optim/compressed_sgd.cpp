@@ -9,6 +9,7 @@
 #include "exchange_stage.h"
 #include "nonfinite_guard.h"
 #include "overlapped_step.h"
+#include "param_state_of.h"
 #include "payload_stage.h"
 #include "sgd_update.h"
 #include "step_plan.h"
@@ -75,39 +76,16 @@ void CompressedSGDOptions::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(int64_t, seed);
 }
 
-// plugin_state travels as its names joined by '\n' ("plugin_state_names") and one tensor each
-// ("plugin_state.<i>", in name order); a version-2 state has neither, and loads empty.
+// The residual, residual_lr and plugin state: CompressionMemory's serialization (a version-2
+// state has no plugin state, and loads it empty).
 void CompressedSGDParamState::serialize(torch::serialize::OutputArchive& archive) const {
   _TORCH_OPTIM_SERIALIZE_TORCH_ARG(momentum_buffer);
-  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual);
-  _TORCH_OPTIM_SERIALIZE_TORCH_ARG(residual_lr);
-  std::string names;
-  int64_t i = 0;
-  for (const auto& [name, tensor] : plugin_state()) {
-    TORCH_CHECK(name.find('\n') == std::string::npos, "plugin state name '", name, "' contains a newline");
-    names += (i ? "\n" : "") + name;
-    archive.write("plugin_state." + std::to_string(i++), tensor, /*is_buffer=*/true);
-  }
-  if (i > 0) archive.write("plugin_state_names", c10::IValue(names));
+  write_memory(archive);
 }
 
 void CompressedSGDParamState::serialize(torch::serialize::InputArchive& archive) {
   _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, momentum_buffer);
-  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(at::Tensor, residual);
-  _TORCH_OPTIM_DESERIALIZE_TORCH_ARG(double, residual_lr);
-  PluginState state;
-  c10::IValue names;
-  if (archive.try_read("plugin_state_names", names)) {
-    std::istringstream in(names.toStringRef());
-    std::string name;
-    for (int64_t i = 0; std::getline(in, name); ++i) {
-      at::Tensor t;
-      TORCH_CHECK(archive.try_read("plugin_state." + std::to_string(i), t, /*is_buffer=*/true),
-                  "CompressedSGD state: plugin state '", name, "' is named but missing");
-      state[name] = t;
-    }
-  }
-  plugin_state(state);
+  read_memory(archive, "CompressedSGD state");
 }
 
 // ---------------------------------------------------------------- construction
@@ -128,7 +106,7 @@ std::vector<std::pair<std::string, at::Tensor>> auto_named(const std::vector<at:
 
 CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
                              CompressedSGDOptions defaults)
-    : Optimizer(std::move(param_groups), std::make_unique<CompressedSGDOptions>(defaults)) {
+    : CompressedOptimizer(std::move(param_groups), std::make_unique<CompressedSGDOptions>(defaults)) {
   detail::check_options(defaults);
   comm_ = defaults.communicator() ? defaults.communicator() : std::make_shared<LocalCommunicator>();
   settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
@@ -155,24 +133,15 @@ const CompressedSGDOptions& CompressedSGD::defaults_options() const {
   return static_cast<const CompressedSGDOptions&>(defaults());
 }
 
+void CompressedSGD::set_track_residual_norm(bool on) {
+  static_cast<CompressedSGDOptions&>(defaults()).track_residual_norm(on);
+}
+
 void CompressedSGD::adopt_new_param_groups() {
   for (size_t i = settings_->momentum_mode.size(); i < param_groups_.size(); ++i)
     detail::adopt_group(*settings_, static_cast<const CompressedSGDOptions&>(param_groups_[i].options()),
                         defaults_options(), i);
 }
-
-namespace {
-template <class Key>
-Key state_key(const at::Tensor& p) {
-  if constexpr (std::is_same_v<Key, std::string>) {
-    std::ostringstream os;  // what 1.13's c10::guts::to_string(TensorImpl*) writes
-    os << p.unsafeGetTensorImpl();
-    return os.str();
-  } else {
-    return p.unsafeGetTensorImpl();
-  }
-}
-}  // namespace
 
 void CompressedSGD::start_overlap() {
   using Key = typename std::decay_t<decltype(state_)>::key_type;
@@ -180,11 +149,11 @@ void CompressedSGD::start_overlap() {
                                  {routes_, routing_log_}, density_override_, step_,
                                  [this](const at::Tensor& p) -> CompressedSGDParamState& { return state_for(p); },
                                  [this](const at::Tensor& p) -> CompressedSGDParamState* {
-                                   auto it = state_.find(state_key<Key>(p));
+                                   auto it = state_.find(detail::state_key<Key>(p));
                                    return it == state_.end() ? nullptr
                                                              : static_cast<CompressedSGDParamState*>(it->second.get());
                                  },
-                                 [this](const at::Tensor& p) { state_.erase(state_key<Key>(p)); }};
+                                 [this](const at::Tensor& p) { state_.erase(detail::state_key<Key>(p)); }};
   const auto mib = [](double mb) { return int64_t(mb * 1024 * 1024); };
   overlap_ = std::make_unique<detail::OverlappedStep>(std::move(env), mib(defaults_options().first_bucket_cap_mb()),
                                                       mib(defaults_options().bucket_cap_mb()));
@@ -197,13 +166,7 @@ void CompressedSGD::set_last_micro_batch(bool last) {
 size_t CompressedSGD::overlap_bucket_count() const { return overlap_ ? overlap_->bucket_count() : 0; }
 
 CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
-  // LibTorch 1.13 keys optimizer state by the TensorImpl address as a string, 2.x by the
-  // address itself; the key type tells us which.
-  using Key = typename std::decay_t<decltype(state_)>::key_type;
-  const Key key = state_key<Key>(p);
-  auto it = state_.find(key);
-  if (it == state_.end()) it = state_.emplace(key, std::make_unique<CompressedSGDParamState>()).first;
-  return static_cast<CompressedSGDParamState&>(*it->second);
+  return detail::param_state_of<CompressedSGDParamState>(state_, p);
 }
 
 // ---------------------------------------------------------------- step
@@ -251,7 +214,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   //    error feedback and DGC momentum included. Nothing has left this rank yet.
   wait_for_device(tensors);  // on an accelerator, time the compression to its completion
   const auto t_compress = Clock::now();
-  for (auto& t : tensors) t.state = &state_for(t.p);
+  for (auto& t : tensors) t.memory = t.state = &state_for(t.p);
   detail::RoutedTensors routed =
       detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
   detail::rescale_residuals_to_lr(tensors);

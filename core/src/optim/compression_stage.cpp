@@ -51,6 +51,7 @@ ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t ste
   whole.name = "<model>";
   whole.index = -1;
   whole.opt = first.opt;
+  whole.knobs = first.knobs;
   whole.momentum_mode = first.momentum_mode;
   whole.compressor = first.compressor;
   whole.density = first.density;
@@ -58,7 +59,8 @@ ModelSelection compress_model(const std::vector<TensorStep*>& parts, int64_t ste
   whole.route = Route::Sparse;
   if (whole.error_feedback) m.state->residual(concat_residuals(parts));
   whole.state = m.state.get();
-  TORCH_CHECK(!(whole.momentum_mode == MomentumMode::Dgc && whole.opt->momentum() != 0),
+  whole.memory = m.state.get();
+  TORCH_CHECK(!(whole.momentum_mode == MomentumMode::Dgc && whole.opt && whole.opt->momentum() != 0),
               "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is kept per "
               "tensor)");
   compress_one(whole, step, world, st);

@@ -8,8 +8,8 @@
 namespace cddp::detail {
 
 at::Tensor& residual_of(TensorStep& t) {
-  if (!t.state->residual().defined()) t.state->residual(at::zeros_like(t.p, at::MemoryFormat::Contiguous));
-  return t.state->residual();
+  if (!t.memory->residual().defined()) t.memory->residual(at::zeros_like(t.p, at::MemoryFormat::Contiguous));
+  return t.memory->residual();
 }
 
 Compressed compress_with_error_feedback(TensorStep& t, const at::Tensor& source, const CompressContext& ctx) {
@@ -30,9 +30,9 @@ void keep_residual(TensorStep& t, const at::Tensor& acc, const at::Tensor& decod
 
 void rescale_residuals_to_lr(std::vector<TensorStep>& tensors) {
   for (auto& t : tensors) {
-    if (t.route == Route::Dense || !t.error_feedback || !t.opt->residual_lr_scaling()) continue;
-    CompressedSGDParamState& s = *t.state;
-    const double lr = t.opt->lr();
+    if (t.route == Route::Dense || !t.error_feedback || !t.knobs.residual_lr_scaling) continue;
+    CompressionMemory& s = *t.memory;
+    const double lr = t.knobs.lr;
     if (lr <= 0) continue;
     if (s.residual().defined() && s.residual_lr() > 0 && s.residual_lr() != lr) s.residual().mul_(s.residual_lr() / lr);
     s.residual_lr(lr);
@@ -48,7 +48,7 @@ at::Tensor concat_residuals(const std::vector<TensorStep*>& parts) {
 void scatter_residuals(const at::Tensor& whole, const std::vector<TensorStep*>& parts) {
   int64_t off = 0;
   for (TensorStep* t : parts) {
-    t->state->residual().view(-1).copy_(whole.narrow(0, off, t->p.numel()));
+    t->memory->residual().view(-1).copy_(whole.narrow(0, off, t->p.numel()));
     off += t->p.numel();
   }
 }
@@ -56,7 +56,7 @@ void scatter_residuals(const at::Tensor& whole, const std::vector<TensorStep*>& 
 double residual_norm(const std::vector<TensorStep>& tensors) {
   double sq = 0;
   for (const auto& t : tensors)
-    if (t.state->residual().defined()) sq += t.state->residual().to(at::kDouble).pow(2).sum().item<double>();
+    if (t.memory->residual().defined()) sq += t.memory->residual().to(at::kDouble).pow(2).sum().item<double>();
   return std::sqrt(sq);
 }
 

@@ -6,7 +6,8 @@
 //     e_t  = acc − D(sent)                before any communication, this rank only
 // so nothing is lost, only delayed: D(sent) + e_t == source + e_{t−1}, bitwise (the
 // Compressor::compress_with_feedback contract). The residual e lives in
-// CompressedSGDParamState::residual, created zero at a tensor's first compressed step.
+// the parameter's CompressionMemory (compression_memory.h; CompressedSGDParamState and
+// CompressedAdamWParamState), created zero at a tensor's first compressed step.
 //
 // Also here: residual_lr_scaling (the residual kept in units of the current lr), the
 // whole-model residual of scope "model", and the residual norm of StepStats. Internal to

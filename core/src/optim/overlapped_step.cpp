@@ -81,7 +81,7 @@ void OverlappedStep::run_bucket(size_t b) {
   const auto t0 = Clock::now();
   for (TensorStep& t : k.tensors) {
     if (env_.settings.nonfinite == NonfinitePolicy::SkipStep) k.backups.push_back(backup_of(t.p));
-    t.state = &env_.state_for(t.p);
+    t.memory = t.state = &env_.state_for(t.p);
   }
   k.routed = route_tensors(k.tensors, world, env_.settings.index_coding, env_.memory, k.stats);
   rescale_residuals_to_lr(k.tensors);

@@ -9,7 +9,7 @@
 namespace cddp::detail {
 
 PluginState& plugin_state_of(TensorStep& t) {
-  PluginState& state = t.state->plugin_state();
+  PluginState& state = t.memory->plugin_state();
   for (const StateSpec& spec : t.compressor->state_specs(t.p.sizes().vec(), t.p.scalar_type())) {
     auto it = state.find(spec.name);
     if (it == state.end()) {

@@ -8,8 +8,9 @@
 //                      cost model declared; Rounds one tensor after the other, in parameter
 //                      order, each through a RoundCollective; then e = acc − approximation.
 // Each tensor ends with its average in TensorStep::average, applied by sgd_update like a dense
-// one (momentum on the average: DGC's masking needs a selection, step_plan.h).
-// The plugin's state lives in CompressedSGDParamState::plugin_state, created from its
+// one (momentum on the average: DGC's masking needs a selection, step_plan.h), or by
+// adamw_update.
+// The plugin's state lives in the parameter's CompressionMemory::plugin_state, created from its
 // state_specs() as zeros the first time (or restored from a checkpoint).
 //
 // Internal to core/src/optim. It will not route (step_plan) or apply updates (sgd_update).

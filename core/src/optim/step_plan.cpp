@@ -44,16 +44,17 @@ namespace {
 // The group's compressor, density and error feedback, then every matching rule in order. A
 // rule's compressor brings its own default density unless a density is configured (by the
 // group or set_density); a rule's density yields to set_density.
-void resolve_compression(TensorStep& t, const CompressedSGDOptions& o, double density_override) {
-  t.compressor = o.compressor();
-  t.density = density_override > 0 ? density_override : o.density();
+void resolve_compression(TensorStep& t, const CompressionKnobs& o, double density_override) {
+  t.compressor = o.compressor;
+  t.density = density_override > 0 ? density_override : o.density;
   if (t.density <= 0 && t.compressor) t.density = t.compressor->default_density();
-  t.error_feedback = o.error_feedback();
-  for (const auto& rule : o.rules()) {
+  t.error_feedback = o.error_feedback;
+  if (!o.rules) return;
+  for (const auto& rule : *o.rules) {
     if (!glob_match(rule.match, t.name)) continue;
     if (rule.compressor) {
       t.compressor = rule.compressor;
-      if (density_override <= 0 && o.density() <= 0) t.density = rule.compressor->default_density();
+      if (density_override <= 0 && o.density <= 0) t.density = rule.compressor->default_density();
     }
     if (rule.density > 0 && density_override <= 0) t.density = rule.density;
     if (rule.error_feedback >= 0) t.error_feedback = rule.error_feedback == 1;
@@ -67,7 +68,7 @@ Route payload_route(const TensorStep& t, const PluginCaps& caps, int world, std:
   const Route r = caps.kind == PayloadKind::Gather ? Route::Gather : caps.kind == PayloadKind::Sum ? Route::Sum
                                                                                                    : Route::Rounds;
   const int64_t wire = t.compressor->wire_bytes(t.p.sizes().vec(), t.p.scalar_type(), t.density);
-  if (t.opt->auto_dense() && wire >= 0) {
+  if (t.knobs.auto_dense && wire >= 0) {
     const double value_bytes = double(c10::elementSize(t.p.scalar_type()));
     const double dense = dense_exchange_bytes(t.p.numel(), int64_t(value_bytes), world);
     // Gather receives every other rank's payload; sum and rounds allreduce theirs (ring).
@@ -91,10 +92,23 @@ CompressContext context_for(const TensorStep& t, int64_t step, int world) {
   ctx.step = step;
   ctx.param_index = t.index;
   ctx.param_name = t.name;
-  ctx.seed = static_cast<uint64_t>(t.opt->seed());
+  ctx.seed = static_cast<uint64_t>(t.knobs.seed);
   ctx.ratio = t.density;
   ctx.world_size = world;
   return ctx;
+}
+
+TensorStep plan_tensor(const at::Tensor& p, int64_t index, size_t group, const std::vector<std::string>& names,
+                       const CompressionKnobs& knobs, double density_override) {
+  TensorStep t;
+  t.p = p;
+  t.index = index;
+  t.group = group;
+  t.name = index < int64_t(names.size()) ? names[index] : "param" + std::to_string(index);
+  t.knobs = knobs;
+  t.g = p.grad().data();
+  resolve_compression(t, knobs, density_override);
+  return t;
 }
 
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
@@ -104,19 +118,16 @@ std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerPar
   int64_t flat_index = 0;
   for (size_t gi = 0; gi < groups.size(); ++gi) {
     const auto& o = static_cast<const CompressedSGDOptions&>(groups[gi].options());
+    CompressionKnobs knobs = knobs_of(o);
+    knobs.residual_lr_scaling = o.residual_lr_scaling();
     for (auto& p : groups[gi].params()) {
       const int64_t index = flat_index++;
       if (only && !(*only)[size_t(index)]) continue;
       if (!p.grad().defined()) continue;
-      TensorStep t;
-      t.p = p;
-      t.index = index;
-      t.name = index < int64_t(names.size()) ? names[index] : "param" + std::to_string(index);
+      TensorStep t = plan_tensor(p, index, gi, names, knobs, density_override);
       t.opt = &o;
       t.momentum_mode = settings.momentum_mode[gi];
-      t.g = p.grad().data();
       if (o.weight_decay() != 0) t.g = t.g.add(p.data(), o.weight_decay());
-      resolve_compression(t, o, density_override);
       tensors.push_back(std::move(t));
     }
   }
@@ -124,20 +135,21 @@ std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerPar
 }
 
 Route route_for(const TensorStep& t, int world, IndexCoding coding, std::string& reason) {
-  const auto& o = *t.opt;
+  const CompressionKnobs& o = t.knobs;
   if (!t.compressor) return reason = "no compressor", Route::Dense;
-  if (t.forced_dense) return reason = "a rule marks it dense", Route::Dense;
-  if (t.p.numel() < o.min_numel())
-    return reason = "numel " + std::to_string(t.p.numel()) + " < min_numel " + std::to_string(o.min_numel()),
+  if (t.forced_dense)
+    return reason = t.forced_dense_reason.empty() ? "a rule marks it dense" : t.forced_dense_reason, Route::Dense;
+  if (t.p.numel() < o.min_numel)
+    return reason = "numel " + std::to_string(t.p.numel()) + " < min_numel " + std::to_string(o.min_numel),
            Route::Dense;
-  if (!o.compress_1d() && t.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
+  if (!o.compress_1d && t.p.dim() <= 1) return reason = "1-D tensor (bias/norm)", Route::Dense;
   const PluginCaps caps = t.compressor->caps();
   if (!caps.selection) return payload_route(t, caps, world, reason);
   const bool shared = t.compressor->shared_indices();
   // With 4-byte values and plain 4-byte indices the sparse allgather wins iff W·density < 1;
   // with Block16 indices (≈ 2 bytes) iff W·density < 4/3, about. Shared indices allreduce
   // only k values, so they win whenever density < 1 (wire_cost.h).
-  if (o.auto_dense() && t.density > 0) {
+  if (o.auto_dense && t.density > 0) {
     const int64_t k = k_for_ratio(t.density, t.p.numel());
     const int64_t value_bytes = int64_t(c10::elementSize(t.p.scalar_type()));
     const double sparse = sparse_exchange_bytes(k, t.p.numel(), value_bytes, shared, world, coding);

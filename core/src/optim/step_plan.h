@@ -1,14 +1,17 @@
-// step_plan.h — planning a CompressedSGD step: which gradients take part, with which
-// compressor, density and error feedback (the group's options, then the rules), and how each
-// travels (its Route), by the wire-cost model of core/src/comm/wire_cost.h.
+// step_plan.h — planning a step of CompressedSGD or CompressedAdamW: which gradients take part,
+// with which compressor, density and error feedback (the group's options, then the rules), and
+// how each travels (its Route), by the wire-cost model of core/src/comm/wire_cost.h.
 //
 // TensorStep is one parameter's record for the step; every later stage reads what planning put
-// there and adds what it produced (the selection, the average). Internal to core/src/optim.
+// there and adds what it produced (the selection, the average). The stages shared by both
+// optimizers read only its optimizer-neutral fields (knobs, memory, g); `opt` and `state` are
+// CompressedSGD's and null under CompressedAdamW. Internal to core/src/optim.
 //
 // It will not change a gradient, a parameter or optimizer state, and does not communicate.
 #pragma once
 
 #include <cddp/compressed_sgd.h>
+#include <cddp/compression_memory.h>
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
 #include <cddp/gradient_exchange.h>
@@ -26,19 +29,53 @@
 
 namespace cddp::detail {
 
+// A param group's compression options, whichever optimizer's options they come from (both
+// spell them alike: knobs_of below), read by routing, error feedback and the compressor context.
+struct CompressionKnobs {
+  std::shared_ptr<Compressor> compressor;
+  double density = -1;
+  bool error_feedback = true;
+  const std::vector<CompressionRule>* rules = nullptr;  // the group's; lives as long as the group
+  int64_t seed = 0;
+  int64_t min_numel = 0;
+  bool compress_1d = true;
+  bool auto_dense = true;
+  bool residual_lr_scaling = false;
+  double lr = 0;
+};
+
+template <class Options>
+CompressionKnobs knobs_of(const Options& o) {
+  CompressionKnobs k;
+  k.compressor = o.compressor();
+  k.density = o.density();
+  k.error_feedback = o.error_feedback();
+  k.rules = &o.rules();
+  k.seed = o.seed();
+  k.min_numel = o.min_numel();
+  k.compress_1d = o.compress_1d();
+  k.auto_dense = o.auto_dense();
+  k.lr = o.lr();
+  return k;
+}
+
 struct TensorStep {
   // Planning (collect_gradients, route_tensors):
   at::Tensor p;                        // the parameter
   at::Tensor g;                        // its gradient, g = grad + weight_decay·p
   std::string name;                    // for rules, routing and messages
   int64_t index = 0;                   // in the flattened parameter list (CompressContext::param_index)
-  const CompressedSGDOptions* opt = nullptr;  // its param group's options
-  MomentumMode momentum_mode = MomentumMode::Dgc;  // its group's, parsed
-  CompressedSGDParamState* state = nullptr;        // momentum buffer, residual
+  size_t group = 0;                    // its param group, in param_groups() order
+  CompressionKnobs knobs;              // its group's compression options
+  CompressionMemory* memory = nullptr;  // residual and plugin state (any optimizer's ParamState)
+  const CompressedSGDOptions* opt = nullptr;  // CompressedSGD only: its param group's options
+  MomentumMode momentum_mode = MomentumMode::Global;  // CompressedSGD: its group's, parsed
+  CompressedSGDParamState* state = nullptr;        // CompressedSGD only: momentum buffer
   std::shared_ptr<Compressor> compressor;          // the group's, or a rule's; null: dense
   double density = -1;                 // CompressContext::ratio; <= 0: the compressor's own
   bool error_feedback = true;
-  bool forced_dense = false;           // a rule marks it dense
+  bool forced_dense = false;           // a rule (or the optimizer, with forced_dense_reason) says dense
+  std::string forced_dense_reason;     // empty: "a rule marks it dense"
   Route route = Route::Dense;
   // Compression (compression_stage): this rank's selection, or (Gather, Sum) its payload; for
   // Rounds, acc = source + residual, which the rounds (payload_stage) approximate.
@@ -55,7 +92,7 @@ struct TensorStep {
   // Only selections: DGC's momentum-factor masking needs the entries sent, and a quantizer or
   // a low-rank codec sends every entry; their momentum runs on the average, as SGD's does.
   bool momentum_before_compression() const {
-    return momentum_mode == MomentumMode::Dgc && is_selection() && opt->momentum() != 0;
+    return momentum_mode == MomentumMode::Dgc && is_selection() && opt && opt->momentum() != 0;
   }
   bool is_selection() const { return route == Route::Sparse || route == Route::SharedIndices; }
   bool is_payload() const { return route == Route::Gather || route == Route::Sum || route == Route::Rounds; }
@@ -64,9 +101,14 @@ struct TensorStep {
 // What the compressor is told about t at optimizer step `step` among `world` ranks.
 CompressContext context_for(const TensorStep& t, int64_t step, int world);
 
-// Every parameter with a gradient, in param_groups() order: g = grad + weight_decay·p (as
-// torch::optim::SGD computes it), its group's compressor, density and error feedback, then the
-// rules matching its name, in order. `density_override` > 0 (set_density) replaces every density.
+// One parameter's record with g = its gradient, its knobs, and compressor, density and error
+// feedback resolved: the group's, then the rules matching its name, in order.
+// `density_override` > 0 (set_density) replaces every density.
+TensorStep plan_tensor(const at::Tensor& p, int64_t index, size_t group, const std::vector<std::string>& names,
+                       const CompressionKnobs& knobs, double density_override);
+
+// CompressedSGD: every parameter with a gradient, in param_groups() order, planned by
+// plan_tensor, with g = grad + weight_decay·p (as torch::optim::SGD computes it).
 // `only` (per flat parameter index, non-zero: take part): a subset, such as one overlap bucket.
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,

@@ -1,6 +1,7 @@
 // model_factory.h — builds a Classifier from a name and the input/output shape.
 //
-// Names: "mlp" (widths from `hidden`), "simple_cnn", "resnet18" (CIFAR-style). The factory
+// Names: "mlp" (widths from `hidden`), "simple_cnn", "resnet18" (CIFAR-style), "vit_tiny" (a
+// small vision transformer, vit_tiny.h: patch 7 on 28×28, patch 4 on 32×32). The factory
 // will not move the model to a device, initialize it from a checkpoint or seed any RNG:
 // parameters are drawn from LibTorch's default generator, so seed it (torch::manual_seed)
 // before calling when runs must be reproducible, and broadcast rank 0's parameters.
