@@ -30,6 +30,22 @@
 //     before their compression, only under this policy), and nothing is applied: parameters,
 //     every state and the step count end as the serial path leaves them.
 //
+// Stats: compress_ms and comm_ms are the sums over the buckets' jobs and the step()-time
+// exchanges, as before; with overlap much of that time is hidden behind backward, so they are
+// no longer on the step's critical path (the time step() itself takes is what is left).
+//
+// Why not c10d's own Reducer (torch/csrc/distributed/c10d/reducer.hpp) with a CommHookInterface
+// (comm.hpp), which LibTorch 1.13 ships with the same bucketing and AccumulateGrad hooks: it is
+// built over a c10d::ProcessGroup, while our collectives go through Communicator (tests run it in
+// threads, GradientExchange and PayloadExchange speak only to it); its hook gets a GradBucket —
+// the bucket's gradients copied into one flat buffer — and returns a future whose tensor the
+// Reducer writes back into every .grad. Our stages need each tensor on its own (its residual,
+// DGC velocity, plugin state, route, its sparse or coalesced average that never becomes a dense
+// .grad), and the update is step()'s. Using it would mean a flat copy per bucket, then splitting
+// it again, and a .grad overwritten with something that is not the gradient. What it does and
+// we take: buckets in reverse order by bytes with a small first bucket, launched in order, hooks
+// on the AccumulateGrad nodes (held here, as it holds them).
+//
 // Gradient accumulation: set_armed(false) before the backward of every micro-batch but the
 // last; a parameter whose gradient arrives twice while armed is an error at step(). Options
 // (density from set_density, lr, weight decay) are read when a bucket launches: set them
