@@ -5,6 +5,8 @@
 
 #include "config/config_loader.h"
 
+#include <cddp/fnv1a64.h>
+
 #include <torch/serialize/archive.h>
 #include <torch/version.h>
 

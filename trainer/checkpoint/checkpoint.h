@@ -109,8 +109,8 @@ ResumeChoice choose_resume(const std::string& resume, const std::filesystem::pat
 // Every tensor a checkpoint holds, by name: "model/<parameter or buffer>",
 // "momentum/<parameter>", "residual/<parameter>" (when the optimizer has one),
 // "plugin/<parameter>/<state>" (what a plugin keeps, e.g. PowerSGD's Q) and
-// "rng_state" — for comparing checkpoints bit by bit. Implemented in trainer.cpp (it needs
-// the model factory). Throws CheckpointError.
+// "rng_state" — for comparing checkpoints bit by bit. In checkpoint_tensors.cpp, since it
+// rebuilds the model and optimizer the file was saved from. Throws CheckpointError.
 std::vector<std::pair<std::string, at::Tensor>> checkpoint_tensors(const std::filesystem::path& path);
 
 }  // namespace cddp::train

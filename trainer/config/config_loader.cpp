@@ -8,6 +8,8 @@
 // whoever loads the plugin.
 #include "config_loader.h"
 
+#include <cddp/fnv1a64.h>
+
 #ifndef TOML_HEADER_ONLY
 #define TOML_HEADER_ONLY 1
 #endif
@@ -792,15 +794,6 @@ std::string compressor_fingerprint(const TrainConfig& c) {
     os << "}";
   }
   return os.str();
-}
-
-uint64_t fnv1a64(const void* data, size_t size, uint64_t h) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < size; ++i) {
-    h ^= p[i];
-    h *= 0x100000001b3ULL;
-  }
-  return h;
 }
 
 uint64_t config_hash(const TrainConfig& c, int64_t world_size) {

@@ -49,9 +49,6 @@ std::string model_fingerprint(const TrainConfig& config);
 std::string compressor_fingerprint(const TrainConfig& config);
 uint64_t config_hash(const TrainConfig& config, int64_t world_size);
 
-// 64-bit FNV-1a.
-uint64_t fnv1a64(const void* data, size_t size, uint64_t seed = 0xcbf29ce484222325ULL);
-
 // Levenshtein distance, and the closest candidate within a small distance ("" if none).
 size_t edit_distance(const std::string& a, const std::string& b);
 std::string closest_match(const std::string& word, const std::vector<std::string>& candidates);

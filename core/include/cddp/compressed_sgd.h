@@ -177,6 +177,8 @@ class CompressedSGD : public CompressedOptimizer {
   size_t overlap_bucket_count() const;
   // defaults().track_residual_norm(on), which step() reads each step.
   void set_track_residual_norm(bool on) override;
+  // The state of parameter `p`, or null before its first step (for reading checkpoints).
+  const CompressedSGDParamState* find_state(const at::Tensor& p) const;
   const CompressedSGDOptions& defaults_options() const;
 
  private:

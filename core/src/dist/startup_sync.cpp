@@ -4,6 +4,8 @@
 // a mismatch is a launch error that a person must see.
 #include <cddp/startup_sync.h>
 
+#include <cddp/fnv1a64.h>
+
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <c10/util/Exception.h>
@@ -16,14 +18,7 @@
 namespace cddp {
 namespace {
 
-uint64_t fnv1a(const std::string& s) {
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) {
-    h ^= c;
-    h *= 1099511628211ull;
-  }
-  return h;
-}
+uint64_t fnv1a(const std::string& s) { return fnv1a64(s.data(), s.size()); }
 
 // True when `local_hash` is the same on every rank (one tiny allgather).
 bool same_everywhere(Communicator& comm, uint64_t local_hash) {

@@ -169,6 +169,12 @@ CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
   return detail::param_state_of<CompressedSGDParamState>(state_, p);
 }
 
+const CompressedSGDParamState* CompressedSGD::find_state(const at::Tensor& p) const {
+  using Key = typename std::decay_t<decltype(state_)>::key_type;
+  auto it = state_.find(detail::state_key<Key>(p));
+  return it == state_.end() ? nullptr : static_cast<const CompressedSGDParamState*>(it->second.get());
+}
+
 // ---------------------------------------------------------------- step
 
 at::Tensor CompressedSGD::step(LossClosure closure) {
