@@ -30,6 +30,7 @@ std::unique_ptr<CompressedSGD> make_optimizer(const TrainConfig& cfg, const Comp
       .auto_dense(c.auto_dense)
       .rules(compression.rules)
       .seed(cfg.run.seed)
+      .overlap(cfg.distributed.overlap)
       .communicator(std::move(comm));
   try {
     return std::make_unique<CompressedSGD>(std::move(named_params), opts);

@@ -148,10 +148,8 @@ void CompressedSGD::start_overlap() {
   detail::OverlapEnvironment env{param_groups_, *settings_, names_, *exchange_, *payloads_, *comm_,
                                  {routes_, routing_log_}, density_override_, step_,
                                  [this](const at::Tensor& p) -> CompressedSGDParamState& { return state_for(p); },
-                                 [this](const at::Tensor& p) -> CompressedSGDParamState* {
-                                   auto it = state_.find(detail::state_key<Key>(p));
-                                   return it == state_.end() ? nullptr
-                                                             : static_cast<CompressedSGDParamState*>(it->second.get());
+                                 [this](const at::Tensor& p) {
+                                   return const_cast<CompressedSGDParamState*>(find_state(p));
                                  },
                                  [this](const at::Tensor& p) { state_.erase(detail::state_key<Key>(p)); }};
   const auto mib = [](double mb) { return int64_t(mb * 1024 * 1024); };
