@@ -1,4 +1,4 @@
-// sparse_allreduce_test.cpp — SparseAlgorithm::SparseAllreduce (core/src/comm/sparse_allreduce.h)
+// sparse_allreduce_test.cpp — SparseAlgorithm::SparseAllreduce (core/src/exchange/sparse_allreduce.h)
 // and 16-bit ValueWire through GradientExchange, over W in-process ranks (ThreadCommunicator):
 // bitwise identical ranks, exact conservation (W·mean + Σ returned == Σ sent, on values whose
 // sums are exact), empty and one-entry regions, W = 3, agreement with the allgather when the

@@ -45,6 +45,31 @@ TEST(PeerFailure, KilledRankMakesSurvivorsExitNamingIt) {
   }
 }
 
+TEST(PeerFailure, RankKilledInAnOverlappedBackwardMakesSurvivorsExitNamingIt) {
+  // W = 4 with overlap: rank 2 SIGKILLs itself inside its backward at step 5, after its first
+  // buckets have left; the survivors' comm threads are then in the buckets' collectives. The
+  // error must come out of step() and end each survivor within the timeout, naming rank 2.
+  JobRun run = run_workers(4, {"train", "--compressor", "topk", "--steps", "100000", "--sleep-ms", "20", "--overlap",
+                               "1", "--bucket-kb", "2", "--first-bucket-kb", "0.1", "--die-rank", "2", "--die-step",
+                               "5", "--die-how", "kill", "--die-in", "backward", "--plugin-dir", CDDP_TEST_PLUGIN_DIR,
+                               "--timeout", std::to_string(kTimeout)},
+                           [](LaunchOptions& o) { o.terminate_on_failure = false; });
+  EXPECT_NE(run.code, 0) << run.all();
+  const double died = run.when(2, "DYING");
+  ASSERT_GE(died, 0) << run.all();
+  EXPECT_NE(run.text(2).find("in backward"), std::string::npos) << run.all();
+  EXPECT_EQ(run.report.workers[2].signal, 9) << run.all();
+  for (int r : {0, 1, 3}) {
+    const WorkerExit& w = run.report.workers[r];
+    EXPECT_TRUE(w.exited && w.code == 1) << w.describe() << "\n" << run.all();
+    EXPECT_LT(w.seconds - died, kTimeout + 10) << run.all();
+    EXPECT_NE(run.text(r).find("rank 2 did not respond"), std::string::npos) << run.all();
+    const std::string t = run.text(r);
+    std::printf("overlap: rank %d exited %.2f s after rank 2 died: %s", r, w.seconds - died,
+                t.substr(t.find("ERROR")).c_str());
+  }
+}
+
 TEST(PeerFailure, StoppedRankTimesOutNamingIt) {
   // W = 2, rank 1 SIGSTOPs itself: rank 0's collective times out after 5 s, and the message
   // names rank 1. The launcher then stops the job (rank 1 is killed, SIGSTOP or not).

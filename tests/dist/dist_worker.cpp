@@ -7,8 +7,13 @@
 //               writes its parameters to --out/params_rank<R>.pt. Fault injection:
 //               --nan-rank/--nan-step (a NaN gradient), --die-rank/--die-step/--die-how
 //               kill|stop (SIGKILL / SIGSTOP itself), --ratio-rank1 (a different config).
-//               --momentum-mode global (default here) or dgc; --exchange allgather|sparse_allreduce|auto
+//               --momentum-mode global (default here) or dgc. --exchange allgather|sparse_allreduce|auto
 //               and --value-dtype fp32|bf16|fp16 (CompressedSGDOptions::exchange, value_dtype).
+//               --min-numel N (smaller tensors
+//               dense). --overlap 1: the exchange overlaps backward, in buckets of --bucket-kb
+//               KiB (the first of --first-bucket-kb); then the NaN is planted by a tensor hook
+//               during backward, and --die-in backward dies inside the backward (a hook on the
+//               first layer, whose bucket leaves last) while the other buckets are on the wire.
 //   bytes       one step of top-k on a --numel tensor (--index-coding block16|plain); prints
 //               "BYTES received=... k=..."; --exchange and --value-dtype as for train.
 //   rendezvous  connect, barrier, print "CONNECTED".
@@ -141,22 +146,42 @@ int role_train(const Args& a) {
   o.momentum(momentum).momentum_mode(momentum_mode).compressor(compressor).communicator(comm).seed(42);
   o.nonfinite(a.get("--nonfinite", "error"));
   o.exchange(a.get("--exchange", "allgather")).value_dtype(a.get("--value-dtype", "fp32"));
+  o.min_numel(a.integer("--min-numel", 0));
+  const bool overlap = a.integer("--overlap", 0) != 0;
+  o.overlap(overlap).bucket_cap_mb(a.num("--bucket-kb", 25600) / 1024).first_bucket_cap_mb(
+      a.num("--first-bucket-kb", 1024) / 1024);
   if (compressor) o.density(ratio);
   CompressedSGD opt(named, o);
 
   const int nan_rank = a.integer("--nan-rank", -1), nan_step = a.integer("--nan-step", -1);
   const int die_rank = a.integer("--die-rank", -1), die_step = a.integer("--die-step", -1);
   const std::string die_how = a.get("--die-how", "kill");
+  const bool die_in_backward = a.get("--die-in", "") == "backward";
   const int sleep_ms = a.integer("--sleep-ms", 0);
-  for (int step = 1; step <= steps; ++step) {
+  int step = 0;
+  params[0].register_hook([&](const at::Tensor& g) {
+    if (rank == die_rank && step == die_step && die_in_backward) {
+      std::printf("DYING at step %d by %s in backward\n", step, die_how.c_str());
+      std::fflush(stdout);
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the other buckets are sent
+      ::raise(die_how == "stop" ? SIGSTOP : SIGKILL);
+    }
+    if (overlap && rank == nan_rank && step == nan_step) {
+      at::Tensor bad = g.clone();
+      bad.view(-1)[3] = std::numeric_limits<float>::quiet_NaN();
+      return bad;
+    }
+    return g;
+  });
+  for (step = 1; step <= steps; ++step) {
     opt.zero_grad();
     Batch b = make_batch(rank, step);
     loss_of(params, b).backward();
-    if (rank == nan_rank && step == nan_step) {
+    if (!overlap && rank == nan_rank && step == nan_step) {
       at::NoGradGuard g;
       params[0].grad().view(-1)[3] = std::numeric_limits<float>::quiet_NaN();
     }
-    if (rank == die_rank && step == die_step) {
+    if (rank == die_rank && step == die_step && !die_in_backward) {
       std::printf("DYING at step %d by %s\n", step, die_how.c_str());
       std::fflush(stdout);
       ::raise(die_how == "stop" ? SIGSTOP : SIGKILL);

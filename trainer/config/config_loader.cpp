@@ -189,7 +189,8 @@ const std::vector<Section>& schema() {
     s.push_back({"distributed",
                  {enum_field("backend", &C::distributed, &DistributedConfig::backend, {"gloo", "nccl", "auto"}),
                   int_field("nproc_per_node", &C::distributed, &DistributedConfig::nproc_per_node, 1, 1024),
-                  float_field("timeout_s", &C::distributed, &DistributedConfig::timeout_s, 0, 86400, true)},
+                  float_field("timeout_s", &C::distributed, &DistributedConfig::timeout_s, 0, 86400, true),
+                  field("overlap", Kind::Bool, &C::distributed, &DistributedConfig::overlap)},
                  {}});
     s.push_back({"checkpoint",
                  {field("enabled", Kind::Bool, &C::checkpoint, &CheckpointConfig::enabled),

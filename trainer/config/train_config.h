@@ -108,6 +108,7 @@ struct DistributedConfig {
   std::string backend = "auto";  // "gloo" | "nccl" | "auto"
   int64_t nproc_per_node = 1;
   double timeout_s = 60;
+  bool overlap = false;  // CompressedSGDOptions::overlap: the exchange overlaps backward
 };
 
 struct CheckpointConfig {

@@ -62,6 +62,7 @@ std::unique_ptr<CompressedOptimizer> make_sgd(const TrainConfig& cfg, const Comp
       .auto_dense(c.auto_dense)
       .rules(compression.rules)
       .seed(cfg.run.seed)
+      .overlap(cfg.distributed.overlap)
       .communicator(std::move(comm));
   return std::make_unique<CompressedSGD>(std::move(named_params), opts);
 }

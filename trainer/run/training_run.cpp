@@ -319,6 +319,7 @@ TrainingRun::StepSums TrainingRun::forward_backward(BatchIterator& batches) {
       logits = model_->forward(images);
       loss = at::cross_entropy_loss(logits, labels);
     }
+    opt_->set_last_micro_batch(m == group - 1);  // with overlap: only the last one sends
     (group > 1 ? loss / double(group) : loss).backward();
     const double n = double(labels.size(0));
     sums.loss += loss.item<double>() * n;
@@ -377,9 +378,9 @@ void TrainingRun::record_step(const StepSums& sums, double step_ms, bool log_now
 
 bool TrainingRun::train_step(BatchIterator& batches) {
   auto step_t0 = Clock::now();
-  const StepSums sums = forward_backward(batches);
   const bool log_now = (step_ + 1) % cfg_.run.log_every == 0;
-  apply_schedules(log_now);
+  apply_schedules(log_now);  // before backward: with overlap, buckets leave during it
+  const StepSums sums = forward_backward(batches);
   opt_->step();
   ++step_;
   batch_in_epoch_ = batches.batch_index();

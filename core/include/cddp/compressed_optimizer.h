@@ -51,6 +51,9 @@ class CompressedOptimizer : public torch::optim::Optimizer {
     static const std::string none;
     return none;
   }
+  // Gradient accumulation with an exchange that overlaps backward: false before the backward of
+  // every micro-batch but the last. A no-op for optimizers that do not overlap.
+  virtual void set_last_micro_batch(bool /*last*/) {}
 };
 
 }  // namespace cddp

@@ -107,7 +107,7 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // receives (W−1)·k entries), "sparse_allreduce" (about 2k entries for any W: a region-wise
   // reduce-scatter and an allgather of each region's largest sums; what that re-selection drops
   // goes back into the residual of the rank that sent it), or "auto": chosen at the first step
-  // by the wire-cost model over W, k and the bytes (core/src/comm/wire_cost.h); what it chose
+  // by the wire-cost model over W, k and the bytes (core/src/exchange/wire_cost.h); what it chose
   // and why is exchange_decision(), for the caller to log once.
   TORCH_ARG(std::string, exchange) = "allgather";
   // How ranks talk; null means a LocalCommunicator (world size 1).
@@ -115,10 +115,20 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // Compute the residual norm into StepStats (one extra pass over residuals). Read from
   // defaults() at every step (the trainer turns it on for the steps it logs).
   TORCH_ARG(bool, track_residual_norm) = false;
-  // Param groups: nonfinite, scope, index_coding, value_dtype, exchange, communicator and track_residual_norm are
-  // optimizer-wide, and with scope "model" so are compressor, density, error_feedback and seed:
-  // a group that sets another value than defaults() is refused (at construction, or at the
-  // first step after add_param_group). Every other option is honoured per group.
+  // true: each bucket's compression and exchange start during backward, as soon as its
+  // gradients are final (core/src/optim/overlapped_step.h: what runs when, the same bits as
+  // false, the non-finite semantics). Buckets in reverse parameter order, closed at
+  // bucket_cap_mb MiB of gradient, the first at first_bucket_cap_mb — PyTorch DDP's 25 and 1.
+  // CPU parameters and scope "layer" only. With gradient accumulation call
+  // set_last_micro_batch(false) before every backward but the last. A wire setting, not state.
+  TORCH_ARG(bool, overlap) = false;
+  TORCH_ARG(double, bucket_cap_mb) = 25;
+  TORCH_ARG(double, first_bucket_cap_mb) = 1;
+  // Param groups: nonfinite, scope, index_coding, value_dtype, exchange, communicator,
+  // track_residual_norm and the three overlap options are optimizer-wide, and with scope
+  // "model" so are compressor, density, error_feedback and seed: a group that sets another
+  // value than defaults() is refused (at construction, or at the first step after
+  // add_param_group). Every other option is honoured per group.
 
  public:
   void serialize(torch::serialize::InputArchive& archive) override;
@@ -144,6 +154,8 @@ struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamSta
 namespace detail {
 struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
 class PayloadBuffers;  // per-tensor buffers of the payload stage (core/src/optim/payload_buffers.h)
+class OverlappedStep;  // Options::overlap (core/src/optim/overlapped_step.h)
+struct TensorStep;     // one parameter's record for a step (core/src/optim/step_plan.h)
 }  // namespace detail
 
 class CompressedSGD : public CompressedOptimizer {
@@ -174,6 +186,12 @@ class CompressedSGD : public CompressedOptimizer {
   // Overrides the density of every compressed tensor from the next step on (warm-up
   // schedules); <0 restores the configured density.
   void set_density(double density) override { density_override_ = density; }
+  // With overlap: false makes the next backward passes only accumulate gradients (the
+  // micro-batches of a gradient accumulation before the last); true (the default) lets the next
+  // backward start the exchange. Stays as set. No effect without overlap.
+  void set_last_micro_batch(bool last) override;
+  // With overlap, how many buckets the parameters were split into (0 without overlap).
+  size_t overlap_bucket_count() const;
   // defaults().track_residual_norm(on), which step() reads each step.
   void set_track_residual_norm(bool on) override;
   // The state of parameter `p`, or null before its first step (for reading checkpoints).
@@ -190,6 +208,9 @@ class CompressedSGD : public CompressedOptimizer {
   void adopt_new_param_groups();
   // exchange "auto": picks the sparse exchange once, from every rank's mean selection size.
   void decide_exchange(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels);
+  void start_overlap();
+  // Stage 5 and the stats, shared by the serial and the overlapped step.
+  at::Tensor finish_step(std::vector<detail::TensorStep>& tensors, StepStats& st, at::Tensor loss);
 
   std::vector<std::string> names_;  // parallel to the flattened parameter list
   std::shared_ptr<Communicator> comm_;
@@ -206,6 +227,8 @@ class CompressedSGD : public CompressedOptimizer {
   std::string exchange_decision_;
   int64_t step_ = 0;
   double density_override_ = -1;
+  // Last: its hooks and comm thread reach every member above, so it goes first.
+  std::unique_ptr<detail::OverlappedStep> overlap_;
 };
 
 // Shell-style glob match ('*' any run, '?' one character), used for rules and skip lists.

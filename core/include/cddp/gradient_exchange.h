@@ -55,7 +55,7 @@ enum class ValueWire { Native, BFloat16, Half };
 // How sparse selections are averaged at world size > 1:
 //   Allgather:       every rank receives every other rank's selection, (W−1)·k entries;
 //   SparseAllreduce: a region-wise sparse reduce-scatter, a re-selection of each region's
-//                    largest sums and an allgather of them (core/src/comm/sparse_allreduce.h):
+//                    largest sums and an allgather of them (core/src/exchange/sparse_allreduce.h):
 //                    about 2k entries for any W. What the re-selection drops is handed back in
 //                    `returned`, for the residual of the rank that sent it.
 enum class SparseAlgorithm { Allgather, SparseAllreduce };

@@ -24,7 +24,7 @@
 //
 // Unlike Ok-Topk, the regions are equal index ranges, not rebalanced from the last step's
 // selections, and the kept count is a fixed budget, not a threshold: an owner whose region holds
-// more than b strong entries returns the rest. Internal to core/src/comm. It will not decide
+// more than b strong entries returns the rest. Internal to core/src/exchange. It will not decide
 // routing, touch residuals itself, or handle selections other than CPU float/double ones.
 #pragma once
 

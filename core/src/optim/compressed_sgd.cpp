@@ -8,6 +8,7 @@
 #include "error_feedback.h"
 #include "exchange_stage.h"
 #include "nonfinite_guard.h"
+#include "overlapped_step.h"
 #include "param_state_of.h"
 #include "payload_stage.h"
 #include "sgd_update.h"
@@ -121,6 +122,7 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   exchange_decided_ = settings_->exchange != detail::ExchangeChoice::Auto;
   payloads_ = std::make_unique<PayloadExchange>(*comm_);
   payload_buffers_ = std::make_unique<detail::PayloadBuffers>();
+  if (defaults.overlap()) start_overlap();
 }
 
 CompressedSGD::CompressedSGD(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -150,6 +152,26 @@ void CompressedSGD::adopt_new_param_groups() {
                         defaults_options(), i);
 }
 
+void CompressedSGD::start_overlap() {
+  using Key = typename std::decay_t<decltype(state_)>::key_type;
+  detail::OverlapEnvironment env{param_groups_, *settings_, names_, *exchange_, *payloads_, *payload_buffers_, *comm_,
+                                 {routes_, routing_log_}, density_override_, step_,
+                                 [this](const at::Tensor& p) -> CompressedSGDParamState& { return state_for(p); },
+                                 [this](const at::Tensor& p) {
+                                   return const_cast<CompressedSGDParamState*>(find_state(p));
+                                 },
+                                 [this](const at::Tensor& p) { state_.erase(detail::state_key<Key>(p)); }};
+  const auto mib = [](double mb) { return int64_t(mb * 1024 * 1024); };
+  overlap_ = std::make_unique<detail::OverlappedStep>(std::move(env), mib(defaults_options().first_bucket_cap_mb()),
+                                                      mib(defaults_options().bucket_cap_mb()));
+}
+
+void CompressedSGD::set_last_micro_batch(bool last) {
+  if (overlap_) overlap_->set_armed(last);
+}
+
+size_t CompressedSGD::overlap_bucket_count() const { return overlap_ ? overlap_->bucket_count() : 0; }
+
 CompressedSGDParamState& CompressedSGD::state_for(const at::Tensor& p) {
   return detail::param_state_of<CompressedSGDParamState>(state_, p);
 }
@@ -174,8 +196,22 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   StepStats st;
   st.step = step_ + 1;
 
+  std::vector<detail::TensorStep> tensors;
+  if (overlap_) {
+    // Stages 1–4 ran per bucket during backward (overlapped_step.h); what is left runs here.
+    if (!overlap_->finish(tensors, st)) {
+      st.step = step_;
+      st.skipped = true;
+      last_ = st;
+      total_.add(st);
+      return loss;
+    }
+    ++step_;
+    return finish_step(tensors, st, loss);
+  }
+
   // 1. Plan: g = grad + weight_decay·p, compressor, density and error feedback per tensor.
-  std::vector<detail::TensorStep> tensors = detail::collect_gradients(param_groups_, settings, names_, density_override_);
+  tensors = detail::collect_gradients(param_groups_, settings, names_, density_override_);
 
   // 2. Non-finite gradients: all ranks error, or all ranks skip. Nothing has changed yet.
   if (detail::nonfinite_skips_step(tensors, *exchange_, settings.nonfinite, step_ + 1, comm_->rank())) {
@@ -210,6 +246,10 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
   detail::exchange_payloads(routed, *payloads_, *payload_buffers_, *comm_, step_, st);
 
+  return finish_step(tensors, st, loss);
+}
+
+at::Tensor CompressedSGD::finish_step(std::vector<detail::TensorStep>& tensors, StepStats& st, at::Tensor loss) {
   // 5. Apply, as torch::optim::SGD does; momentum too where it was not applied before compression.
   detail::apply_sgd_updates(tensors);
 
@@ -259,6 +299,7 @@ void CompressedSGD::load(torch::serialize::InputArchive& archive) {
     o.nonfinite(live[i].nonfinite()).min_numel(live[i].min_numel()).compress_1d(live[i].compress_1d());
     o.auto_dense(live[i].auto_dense()).track_residual_norm(live[i].track_residual_norm());
     o.index_coding(live[i].index_coding()).value_dtype(live[i].value_dtype()).exchange(live[i].exchange());
+    o.overlap(live[i].overlap()).bucket_cap_mb(live[i].bucket_cap_mb()).first_bucket_cap_mb(live[i].first_bucket_cap_mb());
     // Parsed once (typed_options.h): the live strings stay, the checkpoint's are only a record —
     // as before, when step() read them from defaults(), which loading never changes.
     o.momentum_mode(live[i].momentum_mode()).scope(live[i].scope());

@@ -113,7 +113,7 @@ TensorStep plan_tensor(const at::Tensor& p, int64_t index, size_t group, const s
 
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,
-                                          double density_override) {
+                                          double density_override, const std::vector<char>* only) {
   std::vector<TensorStep> tensors;
   int64_t flat_index = 0;
   for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -122,6 +122,7 @@ std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerPar
     knobs.residual_lr_scaling = o.residual_lr_scaling();
     for (auto& p : groups[gi].params()) {
       const int64_t index = flat_index++;
+      if (only && !(*only)[size_t(index)]) continue;
       if (!p.grad().defined()) continue;
       TensorStep t = plan_tensor(p, index, gi, names, knobs, density_override);
       t.opt = &o;

@@ -109,9 +109,10 @@ TensorStep plan_tensor(const at::Tensor& p, int64_t index, size_t group, const s
 
 // CompressedSGD: every parameter with a gradient, in param_groups() order, planned by
 // plan_tensor, with g = grad + weight_decay·p (as torch::optim::SGD computes it).
+// `only` (per flat parameter index, non-zero: take part): a subset, such as one overlap bucket.
 std::vector<TensorStep> collect_gradients(std::vector<torch::optim::OptimizerParamGroup>& groups,
                                           const StepSettings& settings, const std::vector<std::string>& names,
-                                          double density_override);
+                                          double density_override, const std::vector<char>* only = nullptr);
 
 // The tensors of each route, in parameter order.
 struct RoutedTensors {

@@ -35,6 +35,16 @@ void check_options(const CompressedSGDOptions& o, const std::string& where) {
   TORCH_CHECK(!(o.scope() == "model" && o.momentum_mode() == "dgc" && o.momentum() != 0), where,
               "scope \"model\" with momentum needs momentum_mode \"global\" (DGC's momentum correction is "
               "kept per tensor); momentum_mode is \"dgc\", the default");
+  TORCH_CHECK(!(o.overlap() && o.scope() == "model"), where,
+              "overlap needs scope \"layer\": scope \"model\" makes one selection over every gradient, which "
+              "cannot start before backward has finished them all");
+  // The overlapped buckets run the allgather exchange; "auto" decides at step(), after the
+  // buckets have left, and the sparse allreduce has not been tested per bucket yet.
+  TORCH_CHECK(!(o.overlap() && o.exchange() != "allgather"), where, "overlap needs exchange \"allgather\", got \"",
+              o.exchange(), "\" (\"auto\" chooses at step(), after the overlapped buckets have been sent; the sparse "
+              "allreduce does not run per bucket yet)");
+  TORCH_CHECK(o.bucket_cap_mb() > 0 && o.first_bucket_cap_mb() > 0, where, "Invalid bucket_cap_mb ",
+              o.bucket_cap_mb(), " / first_bucket_cap_mb ", o.first_bucket_cap_mb(), "; expected > 0 (MiB)");
 }
 
 StepSettings parse_settings(const CompressedSGDOptions& d) {
@@ -71,6 +81,10 @@ void adopt_group(StepSettings& s, const CompressedSGDOptions& g, const Compresse
   require_same(g.communicator(), d.communicator(), index, "communicator", "the exchange's ranks");
   require_same(g.track_residual_norm(), d.track_residual_norm(), index, "track_residual_norm",
                "one norm over every residual");
+  const char* buckets = "the buckets of the overlapped exchange are planned once, over every parameter";
+  require_same(g.overlap(), d.overlap(), index, "overlap", buckets);
+  require_same(g.bucket_cap_mb(), d.bucket_cap_mb(), index, "bucket_cap_mb", buckets);
+  require_same(g.first_bucket_cap_mb(), d.first_bucket_cap_mb(), index, "first_bucket_cap_mb", buckets);
   if (s.scope == SelectionScope::Model) {
     const char* why = "with scope \"model\" one selection is made for every group's tensors together";
     require_same(g.compressor(), d.compressor(), index, "compressor", why);

@@ -16,7 +16,9 @@
 //     index_coding, value_dtype, exchange — the exchange's wire format, one per GradientExchange;
 //     communicator — the exchange's ranks, fixed at construction;
 //     track_residual_norm — one norm over every residual; the trainer flips it on defaults()
-//       between steps, so it is compared when a group joins, not afterwards.
+//       between steps, so it is compared when a group joins, not afterwards;
+//     overlap, bucket_cap_mb, first_bucket_cap_mb — the buckets are planned once, over every
+//       parameter (overlapped_step.h).
 //   with scope "model", the whole-model selection is made once, with the compressor, density,
 //     error_feedback and seed of its first tensor: groups must agree with defaults() on those.
 //
