@@ -263,4 +263,17 @@ TEST(Overlap, ScopeModelIsRefusedWithTheReason) {
   EXPECT_NE(caps.find("Invalid bucket_cap_mb 0"), std::string::npos) << caps;
 }
 
+TEST(Overlap, AnExchangeOtherThanAllgatherIsRefusedWithTheReason) {
+  Mlp m;
+  for (const char* exchange : {"auto", "sparse_allreduce"}) {
+    const std::string msg = error_of([&] {
+      cddp::CompressedSGD opt(m.params, cddp::CompressedSGDOptions(0.1).overlap(true).exchange(exchange));
+    });
+    EXPECT_NE(msg.find(std::string("overlap needs exchange \"allgather\", got \"") + exchange + "\""),
+              std::string::npos)
+        << msg;
+  }
+  EXPECT_NO_THROW(cddp::CompressedSGD(m.params, cddp::CompressedSGDOptions(0.1).overlap(true).exchange("allgather")));
+}
+
 }  // namespace
