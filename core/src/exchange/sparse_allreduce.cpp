@@ -253,6 +253,7 @@ std::vector<uint8_t> pack_kept(const Call& call, const std::vector<KeptRegion>& 
     append_bytes(out, &n, 8);
     const size_t at = out.size();
     out.resize(at + b * (4 + vb), 0);
+    if (n == 0) continue;  // an empty region's buffers may be null, and memcpy(_, null, 0) is UB
     std::memcpy(out.data() + at, kept[i].offset.data(), n * 4);
     std::memcpy(out.data() + at + b * 4, kept[i].wire.data_ptr(), n * vb);
   }
