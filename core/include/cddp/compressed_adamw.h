@@ -38,6 +38,7 @@
 #include <cddp/compressed_sgd.h>
 #include <cddp/compression_memory.h>
 #include <cddp/compressor.h>
+#include <cddp/option_defaults.h>
 
 #include <torch/optim/optimizer.h>
 #include <torch/optim/serialize.h>
@@ -55,26 +56,26 @@ struct CompressedAdamWOptions : public torch::optim::OptimizerCloneableOptions<C
   CompressedAdamWOptions(double lr = 1e-3);
   TORCH_ARG(double, lr) = 1e-3;
   typedef std::tuple<double, double> betas_t;
-  TORCH_ARG(betas_t, betas) = std::make_tuple(0.9, 0.999);
-  TORCH_ARG(double, eps) = 1e-8;
+  TORCH_ARG(betas_t, betas) = std::make_tuple(defaults::kAdamBeta1, defaults::kAdamBeta2);
+  TORCH_ARG(double, eps) = defaults::kAdamEps;
   TORCH_ARG(double, weight_decay) = 1e-2;  // decoupled: p ← p·(1 − lr·λ), as torch::optim::AdamW
-  TORCH_ARG(bool, amsgrad) = false;        // "naive" only: a frozen variance has no running max
+  TORCH_ARG(bool, amsgrad) = defaults::kAmsgrad;     // "naive" only: a frozen variance has no running max
   // "onebit" or "naive" (see above). Optimizer-wide; parsed at construction.
-  TORCH_ARG(std::string, mode) = "onebit";
+  TORCH_ARG(std::string, mode) = defaults::kAdamWMode;
   // onebit: optimizer steps of dense AdamW before the variance freezes (>= 1; the paper's
   // guidance is ~15-25 % of training; DeepSpeed calls it freeze_step). Optimizer-wide.
-  TORCH_ARG(int64_t, warmup_steps) = 100;
+  TORCH_ARG(int64_t, warmup_steps) = defaults::kOnebitWarmupSteps;
   // Compression, as in CompressedSGDOptions (same meaning, same defaults).
   TORCH_ARG(std::shared_ptr<Compressor>, compressor) = nullptr;
   TORCH_ARG(double, density) = -1;
-  TORCH_ARG(bool, error_feedback) = true;
-  TORCH_ARG(int64_t, min_numel) = 0;
-  TORCH_ARG(bool, compress_1d) = true;
-  TORCH_ARG(bool, auto_dense) = true;
+  TORCH_ARG(bool, error_feedback) = defaults::kErrorFeedback;
+  TORCH_ARG(int64_t, min_numel) = defaults::kLibraryMinNumel;
+  TORCH_ARG(bool, compress_1d) = defaults::kCompress1d;
+  TORCH_ARG(bool, auto_dense) = defaults::kAutoDense;
   TORCH_ARG(std::vector<CompressionRule>, rules) = {};
   TORCH_ARG(int64_t, seed) = 0;
-  TORCH_ARG(std::string, nonfinite) = "error";      // optimizer-wide
-  TORCH_ARG(std::string, index_coding) = "block16";  // optimizer-wide
+  TORCH_ARG(std::string, nonfinite) = defaults::kNonfinite; // optimizer-wide
+  TORCH_ARG(std::string, index_coding) = defaults::kIndexCoding;  // optimizer-wide
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;  // optimizer-wide
   TORCH_ARG(bool, track_residual_norm) = false;
   // Param groups may set lr, betas, eps, weight_decay, amsgrad and the compression options
@@ -104,7 +105,6 @@ struct CompressedAdamWParamState : public torch::optim::OptimizerCloneableParamS
 
 namespace detail {
 struct AdamWSettings;  // the option strings, parsed (compressed_adamw.cpp)
-class PayloadBuffers;  // per-tensor buffers of the payload stage (core/src/optim/payload_buffers.h)
 }  // namespace detail
 
 class CompressedAdamW : public CompressedOptimizer {
@@ -123,11 +123,6 @@ class CompressedAdamW : public CompressedOptimizer {
   // format version.
   void load(torch::serialize::InputArchive& archive) override;
 
-  const StepStats& last_step_stats() const override { return last_; }
-  const CumulativeStats& cumulative_stats() const override { return total_; }
-  const std::vector<RoutingDecision>& routing() const override { return routing_log_; }
-  int64_t step_count() const override { return step_; }
-  void set_density(double density) override { density_override_ = density; }
   void set_track_residual_norm(bool on) override;
   const CompressedAdamWOptions& defaults_options() const;
   // The state of parameter `p`, or null before its first step (for reading checkpoints).
@@ -143,19 +138,8 @@ class CompressedAdamW : public CompressedOptimizer {
   CompressedAdamWParamState& state_for(const at::Tensor& p);
   void adopt_new_param_groups();
 
-  std::vector<std::string> names_;
-  std::shared_ptr<Communicator> comm_;
-  std::unique_ptr<GradientExchange> exchange_;
-  std::unique_ptr<PayloadExchange> payloads_;
-  std::unique_ptr<detail::PayloadBuffers> payload_buffers_;  // the payload stage's, step to step
   std::unique_ptr<detail::AdamWSettings> settings_;
   size_t groups_checked_ = 0;
-  std::map<std::string, Route> routes_;
-  std::vector<RoutingDecision> routing_log_;
-  StepStats last_;
-  CumulativeStats total_;
-  int64_t step_ = 0;
-  double density_override_ = -1;
 };
 
 }  // namespace cddp

@@ -24,6 +24,7 @@
 #include <cddp/compression_stats.h>
 #include <cddp/compressor.h>
 #include <cddp/gradient_exchange.h>
+#include <cddp/option_defaults.h>
 #include <cddp/payload_exchange.h>
 
 #include <torch/optim/optimizer.h>
@@ -57,7 +58,7 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   TORCH_ARG(std::shared_ptr<Compressor>, compressor) = nullptr;
   // Density handed to the compressor each step (CompressContext::ratio); <0: its own.
   TORCH_ARG(double, density) = -1;
-  TORCH_ARG(bool, error_feedback) = true;
+  TORCH_ARG(bool, error_feedback) = defaults::kErrorFeedback;
   // true: keeps the residual in units of the current learning rate — when lr changes from lr'
   // to lr the residual is multiplied by lr'/lr, so lr·residual, the parameter change still
   // owed, is unchanged. Error feedback as published stores the lr-scaled update (Stich et al.
@@ -66,7 +67,7 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // was high is applied at the later, lower lr — a decay of stale gradient that measured
   // better: docs/results.md, 2.0 points better at 94 steps of a cosine schedule, 0.1 worse at
   // 470. No effect at a constant lr.
-  TORCH_ARG(bool, residual_lr_scaling) = false;
+  TORCH_ARG(bool, residual_lr_scaling) = defaults::kResidualLrScaling;
   // The string options (momentum_mode, nonfinite, scope, index_coding, value_dtype, exchange) are parsed once,
   // when the optimizer is constructed or a param group added: edit them before that.
   // "dgc" (default): momentum corrected locally before compression, with momentum factor
@@ -74,42 +75,37 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // every top-k run (1 % and 0.1 %, 94 steps) and 2.2 above on the main job.
   // "global": momentum on the averaged sparse gradient, exactly torch::optim::SGD's update
   // (bitwise equal to it at ratio 1). Tensors on the dense route always use "global".
-  TORCH_ARG(std::string, momentum_mode) = "dgc";
+  TORCH_ARG(std::string, momentum_mode) = defaults::kMomentumMode;
   // "error": a NaN/Inf gradient throws, naming parameter and step. "skip_step": nothing changes.
-  TORCH_ARG(std::string, nonfinite) = "error";
+  TORCH_ARG(std::string, nonfinite) = defaults::kNonfinite;
   // "layer": top-k per tensor. "model": one selection over all compressible gradients.
-  TORCH_ARG(std::string, scope) = "layer";
+  TORCH_ARG(std::string, scope) = defaults::kScope;
   // Dense-routing policy: tensors smaller than min_numel, 1-D tensors (biases, norms) when
   // compress_1d is false, and tensors whose sparse exchange would cost at least as many bytes
   // as a dense ring allreduce (W·density ≥ 1) when auto_dense is true.
-  // min_numel is 0 here and 32768 in the trainer (trainer/config/train_config.h), on purpose:
-  // the library compresses every tensor it is given, with no threshold measured on anybody's
-  // model; the trainer's default is a measured choice for the models it trains — at 1 % a small
-  // tensor gets a handful of entries a step, and the small tensors (biases, the classifier) are
-  // the ones that matter most per parameter: sending the study mlp's 20,480-entry classifier
-  // dense lifted top-k 1 % from 1.34 to 0.57 points under dense, over three seeds, for 80 kB of
-  // dense allreduce a step (docs/results.md, "Small tensors dense: the min_numel default").
-  TORCH_ARG(int64_t, min_numel) = 0;
-  TORCH_ARG(bool, compress_1d) = true;
-  TORCH_ARG(bool, auto_dense) = true;
+  // min_numel is 0 here and 32768 in cddp-train, on purpose: why, in option_defaults.h (the
+  // defaults of both, in one place).
+  TORCH_ARG(int64_t, min_numel) = defaults::kLibraryMinNumel;
+  TORCH_ARG(bool, compress_1d) = defaults::kCompress1d;
+  TORCH_ARG(bool, auto_dense) = defaults::kAutoDense;
   TORCH_ARG(std::vector<CompressionRule>, rules) = {};
   TORCH_ARG(int64_t, seed) = 0;
   // How the sparse route's indices travel: "block16" (default; 2 bytes an index plus 4 bytes per
   // 65,536 entries, see IndexCoding) or "plain" (int32). Changes bytes, never results. A wire
   // setting, not state: like the compressor it is not saved, and every rank must agree on it.
-  TORCH_ARG(std::string, index_coding) = "block16";
+  TORCH_ARG(std::string, index_coding) = defaults::kIndexCoding;
   // How the sparse route's values travel (ValueWire): "fp32" (default: as they are), "bf16" or
   // "fp16", 2 bytes a value. The rounding goes back into this rank's residual (acc − D(rounded
   // sent)), so error feedback loses nothing; fp16 refuses a value past 65504 with an error.
   // Only the sparse (allgather-kind) route; shared-index and dense routes send their dtype.
-  TORCH_ARG(std::string, value_dtype) = "fp32";
+  TORCH_ARG(std::string, value_dtype) = defaults::kValueDtype;
   // How the sparse route is averaged (SparseAlgorithm): "allgather" (default; every rank
   // receives (W−1)·k entries), "sparse_allreduce" (about 2k entries for any W: a region-wise
   // reduce-scatter and an allgather of each region's largest sums; what that re-selection drops
   // goes back into the residual of the rank that sent it), or "auto": chosen at the first step
   // by the wire-cost model over W, k and the bytes (core/src/exchange/wire_cost.h); what it chose
   // and why is exchange_decision(), for the caller to log once.
-  TORCH_ARG(std::string, exchange) = "allgather";
+  TORCH_ARG(std::string, exchange) = defaults::kExchange;
   // How ranks talk; null means a LocalCommunicator (world size 1).
   TORCH_ARG(std::shared_ptr<Communicator>, communicator) = nullptr;
   // Compute the residual norm into StepStats (one extra pass over residuals). Read from
@@ -121,9 +117,9 @@ struct CompressedSGDOptions : public torch::optim::OptimizerCloneableOptions<Com
   // bucket_cap_mb MiB of gradient, the first at first_bucket_cap_mb — PyTorch DDP's 25 and 1.
   // CPU parameters and scope "layer" only. With gradient accumulation call
   // set_last_micro_batch(false) before every backward but the last. A wire setting, not state.
-  TORCH_ARG(bool, overlap) = false;
-  TORCH_ARG(double, bucket_cap_mb) = 25;
-  TORCH_ARG(double, first_bucket_cap_mb) = 1;
+  TORCH_ARG(bool, overlap) = defaults::kOverlap;
+  TORCH_ARG(double, bucket_cap_mb) = defaults::kBucketCapMb;
+  TORCH_ARG(double, first_bucket_cap_mb) = defaults::kFirstBucketCapMb;
   // Param groups: nonfinite, scope, index_coding, value_dtype, exchange, communicator,
   // track_residual_norm and the three overlap options are optimizer-wide, and with scope
   // "model" so are compressor, density, error_feedback and seed: a group that sets another
@@ -153,7 +149,6 @@ struct CompressedSGDParamState : public torch::optim::OptimizerCloneableParamSta
 
 namespace detail {
 struct StepSettings;  // the option strings, parsed (core/src/optim/typed_options.h)
-class PayloadBuffers;  // per-tensor buffers of the payload stage (core/src/optim/payload_buffers.h)
 class OverlappedStep;  // Options::overlap (core/src/optim/overlapped_step.h)
 struct TensorStep;     // one parameter's record for a step (core/src/optim/step_plan.h)
 }  // namespace detail
@@ -174,18 +169,10 @@ class CompressedSGD : public CompressedOptimizer {
   void save(torch::serialize::OutputArchive& archive) const override;
   void load(torch::serialize::InputArchive& archive) override;
 
-  const StepStats& last_step_stats() const override { return last_; }
-  const CumulativeStats& cumulative_stats() const override { return total_; }
-  // Routing decisions made so far, in the order first made (for logging them once).
-  const std::vector<RoutingDecision>& routing() const override { return routing_log_; }
-  int64_t step_count() const override { return step_; }
-  // exchange "auto": the choice made at the first step with a sparse tensor and why (one line);
-  // empty before it, and for "allgather" / "sparse_allreduce".
-  const std::string& exchange_decision() const { return exchange_decision_; }
+  // last_step_stats(), cumulative_stats(), routing(), step_count(), set_density() and
+  // exchange_decision() (exchange "auto": the choice made at the first step with a sparse
+  // tensor, and why): CompressedOptimizer.
 
-  // Overrides the density of every compressed tensor from the next step on (warm-up
-  // schedules); <0 restores the configured density.
-  void set_density(double density) override { density_override_ = density; }
   // With overlap: false makes the next backward passes only accumulate gradients (the
   // micro-batches of a gradient accumulation before the last); true (the default) lets the next
   // backward start the exchange. Stays as set. No effect without overlap.
@@ -206,28 +193,14 @@ class CompressedSGD : public CompressedOptimizer {
   CompressedSGDParamState& state_for(const at::Tensor& p);
   // Checks and parses the param groups not seen yet (add_param_group): a size check per step.
   void adopt_new_param_groups();
-  // exchange "auto": picks the sparse exchange once, from every rank's mean selection size.
-  void decide_exchange(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels);
   void start_overlap();
   // Stage 5 and the stats, shared by the serial and the overlapped step.
   at::Tensor finish_step(std::vector<detail::TensorStep>& tensors, StepStats& st, at::Tensor loss);
 
-  std::vector<std::string> names_;  // parallel to the flattened parameter list
-  std::shared_ptr<Communicator> comm_;
-  // Over *comm_; keeps its byte buffers and every tensor's average buffer between steps.
-  std::unique_ptr<GradientExchange> exchange_;
-  std::unique_ptr<PayloadExchange> payloads_;  // over *comm_: codecs that are not selections
-  std::unique_ptr<detail::PayloadBuffers> payload_buffers_;  // their per-tensor buffers, step to step
   std::unique_ptr<detail::StepSettings> settings_;
-  std::map<std::string, Route> routes_;
-  std::vector<RoutingDecision> routing_log_;
-  StepStats last_;
-  CumulativeStats total_;
   bool exchange_decided_ = false;  // exchange "auto": chosen at the first step with a sparse tensor
-  std::string exchange_decision_;
-  int64_t step_ = 0;
-  double density_override_ = -1;
-  // Last: its hooks and comm thread reach every member above, so it goes first.
+  // Last: its hooks and comm thread reach every member above and CompressedOptimizer's, so it
+  // is destroyed first (a derived class's members go before its base's).
   std::unique_ptr<detail::OverlappedStep> overlap_;
 };
 

@@ -199,8 +199,14 @@ class GradientExchange {
   IndexCoding index_coding() const { return coding_; }
   ValueWire value_wire() const { return values_; }
   SparseAlgorithm algorithm() const { return algorithm_; }
-  // Every rank must switch at the same call (CompressedSGD decides "auto" once, at its first step).
+  // Every rank must switch at the same call.
   void set_algorithm(SparseAlgorithm a) { algorithm_ = a; }
+  // exchange "auto": sets algorithm() by the wire-cost model (core/src/exchange/wire_cost.h) from
+  // the selection sizes averaged over ranks — one allreduce, so every rank picks the same even
+  // where a threshold compressor's sizes differ between ranks — and returns what it compared,
+  // in one line, for the log. Collective: every rank calls it at the same point. counts[i] is
+  // this rank's entry count of a tensor of numels[i] entries.
+  std::string choose_algorithm(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels);
 
   // Writes every slot's average. With SparseSlot::reuse, clears only what the previous call
   // wrote (see SparseOutputState); without, clears the whole output first.

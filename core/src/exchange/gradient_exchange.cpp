@@ -6,11 +6,13 @@
 #include "sparse_allreduce.h"
 #include "sparse_decode.h"
 #include "wire_cost.h"
+#include "../ms_since.h"
 
 #include <ATen/ATen.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <map>
@@ -29,12 +31,9 @@ namespace {
 using detail::clear_stale;
 using detail::ring_allreduce_bytes;
 using detail::Stale;
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
-int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
+using detail::Clock;
+using detail::ms_since;
+using detail::pad8;
 
 using Layout = GradientExchange::Layout;
 
@@ -628,6 +627,19 @@ void GradientExchange::average_dense(std::vector<at::Tensor>& tensors, StepStats
     stats.bytes_received += ring_allreduce_bytes(bytes, world);
   }
   stats.comm_ms += ms_since(t0);
+}
+
+std::string GradientExchange::choose_algorithm(const std::vector<int64_t>& counts,
+                                               const std::vector<int64_t>& numels) {
+  at::Tensor k = at::tensor(counts, at::kDouble);
+  comm_.allreduce_sum_(k);
+  const int W = comm_.world_size();
+  std::vector<int64_t> mean_counts;
+  const double* sum = k.data_ptr<double>();
+  for (int64_t i = 0; i < k.numel(); ++i) mean_counts.push_back(int64_t(std::ceil(sum[i] / W)));
+  std::string why;
+  algorithm_ = detail::choose_sparse_algorithm(mean_counts, numels, values_, coding_, W, why);
+  return why;
 }
 
 }  // namespace cddp

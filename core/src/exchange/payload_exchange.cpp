@@ -2,6 +2,9 @@
 // byte counts of each (compression_stats.h's model), for codecs that are not selections.
 #include <cddp/payload_exchange.h>
 
+#include "wire_cost.h"
+#include "../ms_since.h"
+
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
@@ -13,13 +16,11 @@
 namespace cddp {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
+using detail::Clock;
+using detail::ms_since;
+using detail::pad8;
+using detail::ring_allreduce_bytes;
 
-int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
-int64_t ring_bytes(int64_t bytes, int world) { return world > 1 ? (2 * (world - 1) * bytes) / world : 0; }
 int64_t bytes_of(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
 // A payload is what the plugin promised: defined, contiguous, CPU parts, and the declared size.
@@ -72,8 +73,8 @@ void CountingRoundCollective::allreduce_sum_(at::Tensor& tensor) {
   }
   const auto t0 = Clock::now();
   comm_.allreduce_sum_(tensor);
-  stats_.bytes_sent += ring_bytes(bytes, world);
-  stats_.bytes_received += ring_bytes(bytes, world);
+  stats_.bytes_sent += ring_allreduce_bytes(bytes, world);
+  stats_.bytes_received += ring_allreduce_bytes(bytes, world);
   stats_.comm_ms += ms_since(t0);
 }
 
@@ -171,8 +172,8 @@ void PayloadExchange::sum(std::vector<PayloadSlot>& slots, StepStats& stats) {
     stats.payload_bytes += bytes;
     if (world > 1) {
       comm_.allreduce_sum_(buffer);
-      stats.bytes_sent += ring_bytes(bytes, world);
-      stats.bytes_received += ring_bytes(bytes, world);
+      stats.bytes_sent += ring_allreduce_bytes(bytes, world);
+      stats.bytes_received += ring_allreduce_bytes(bytes, world);
     } else {
       stats.bytes_sent += bytes;
     }

@@ -27,6 +27,10 @@ namespace cddp::detail {
 // Bytes a ring allreduce of `bytes` sends (and receives) per rank, in whole bytes; 0 at W = 1.
 int64_t ring_allreduce_bytes(int64_t bytes, int world);
 
+// `bytes` rounded up to a multiple of 8: where the next part of a packed buffer starts, so every
+// part stays aligned for its widest element.
+inline int64_t pad8(int64_t bytes) { return (bytes + 7) & ~int64_t{7}; }
+
 // The real-valued ring allreduce cost of `numel` values of `value_bytes` each: 2(W−1)/W · B,
 // and B itself at W = 1 (what a dense exchange would carry). StepStats::bytes_dense_equivalent
 // is this, truncated.

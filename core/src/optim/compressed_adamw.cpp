@@ -2,7 +2,6 @@
 // serialization, and step(), a driver over the stages of this directory (compressed_adamw.h).
 #include <cddp/compressed_adamw.h>
 #include <cddp/gradient_exchange.h>
-#include <cddp/local_communicator.h>
 #include <cddp/payload_exchange.h>
 
 #include "adamw_update.h"
@@ -14,6 +13,7 @@
 #include "payload_stage.h"
 #include "step_plan.h"
 #include "typed_options.h"
+#include "../ms_since.h"
 
 #include <ATen/ATen.h>
 #include <torch/serialize/archive.h>
@@ -79,21 +79,6 @@ void require_same(const T& group, const T& defaults, size_t index, const char* o
               " is optimizer-wide: set it in the options the optimizer is constructed with");
 }
 
-std::vector<at::Tensor> tensors_of(const std::vector<std::pair<std::string, at::Tensor>>& named) {
-  std::vector<at::Tensor> out;
-  for (const auto& [name, t] : named) out.push_back(t);
-  return out;
-}
-
-std::vector<std::pair<std::string, at::Tensor>> auto_named(const std::vector<at::Tensor>& params) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (size_t i = 0; i < params.size(); ++i) out.emplace_back("param" + std::to_string(i), params[i]);
-  return out;
-}
-
-double ms_since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-}
 
 }  // namespace
 
@@ -151,12 +136,11 @@ CompressedAdamW::CompressedAdamW(std::vector<torch::optim::OptimizerParamGroup> 
                                  CompressedAdamWOptions defaults)
     : CompressedOptimizer(std::move(param_groups), std::make_unique<CompressedAdamWOptions>(defaults)) {
   check_options(defaults, "");
-  comm_ = defaults.communicator() ? defaults.communicator() : std::make_shared<LocalCommunicator>();
   settings_ = std::make_unique<detail::AdamWSettings>(parse_settings(defaults));
   adopt_new_param_groups();
-  exchange_ = std::make_unique<GradientExchange>(*comm_, settings_->index_coding);
-  payloads_ = std::make_unique<PayloadExchange>(*comm_);
-  payload_buffers_ = std::make_unique<detail::PayloadBuffers>();
+  ExchangeWire wire;
+  wire.coding = settings_->index_coding;
+  connect_exchanges(defaults.communicator(), wire);
 }
 
 CompressedAdamW::CompressedAdamW(std::vector<std::pair<std::string, at::Tensor>> named_params,
@@ -246,10 +230,7 @@ at::Tensor CompressedAdamW::step(LossClosure closure) {
 
   // 2. Non-finite gradients: all ranks error, or all ranks skip. Nothing has changed yet.
   if (detail::nonfinite_skips_step(tensors, *exchange_, settings_->nonfinite, step_ + 1, comm_->rank())) {
-    st.step = step_;
-    st.skipped = true;
-    last_ = st;
-    total_.add(st);
+    record_skipped_step(st);
     return loss;
   }
   const bool onebit = settings_->mode == detail::AdamWMode::OneBit;
@@ -259,7 +240,7 @@ at::Tensor CompressedAdamW::step(LossClosure closure) {
   // 3. What each tensor sends: in the onebit warm-up its gradient, dense; afterwards its local
   //    momentum (its variance frozen) unless routed dense; in naive mode its gradient. Then
   //    compression with error feedback, locally: nothing has left this rank yet.
-  const auto t_compress = std::chrono::steady_clock::now();
+  const auto t_compress = detail::Clock::now();
   std::vector<detail::AdamWTensor> adam;
   adam.reserve(tensors.size());
   for (auto& t : tensors) {
@@ -280,7 +261,7 @@ at::Tensor CompressedAdamW::step(LossClosure closure) {
   detail::ModelSelection none =
       detail::compress_routed(routed, detail::SelectionScope::Layer, step_, comm_->world_size(), st);
   detail::encode_payloads(routed, *payload_buffers_, step_, comm_->world_size(), st);
-  st.compress_ms = ms_since(t_compress);
+  st.compress_ms = detail::ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent.
   detail::exchange_averages(routed, none, *exchange_, comm_->world_size(), st);
@@ -290,8 +271,7 @@ at::Tensor CompressedAdamW::step(LossClosure closure) {
   detail::apply_adamw_updates(adam);
 
   if (defaults_options().track_residual_norm()) st.residual_norm = detail::residual_norm(tensors);
-  last_ = st;
-  total_.add(st);
+  record_step(st);
   return loss;
 }
 

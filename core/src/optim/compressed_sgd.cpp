@@ -2,7 +2,6 @@
 // driver over the stages in this directory (one file each; see compressed_sgd.h).
 #include <cddp/compressed_sgd.h>
 #include <cddp/gradient_exchange.h>
-#include <cddp/local_communicator.h>
 
 #include "compression_stage.h"
 #include "error_feedback.h"
@@ -14,25 +13,18 @@
 #include "sgd_update.h"
 #include "step_plan.h"
 #include "typed_options.h"
-#include "../exchange/wire_cost.h"
+#include "../ms_since.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 #include <torch/serialize/archive.h>
 
 #include <chrono>
-#include <cmath>
-#include <sstream>
 #include <type_traits>
 
 namespace cddp {
 
 namespace {
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-}
-
 // On an accelerator the compressors only enqueue work: compress_ms is timed to its completion
 // (the current stream synchronised before and after), or it would be the launch overhead alone.
 // The non-finite check's .item() has just waited on the device, so the first wait is free; the
@@ -92,25 +84,10 @@ void CompressedSGDParamState::serialize(torch::serialize::InputArchive& archive)
 
 // ---------------------------------------------------------------- construction
 
-namespace {
-std::vector<at::Tensor> tensors_of(const std::vector<std::pair<std::string, at::Tensor>>& named) {
-  std::vector<at::Tensor> out;
-  for (const auto& [name, t] : named) out.push_back(t);
-  return out;
-}
-
-std::vector<std::pair<std::string, at::Tensor>> auto_named(const std::vector<at::Tensor>& params) {
-  std::vector<std::pair<std::string, at::Tensor>> out;
-  for (size_t i = 0; i < params.size(); ++i) out.emplace_back("param" + std::to_string(i), params[i]);
-  return out;
-}
-}  // namespace
-
 CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> param_groups,
                              CompressedSGDOptions defaults)
     : CompressedOptimizer(std::move(param_groups), std::make_unique<CompressedSGDOptions>(defaults)) {
   detail::check_options(defaults);
-  comm_ = defaults.communicator() ? defaults.communicator() : std::make_shared<LocalCommunicator>();
   settings_ = std::make_unique<detail::StepSettings>(detail::parse_settings(defaults_options()));
   adopt_new_param_groups();
   ExchangeWire wire;
@@ -118,10 +95,8 @@ CompressedSGD::CompressedSGD(std::vector<torch::optim::OptimizerParamGroup> para
   wire.values = settings_->value_wire;
   wire.algorithm = settings_->exchange == detail::ExchangeChoice::SparseAllreduce ? SparseAlgorithm::SparseAllreduce
                                                                                  : SparseAlgorithm::Allgather;
-  exchange_ = std::make_unique<GradientExchange>(*comm_, wire);
+  connect_exchanges(defaults.communicator(), wire);
   exchange_decided_ = settings_->exchange != detail::ExchangeChoice::Auto;
-  payloads_ = std::make_unique<PayloadExchange>(*comm_);
-  payload_buffers_ = std::make_unique<detail::PayloadBuffers>();
   if (defaults.overlap()) start_overlap();
 }
 
@@ -200,10 +175,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   if (overlap_) {
     // Stages 1–4 ran per bucket during backward (overlapped_step.h); what is left runs here.
     if (!overlap_->finish(tensors, st)) {
-      st.step = step_;
-      st.skipped = true;
-      last_ = st;
-      total_.add(st);
+      record_skipped_step(st);
       return loss;
     }
     ++step_;
@@ -215,10 +187,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
 
   // 2. Non-finite gradients: all ranks error, or all ranks skip. Nothing has changed yet.
   if (detail::nonfinite_skips_step(tensors, *exchange_, settings.nonfinite, step_ + 1, comm_->rank())) {
-    st.step = step_;  // every state untouched, the step count too
-    st.skipped = true;
-    last_ = st;
-    total_.add(st);
+    record_skipped_step(st);  // every state untouched, the step count too
     return loss;
   }
   ++step_;
@@ -226,7 +195,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   // 3. Route each tensor (decided per step, logged when it changes), then compress locally:
   //    error feedback and DGC momentum included. Nothing has left this rank yet.
   wait_for_device(tensors);  // on an accelerator, time the compression to its completion
-  const auto t_compress = Clock::now();
+  const auto t_compress = detail::Clock::now();
   for (auto& t : tensors) t.memory = t.state = &state_for(t.p);
   detail::RoutedTensors routed =
       detail::route_tensors(tensors, comm_->world_size(), settings.index_coding, {routes_, routing_log_}, st);
@@ -234,14 +203,15 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
   detail::ModelSelection model = detail::compress_routed(routed, settings.scope, step_, comm_->world_size(), st);
   detail::encode_payloads(routed, *payload_buffers_, step_, comm_->world_size(), st);
   wait_for_device(tensors);
-  st.compress_ms = ms_since(t_compress);
+  st.compress_ms = detail::ms_since(t_compress);
 
   // 4. Exchange: the mean over ranks of what every rank sent (what did not arrive, back into
   //    the residuals).
-  if (!exchange_decided_ && !routed.sparse.empty() && comm_->world_size() > 1) {
+  if (!exchange_decided_ && !routed.sparse.empty() && comm_->world_size() > 1) {  // "auto": once
     std::vector<int64_t> counts, numels;
     for (const detail::TensorStep* t : routed.sparse) counts.push_back(t->sent.count()), numels.push_back(t->sent.numel);
-    decide_exchange(counts, numels);
+    exchange_decision_ = exchange_->choose_algorithm(counts, numels);
+    exchange_decided_ = true;
   }
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
   detail::exchange_payloads(routed, *payloads_, *payload_buffers_, *comm_, step_, st);
@@ -254,25 +224,8 @@ at::Tensor CompressedSGD::finish_step(std::vector<detail::TensorStep>& tensors, 
   detail::apply_sgd_updates(tensors);
 
   if (defaults_options().track_residual_norm()) st.residual_norm = detail::residual_norm(tensors);
-  last_ = st;
-  total_.add(st);
+  record_step(st);
   return loss;
-}
-
-// Every rank must pick the same: the choice is made from the selection sizes averaged over
-// ranks (one allreduce, once), which a threshold compressor makes differ between ranks.
-void CompressedSGD::decide_exchange(const std::vector<int64_t>& counts, const std::vector<int64_t>& numels) {
-  at::Tensor k = at::tensor(counts, at::kDouble);
-  comm_->allreduce_sum_(k);
-  const int W = comm_->world_size();
-  std::vector<int64_t> mean_counts;
-  for (int64_t i = 0; i < k.numel(); ++i) mean_counts.push_back(int64_t(std::ceil(k[i].item<double>() / W)));
-  std::string why;
-  const SparseAlgorithm a = detail::choose_sparse_algorithm(mean_counts, numels, settings_->value_wire,
-                                                            settings_->index_coding, W, why);
-  exchange_->set_algorithm(a);
-  exchange_decided_ = true;
-  exchange_decision_ = why;
 }
 
 // ---------------------------------------------------------------- serialization

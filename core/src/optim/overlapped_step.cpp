@@ -6,6 +6,7 @@
 #include "exchange_stage.h"
 #include "nonfinite_guard.h"
 #include "payload_stage.h"
+#include "../ms_since.h"
 
 #include <ATen/ATen.h>
 
@@ -15,8 +16,6 @@
 namespace cddp::detail {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double ms_since(Clock::time_point t0) { return std::chrono::duration<double, std::milli>(Clock::now() - t0).count(); }
 
 std::vector<at::Tensor> flat_params(const std::vector<torch::optim::OptimizerParamGroup>& groups) {
   std::vector<at::Tensor> out;
