@@ -9,6 +9,7 @@
 
 #include "test_plugins.h"
 #include "thread_communicator.h"
+#include "bitwise_equal.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -52,10 +53,7 @@ void set_grads(Named& params, int64_t step, int rank = 0) {
   for (size_t i = 0; i < params.size(); ++i) params[i].second.mutable_grad() = grad_for(params[i].second, i, step, rank);
 }
 
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  return a.sizes() == b.sizes() && a.scalar_type() == b.scalar_type() &&
-         std::memcmp(a.contiguous().data_ptr(), b.contiguous().data_ptr(), a.nbytes()) == 0;
-}
+using cddp::testing::bitwise_equal;
 
 const cddp::CompressedAdamWParamState& state_of(const cddp::CompressedAdamW& opt, const at::Tensor& p) {
   for (const auto& [key, s] : opt.state()) {

@@ -6,6 +6,8 @@
 
 #include "test_plugins.h"
 #include "thread_communicator.h"
+#include "bitwise_equal.h"
+#include "hand_selections.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -22,39 +24,12 @@
 
 namespace {
 
+using cddp::testing::bitwise_equal;
 using cddp::testing::on_ranks;
+using cddp::testing::PlainCodec;
+using cddp::testing::selection;
 using cddp::testing::ThreadCommunicator;
 using cddp::testing::ThreadWorld;
-
-// Same dtype, same shape and the same bytes: -0 and +0 differ, NaN equals the same NaN.
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  // Empty tensors may have null data: memcmp(null, null, 0) is undefined behaviour.
-  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
-}
-
-// A codec that only decodes; the selections are built by hand in the tests.
-class PlainCodec final : public cddp::Compressor {
- public:
-  std::string name() const override { return "plain"; }
-  std::vector<c10::DeviceType> supported_devices() const override { return {c10::DeviceType::CPU}; }
-  cddp::Compressed compress(const at::Tensor&, const cddp::CompressContext&) override { return {}; }
-};
-
-cddp::Compressed selection(std::vector<int32_t> idx, std::vector<float> vals, int64_t numel) {
-  cddp::Compressed c;
-  c.indices = at::tensor(c10::ArrayRef<int32_t>(idx), at::kInt);
-  c.values = at::tensor(c10::ArrayRef<float>(vals), at::kFloat);
-  if (idx.empty()) {
-    c.indices = at::empty({0}, at::kInt);
-    c.values = at::empty({0}, at::kFloat);
-  }
-  c.numel = numel;
-  c.shape = {numel};
-  c.dtype = at::kFloat;
-  return c;
-}
 
 TEST(GradientExchange, SparseAverageWithUnequalAndEmptySelections) {
   const int W = 3;
@@ -149,7 +124,7 @@ TEST(GradientExchange, WorldSizeOneIsTheIdentity) {
 // the sweep), "unsorted" (the scatter path), "empty", "dense" (a quarter of the tensor: a sweep).
 cddp::Compressed step_selection(const std::string& kind, int rank, int step, int64_t numel) {
   std::mt19937 gen(1000 * step + rank);
-  std::vector<int32_t> idx;
+  std::vector<int64_t> idx;
   if (kind == "empty") return selection({}, {}, numel);
   const int64_t k = kind == "dense" ? numel / 4 : kind == "few" ? 4 : 40;
   // Step parity picks the half of the tensor: consecutive steps select disjoint entries.
@@ -299,7 +274,7 @@ cddp::Compressed random_selection(const std::string& kind, int rank, int64_t num
   std::mt19937 gen(77 + rank);
   std::uniform_int_distribution<int32_t> pick(0, int32_t(numel - 1));
   std::vector<bool> used(numel, false);
-  std::vector<int32_t> idx;
+  std::vector<int64_t> idx;
   const int64_t stride = numel / (2 * k);  // every rank tries j·stride at times: shared indices
   while (int64_t(idx.size()) < k) {
     int32_t x = pick(gen);

@@ -9,6 +9,7 @@
 
 #include "test_plugins.h"
 #include "thread_communicator.h"
+#include "bitwise_equal.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -22,11 +23,7 @@ using cddp::testing::build_tree_loader;
 using cddp::testing::error_of;
 using cddp::testing::on_ranks;
 
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
-}
+using cddp::testing::bitwise_equal;
 
 at::Tensor grad_of(int rank, int64_t n) { return at::randn({n}, at::TensorOptions(at::kFloat)).add_(0.1 * rank); }
 

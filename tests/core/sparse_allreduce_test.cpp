@@ -10,6 +10,8 @@
 
 #include "test_plugins.h"
 #include "thread_communicator.h"
+#include "bitwise_equal.h"
+#include "hand_selections.h"
 
 #include <ATen/ATen.h>
 #include <gtest/gtest.h>
@@ -33,30 +35,10 @@ using cddp::SparseAverage;
 using cddp::SparseSlot;
 using cddp::StepStats;
 using cddp::ValueWire;
+using cddp::testing::bitwise_equal;
 using cddp::testing::on_ranks;
-
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
-}
-
-class PlainCodec final : public cddp::Compressor {
- public:
-  std::string name() const override { return "plain"; }
-  Compressed compress(const at::Tensor&, const cddp::CompressContext&) override { return {}; }
-};
-
-Compressed selection(const std::vector<int64_t>& idx, const std::vector<float>& vals, int64_t numel) {
-  Compressed c;
-  c.indices = at::tensor(idx, at::kLong).to(at::kInt);
-  c.values = at::tensor(vals, at::kFloat);
-  if (idx.empty()) c.indices = at::empty({0}, at::kInt), c.values = at::empty({0}, at::kFloat);
-  c.numel = numel;
-  c.shape = {numel};
-  c.dtype = at::kFloat;
-  return c;
-}
+using cddp::testing::PlainCodec;
+using cddp::testing::selection;
 
 // A dense [numel] double tensor from a list (repeats add up).
 at::Tensor dense_of(const SparseAverage& a, int64_t numel) {

@@ -180,19 +180,7 @@ TEST_F(Natural, MeasuredVarianceWithinAnEighthOfTheSquare) {
 
 TEST_F(Natural, SeedsStepsAndParametersDrawDifferentlyTheSameSeedGivesTheSameBits) {
   at::Tensor x = at::randn({1000}, at::make_generator<at::CPUGeneratorImpl>(3));
-  at::manual_seed(1);
-  const auto base = bytes_of(encode(*c, x, payload_ctx(42, 5, 2)));
-  at::manual_seed(31337);
-  EXPECT_EQ(bytes_of(encode(*c, x, payload_ctx(42, 5, 2))), base) << "the global generator must not matter";
-  EXPECT_EQ(bytes_of(encode(*loader.create("natural"), x, payload_ctx(42, 5, 2))), base) << "another instance";
-  EXPECT_NE(bytes_of(encode(*c, x, payload_ctx(43, 5, 2))), base) << "seed";
-  EXPECT_NE(bytes_of(encode(*c, x, payload_ctx(42, 6, 2))), base) << "step";
-  EXPECT_NE(bytes_of(encode(*c, x, payload_ctx(42, 5, 3))), base) << "parameter";
-  at::manual_seed(7);
-  encode(*c, x, payload_ctx(1, 1, 0));
-  const at::Tensor after = at::randn({4});
-  at::manual_seed(7);
-  EXPECT_TRUE(at::equal(at::randn({4}), after)) << "encode consumed the global generator";
+  expect_draws_keyed_by_seed_step_parameter(*c, *loader.create("natural"), x);
 }
 
 TEST_F(Natural, CombineIsTheMeanOfDecodesInRankOrderBitwise) {

@@ -10,6 +10,7 @@
 #include <cddp/payload.h>
 
 #include "philox.h"
+#include "bitwise_equal.h"
 #include "test_plugins.h"
 
 #include <ATen/ATen.h>
@@ -46,12 +47,6 @@ inline at::Tensor decode(const Compressor& c, const Payload& p, at::ScalarType d
   at::Tensor d = at::zeros({p.numel}, dtype);
   c.decode_add_(p, d);
   return d;
-}
-
-inline bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
 }
 
 // Every part's bytes, back to back: what travels.
@@ -102,6 +97,26 @@ inline void expect_encode_into_reuses_buffers(Compressor& c, const at::Tensor& x
   c.encode_into(other, none, payload_ctx(7, 10, 2), kept);  // another size: fresh buffers
   EXPECT_EQ(bytes_of(kept), bytes_of(c.encode(other, none, payload_ctx(7, 10, 2))));
   EXPECT_EQ(kept.numel, other.numel());
+}
+
+// A stochastic codec's draws are a function of (seed, step, parameter) alone: the same bits
+// whatever the global generator holds and from another instance (another rank), other bits when
+// any of the three changes; and encode() takes nothing from the global generator.
+inline void expect_draws_keyed_by_seed_step_parameter(Compressor& c, Compressor& other, const at::Tensor& x) {
+  at::manual_seed(1);
+  const auto base = bytes_of(encode(c, x, payload_ctx(42, 5, 2)));
+  at::manual_seed(31337);
+  at::randn({77});
+  EXPECT_EQ(bytes_of(encode(c, x, payload_ctx(42, 5, 2))), base) << "the global generator must not matter";
+  EXPECT_EQ(bytes_of(encode(other, x, payload_ctx(42, 5, 2))), base) << "another instance";
+  EXPECT_NE(bytes_of(encode(c, x, payload_ctx(43, 5, 2))), base) << "seed";
+  EXPECT_NE(bytes_of(encode(c, x, payload_ctx(42, 6, 2))), base) << "step";
+  EXPECT_NE(bytes_of(encode(c, x, payload_ctx(42, 5, 3))), base) << "parameter";
+  at::manual_seed(7);
+  encode(c, x, payload_ctx(1, 1, 0));
+  const at::Tensor after = at::randn({4});
+  at::manual_seed(7);
+  EXPECT_TRUE(at::equal(at::randn({4}), after)) << "encode consumed the global generator";
 }
 
 // The Gather average as the contract states it, by hand: each rank's decode on its own, summed

@@ -13,6 +13,7 @@
 #include "powersgd_math.h"
 #include "test_plugins.h"
 #include "thread_communicator.h"
+#include "bitwise_equal.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
@@ -30,11 +31,7 @@ namespace {
 
 constexpr uint64_t kSeed = 42;
 
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.scalar_type() != b.scalar_type() || a.sizes() != b.sizes()) return false;
-  at::Tensor x = a.contiguous(), y = b.contiguous();
-  return x.numel() == 0 || std::memcmp(x.data_ptr(), y.data_ptr(), x.numel() * x.element_size()) == 0;
-}
+using cddp::testing::bitwise_equal;
 
 double rel_diff(const at::Tensor& got, const at::Tensor& want) {
   const double scale = std::max(want.abs().max().item<double>(), 1e-30);

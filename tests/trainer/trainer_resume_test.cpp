@@ -7,6 +7,7 @@
 #include "checkpoint/checkpoint.h"
 #include "trainer.h"
 #include "train_test_util.h"
+#include "bitwise_equal.h"
 
 #include <gtest/gtest.h>
 
@@ -27,11 +28,7 @@ TrainResult train_to(const std::string& toml, const fs::path& out, int64_t max_s
   return run_training(cfg, ctx);
 }
 
-bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
-  if (a.sizes() != b.sizes() || a.scalar_type() != b.scalar_type()) return false;
-  at::Tensor x = a.contiguous().view(at::kByte), y = b.contiguous().view(at::kByte);
-  return at::equal(x, y);
-}
+using cddp::testing::bitwise_equal;
 
 void expect_same_checkpoints(const fs::path& a, const fs::path& b, int expected_plugin_states) {
   auto ta = checkpoint_tensors(a), tb = checkpoint_tensors(b);

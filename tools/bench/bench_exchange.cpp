@@ -112,6 +112,31 @@ Formula formula_for(const std::string& exchange, int64_t k, int64_t numel, int W
   return {2.0 * (W - 1) / W * 4.0 * double(numel), "2*(W-1)/W*4*N"};
 }
 
+// One rank of either table: one thread, its process group, its gradient (seeded by the rank)
+// and the real top-k selection of it, made once.
+struct RankSelection {
+  std::shared_ptr<cddp::Communicator> comm;
+  at::Tensor grad;
+  cddp::PluginLoader loader{cddp::PluginSearchPath::standard({CDDP_BENCH_PLUGIN_DIR}, nullptr)};
+  std::shared_ptr<cddp::PluginCompressor> topk;
+  cddp::Compressed sel;
+  double select_ms = 0;  // the selection's time
+
+  RankSelection(const Opts& o, const cddp::EnvMap& env, std::chrono::seconds timeout) {
+    at::set_num_threads(1);
+    comm = cddp::connect(cddp::parse_dist_env(env), timeout);
+    grad = at::randn({o.numel}, at::detail::createCPUGenerator(1234 + comm->rank()));
+    topk = loader.create("topk", {{"ratio", o.ratio}});
+    cddp::CompressContext ctx;
+    ctx.step = 1;
+    ctx.param_name = "grad";
+    ctx.ratio = o.ratio;
+    const auto t0 = Clock::now();
+    sel = topk->compress(grad, ctx);
+    select_ms = ms_since(t0);
+  }
+};
+
 // The slowest rank's time of each iteration, then the median: a collective ends when its last rank does.
 double slowest_median(cddp::Communicator& comm, const std::vector<double>& ms) {
   at::Tensor t = at::tensor(ms, at::kDouble);
@@ -124,18 +149,12 @@ double slowest_median(cddp::Communicator& comm, const std::vector<double>& ms) {
 
 // --world: one W of the scaling table (see the header).
 int run_scaling(const Opts& o, const cddp::EnvMap& env) {
-  at::set_num_threads(1);
-  cddp::DistEnv d = cddp::parse_dist_env(env);
-  auto comm = cddp::connect(d, std::chrono::seconds(300));
+  RankSelection r(o, env, std::chrono::seconds(300));
+  const std::shared_ptr<cddp::Communicator>& comm = r.comm;
+  const at::Tensor& grad = r.grad;
+  const auto& topk = r.topk;
+  const cddp::Compressed& sel = r.sel;
   const int W = comm->world_size(), me = comm->rank();
-  at::Tensor grad = at::randn({o.numel}, at::detail::createCPUGenerator(1234 + me));
-  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_BENCH_PLUGIN_DIR}, nullptr));
-  auto topk = loader.create("topk", {{"ratio", o.ratio}});
-  cddp::CompressContext ctx;
-  ctx.step = 1;
-  ctx.param_name = "grad";
-  ctx.ratio = o.ratio;
-  cddp::Compressed sel = topk->compress(grad, ctx);
   const int64_t k = sel.count();
   struct Row {
     std::string exchange, values;
@@ -216,22 +235,13 @@ int run_scaling(const Opts& o, const cddp::EnvMap& env) {
 }
 
 int run_rank(const Opts& o, const cddp::EnvMap& env) {
-  at::set_num_threads(1);
-  cddp::DistEnv d = cddp::parse_dist_env(env);
-  auto comm = cddp::connect(d, std::chrono::seconds(120));
+  RankSelection r(o, env, std::chrono::seconds(120));
+  const std::shared_ptr<cddp::Communicator>& comm = r.comm;
+  const at::Tensor& grad = r.grad;
+  const auto& topk = r.topk;
+  const cddp::Compressed& sel = r.sel;
+  const double select_ms = r.select_ms;
   const int W = comm->world_size(), me = comm->rank();
-
-  // The rank's gradient and its real top-k selection, made once.
-  at::Tensor grad = at::randn({o.numel}, at::detail::createCPUGenerator(1234 + me));
-  cddp::PluginLoader loader(cddp::PluginSearchPath::standard({CDDP_BENCH_PLUGIN_DIR}, nullptr));
-  auto topk = loader.create("topk", {{"ratio", o.ratio}});
-  cddp::CompressContext ctx;
-  ctx.step = 1;
-  ctx.param_name = "grad";
-  ctx.ratio = o.ratio;
-  auto t_sel = Clock::now();
-  cddp::Compressed sel = topk->compress(grad, ctx);
-  const double select_ms = ms_since(t_sel);
   const int64_t k = sel.count();
 
   cddp::GradientExchange exchange(*comm);  // Block16 indices, the default
