@@ -1,9 +1,12 @@
 // train_config.h — the typed configuration of one cddp-train run, section by section, as
-// parsed and validated by config_loader. Every default lives here and in docs/config.md.
+// parsed and validated by config_loader. Every default lives here and in docs/config.md; those
+// the library shares (CompressedSGDOptions, CompressedAdamWOptions) come from option_defaults.h.
 //
 // Plain data: it will not parse TOML, validate, touch LibTorch or read the environment.
 // Code outside trainer/config/ only ever sees these structs, never a TOML type.
 #pragma once
+
+#include <cddp/option_defaults.h>
 
 #include <cstdint>
 #include <map>
@@ -57,20 +60,20 @@ struct OptimizerConfig {
   double momentum = 0.9;       // sgd only
   bool nesterov = false;       // sgd only
   double weight_decay = 0;     // sgd: added to the gradient; adamw: decoupled, p·(1 − lr·wd)
-  std::string momentum_mode = "dgc";  // sgd only: "dgc" | "global" (docs/results.md: why dgc)
-  double beta1 = 0.9;                 // adamw only: the momentum's decay
-  double beta2 = 0.999;               // adamw only: the variance's decay
-  double eps = 1e-8;                  // adamw only
-  bool amsgrad = false;               // adamw only, adamw_mode "naive" only
-  std::string adamw_mode = "onebit";  // adamw only: "onebit" (1-bit Adam) | "naive" (the control)
-  int64_t onebit_warmup_steps = 100;  // adamw "onebit": dense AdamW steps before the variance freezes
+  std::string momentum_mode = defaults::kMomentumMode;  // sgd only: "dgc" | "global" (docs/results.md: why dgc)
+  double beta1 = defaults::kAdamBeta1;  // adamw only: the momentum's decay
+  double beta2 = defaults::kAdamBeta2;  // adamw only: the variance's decay
+  double eps = defaults::kAdamEps;      // adamw only
+  bool amsgrad = defaults::kAmsgrad;    // adamw only, adamw_mode "naive" only
+  std::string adamw_mode = defaults::kAdamWMode;  // adamw only: "onebit" (1-bit Adam) | "naive" (the control)
+  int64_t onebit_warmup_steps = defaults::kOnebitWarmupSteps;  // adamw "onebit": dense AdamW steps before the variance freezes
   std::string schedule = "constant";     // "constant" | "step" | "cosine"
   int64_t step_size = 1000;              // "step": steps between decays
   double gamma = 0.1;                    // "step": decay factor
   double min_lr = 0;                     // "cosine": final learning rate
   int64_t warmup_steps = 0;              // linear learning-rate warm-up
   int64_t grad_accumulation = 1;         // micro-batches per optimizer step
-  std::string nonfinite = "error";       // "error" | "skip_step"
+  std::string nonfinite = defaults::kNonfinite;  // "error" | "skip_step"
 };
 
 struct CompressionRuleConfig {
@@ -85,15 +88,15 @@ struct CompressionRuleConfig {
 struct CompressionConfig {
   std::string plugin = "topk";  // "topk", "randomk", a path to a .so, or "none" (dense)
   double ratio = 0.01;
-  bool error_feedback = true;
-  bool residual_lr_scaling = false;  // residual kept in units of the current lr (CompressedSGDOptions)
-  std::string scope = "layer";  // "layer" | "model"
-  std::string index_coding = "block16";  // how sparse indices travel: "block16" | "plain" (int32)
-  std::string value_dtype = "fp32";      // how sparse values travel: "fp32" | "bf16" | "fp16" (rounding kept in the residual)
-  std::string exchange = "allgather";    // "allgather" | "sparse_allreduce" | "auto" (CompressedSGDOptions::exchange)
-  int64_t min_numel = 32768;  // smaller tensors go dense; why not 0, the library's: compressed_sgd.h, min_numel
-  bool compress_1d = true;
-  bool auto_dense = true;
+  bool error_feedback = defaults::kErrorFeedback;
+  bool residual_lr_scaling = defaults::kResidualLrScaling;  // residual kept in units of the current lr (CompressedSGDOptions)
+  std::string scope = defaults::kScope;  // "layer" | "model"
+  std::string index_coding = defaults::kIndexCoding;  // how sparse indices travel: "block16" | "plain" (int32)
+  std::string value_dtype = defaults::kValueDtype;    // how sparse values travel: "fp32" | "bf16" | "fp16" (rounding kept in the residual)
+  std::string exchange = defaults::kExchange;         // "allgather" | "sparse_allreduce" | "auto" (CompressedSGDOptions::exchange)
+  int64_t min_numel = defaults::kTrainerMinNumel;  // smaller tensors go dense; why not 0: option_defaults.h
+  bool compress_1d = defaults::kCompress1d;
+  bool auto_dense = defaults::kAutoDense;
   std::vector<std::string> skip;  // parameter-name globs sent dense
   int64_t warmup_dense_steps = 0;   // DGC warm-up: dense for this many steps,
   int64_t warmup_decay_steps = 0;   // then density decays exponentially to `ratio` over these
@@ -108,7 +111,7 @@ struct DistributedConfig {
   std::string backend = "auto";  // "gloo" | "nccl" | "auto"
   int64_t nproc_per_node = 1;
   double timeout_s = 60;
-  bool overlap = false;  // CompressedSGDOptions::overlap: the exchange overlaps backward
+  bool overlap = defaults::kOverlap;  // CompressedSGDOptions::overlap: the exchange overlaps backward
 };
 
 struct CheckpointConfig {
