@@ -45,6 +45,17 @@ void orthogonalize_(at::Tensor& mats, double epsilon) {
   mats.copy_(std::get<0>(at::linalg_qr(mats, "reduced")));
 }
 
+// One matrix [n, r], in place: a batch of one.
+void orthogonalize_matrix_(const at::Tensor& matrix, double epsilon) {
+  at::Tensor batch = matrix.unsqueeze(0);  // [1, n, r], a view
+  orthogonalize_(batch, epsilon);
+}
+
+void check_finite(const at::Tensor& t, const CompressContext& ctx) {
+  TORCH_CHECK(at::isfinite(t).all().item<bool>(), "powersgd: non-finite value (NaN or Inf) in parameter '",
+              ctx.param_name, "' at step ", ctx.step);
+}
+
 }  // namespace
 
 PowerSgdCompressor::PowerSgdCompressor(const ParamMap& params) {
@@ -68,13 +79,12 @@ void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, R
                   approx.numel() == numel,
               "powersgd: parameter '", ctx.param_name, "': average and approx need ", numel, " contiguous entries");
   if (numel == 0) return;  // the same on every rank: no round at all
-  TORCH_CHECK(at::isfinite(acc).all().item<bool>(), "powersgd: non-finite value (NaN or Inf) in parameter '",
-              ctx.param_name, "' at step ", ctx.step);
   const int world = coll.world_size();
   const MatrixPlan plan = plan_for(acc.sizes().vec(), rank_, min_rate_);
 
   if (!plan.compress || ctx.step <= start_iter_) {
     // Uncompressed: one allreduce of the whole tensor; nothing is lost, so no residual.
+    check_finite(acc, ctx);
     at::Tensor sum = acc.reshape(-1).clone();  // [numel]
     coll.allreduce_sum_(sum);
     average.view(-1).copy_(sum.div_(world));
@@ -90,34 +100,40 @@ void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, R
               "] that state_specs() declares");
   at::Tensor& q_state = q_it->second;
 
-  const at::Tensor M = acc.reshape({1, n, m});  // [1, n, m], this rank's acc = g + e
-  at::Tensor q;                                 // [1, m, r]
+  // 2-D products throughout: at::mm hands Mᵀ to BLAS as a transpose flag, and P·Qᵀ is written
+  // straight into `average` (bench_compressors, rows rounds/ and rounds_floor/).
+  const at::Tensor M = acc.reshape({n, m});  // [n, m], this rank's acc = g + e
+  at::Tensor q;                              // [m, r]
   if (!warm_start_ || !q_state.ne(0).any().item<bool>()) {
     // The same draw on every rank: a generator of its own, seeded by (run seed, parameter, step).
     at::Generator gen = at::detail::createCPUGenerator(q_seed(ctx.seed, ctx.param_index, ctx.step));
-    q = at::randn({1, m, r}, gen, acc.options());
+    q = at::randn({m, r}, gen, acc.options());
   } else {
-    q = q_state.unsqueeze(0).clone();
+    q = q_state.clone();
   }
-  orthogonalize_(q, epsilon_);
+  orthogonalize_matrix_(q, epsilon_);
 
-  at::Tensor p = at::bmm(M, q);  // [1, n, m]·[1, m, r] → [1, n, r]
-  coll.allreduce_sum_(p);        // round 1: Σ_w M_w·Q
-  orthogonalize_(p, epsilon_);
+  at::Tensor p = at::mm(M, q);  // [n, m]·[m, r] → [n, r]
+  // A NaN or Inf anywhere in a row of M makes that row of P non-finite whatever Q holds (Inf·0
+  // is NaN), so checking the n·r entries of P stands for checking the n·m of M, before anything
+  // is sent.
+  check_finite(p, ctx);
+  coll.allreduce_sum_(p);  // round 1: Σ_w M_w·Q
+  orthogonalize_matrix_(p, epsilon_);
 
-  at::Tensor q_next = at::bmm(M.transpose(1, 2), p);  // [1, m, n]·[1, n, r] → [1, m, r]
-  coll.allreduce_sum_(q_next);                        // round 2: Σ_w M_wᵀ·P
-  q_next.div_(world);                                 // the mean Q
+  at::Tensor q_next = at::mm(M.t(), p);  // [m, n]·[n, r] → [m, r]
+  coll.allreduce_sum_(q_next);           // round 2: Σ_w M_wᵀ·P
+  q_next.div_(world);                    // the mean Q
 
-  const at::Tensor out = at::bmm(p, q_next.transpose(1, 2));  // [1, n, r]·[1, r, m] → [1, n, m]
-  average.view(-1).copy_(out.reshape(-1));
-  approx.view(-1).copy_(out.reshape(-1));  // e = M − P·Qᵀ, as the hook keeps it
-  q_state.copy_(q_next.squeeze(0));        // after both rounds: a failed round leaves the state as it was
+  at::Tensor out = average.view({n, m});
+  at::mm_out(out, p, q_next.t());  // [n, r]·[r, m] → [n, m]: the mean over ranks, P·Qᵀ
+  approx.copy_(average);           // e = M − P·Qᵀ, as the hook keeps it
+  q_state.copy_(q_next);        // after both rounds: a failed round leaves the state as it was
   if (keep_p_) {
     auto p_it = state.find("p");
     TORCH_CHECK(p_it != state.end() && p_it->second.sizes() == at::IntArrayRef({n, r}), "powersgd: parameter '",
                 ctx.param_name, "' needs the state 'p' [", n, ", ", r, "] that keep_p declares");
-    p_it->second.copy_(p.squeeze(0));
+    p_it->second.copy_(p);
   }
 }
 

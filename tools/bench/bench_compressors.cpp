@@ -23,6 +23,12 @@
 //   philox_draws/<path>/25M/t1    the quantizers' 16-bit draws alone for 25M entries (12.5M
 //                                 Philox4x32-10 words), portable, AVX2 and AVX-512 paths
 //   --benchmark_filter='read_pass|encode|decode|philox'   runs only these rows.
+// PowerSGD (a rounds plugin) on the study mlp's weights, [2048, 784] and [2048, 2048], ranks 2
+// and 4, at world size 1 (the rounds' allreduces are no-ops), one thread:
+//   rounds/powersgd:r<R>/<n>x<m>/t1      one run_rounds() with warm start, into kept buffers
+//   rounds_floor/mm3:r<R>/<n>x<m>/t1     the three products alone (M·Q, Mᵀ·P, P·Qᵀ into a kept
+//                                        output), as PyTorch's powerSGD_hook computes them
+//   --benchmark_filter='rounds'          runs only these rows.
 // Results and the command used: docs/benchmarks.md.
 #include "philox_lanes.h"
 #include "radix_topk_cpu.h"
@@ -293,6 +299,71 @@ void register_payloads() {
     });
 }
 
+// ---- rounds plugins (PowerSGD) ----
+
+// World size 1: what a round costs on one rank without the wire (the allreduces are no-ops).
+class LocalRounds final : public cddp::RoundCollective {
+ public:
+  int world_size() const override { return 1; }
+  void allreduce_sum_(at::Tensor&) override {}
+};
+
+// One run_rounds() of PowerSGD on an n×m fp32 matrix (a study mlp weight), warm start, as the
+// payload stage calls it: acc in, average and approx into buffers kept between calls.
+void bm_powersgd_rounds(benchmark::State& st, int64_t n, int64_t m, int64_t rank) {
+  auto codec = plugin_loader().create("powersgd", {{"rank", rank}, {"start_iter", int64_t{0}}});
+  at::Generator gen = at::detail::createCPUGenerator(7);
+  at::Tensor acc = at::randn({n, m}, gen);
+  cddp::PluginState state;
+  for (const auto& spec : codec->state_specs({n, m}, at::kFloat)) state[spec.name] = at::zeros(spec.shape, at::TensorOptions(spec.dtype));
+  at::Tensor average = at::empty({n * m}), approx = at::empty({n * m});
+  LocalRounds coll;
+  cddp::CompressContext ctx;
+  ctx.param_name = "bench";
+  ctx.step = 1;
+  codec->run_rounds(acc, state, coll, ctx, average, approx);  // warm-up: Q drawn, then warm
+  for (auto _ : st) {
+    ++ctx.step;
+    codec->run_rounds(acc, state, coll, ctx, average, approx);
+    benchmark::DoNotOptimize(average.data_ptr<float>());
+    benchmark::ClobberMemory();
+  }
+  st.SetItemsProcessed(st.iterations() * n * m);
+}
+
+// The floor of the same math, as PyTorch's powerSGD_hook writes it: three 2-D products,
+// P = M·Q, Q = Mᵀ·P, and P·Qᵀ into a kept output (no orthogonalisation, no copies).
+void bm_powersgd_floor(benchmark::State& st, int64_t n, int64_t m, int64_t rank) {
+  at::Generator gen = at::detail::createCPUGenerator(7);
+  at::Tensor M = at::randn({n, m}, gen), q = at::randn({m, rank}, gen), out = at::empty({n, m});
+  for (auto _ : st) {
+    at::Tensor p = at::mm(M, q);
+    at::Tensor q_next = at::mm(M.t(), p);
+    at::mm_out(out, p, q_next.t());
+    benchmark::DoNotOptimize(out.data_ptr<float>());
+    benchmark::ClobberMemory();
+  }
+  st.SetItemsProcessed(st.iterations() * n * m);
+}
+
+void register_rounds() {
+  auto add = [&](const std::string& name, std::function<void(benchmark::State&)> f) {
+    benchmark::RegisterBenchmark(name.c_str(), [f](benchmark::State& st) { with_threads(st, 1, f); })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->MinTime(0.5);
+  };
+  // The study mlp's two large weights, [2048, 784] and [2048, 2048], at ranks 2 and 4.
+  for (const auto& [n, m] : {std::pair<int64_t, int64_t>{2048, 784}, {2048, 2048}})
+    for (int64_t r : {2, 4}) {
+      const std::string shape = "/" + std::to_string(n) + "x" + std::to_string(m) + "/t1";
+      add("rounds/powersgd:r" + std::to_string(r) + shape,
+          [n = n, m = m, r](benchmark::State& st) { bm_powersgd_rounds(st, n, m, r); });
+      add("rounds_floor/mm3:r" + std::to_string(r) + shape,
+          [n = n, m = m, r](benchmark::State& st) { bm_powersgd_floor(st, n, m, r); });
+    }
+}
+
 std::string n_name(int64_t n) {
   return n % 1000000 == 0 ? std::to_string(n / 1000000) + "M" : std::to_string(n);
 }
@@ -343,6 +414,7 @@ int main(int argc, char** argv) {
   argc = out;
   register_all(large);
   register_payloads();
+  register_rounds();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   benchmark::AddCustomContext("blas", "libopenblas0-openmp (not used by these kernels)");
