@@ -20,15 +20,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 namespace cddp::quant {
 
@@ -74,6 +72,14 @@ class Uniforms {
   const uint16_t* chunk(int64_t base) {
     if (base != base_) fill(base);
     return k_;
+  }
+  // The draws of elements [i0, i0 + len) into out, whole runs of a chunk at a time.
+  void copy(int64_t i0, int64_t len, uint16_t* out) {
+    while (len > 0) {
+      const int64_t base = i0 & ~int64_t{kChunk - 1}, run = std::min<int64_t>(len, base + kChunk - i0);
+      std::memcpy(out, chunk(base) + (i0 - base), size_t(run) * sizeof(uint16_t));
+      out += run, i0 += run, len -= run;
+    }
   }
 
  private:
@@ -138,12 +144,20 @@ class BitWriter {
   }
 
  private:
+  // Eight codes into W bytes, LSB first (little-endian), as put() stores them. In one 64-bit word
+  // for W ≤ 8; for W = 9 the eighth code's top 8 bits make the ninth byte (a 128-bit word took
+  // twice as long: its shifts are two-register instructions).
   template <int W>
   int64_t groups(const uint32_t* code, int64_t j, int64_t len) {
+    static_assert(W >= 2 && W <= 9, "8·W bits must fit 64 bits and one more byte");
     for (; j + 8 <= len; j += 8) {
-      unsigned __int128 g = 0;  // 8·W ≤ 72 bits
-      for (int k = 0; k < 8; ++k) g |= static_cast<unsigned __int128>(code[j + k]) << (k * W);
-      std::memcpy(out_, &g, W);  // little-endian: LSB first, as put() stores
+      uint64_t g = 0;
+      for (int k = 0; k < (W == 9 ? 7 : 8); ++k) g |= static_cast<uint64_t>(code[j + k]) << (k * W);
+      if constexpr (W == 9) {
+        g |= static_cast<uint64_t>(code[j + 7]) << 63;  // its low bit is bit 63
+        out_[8] = static_cast<uint8_t>(code[j + 7] >> 1);  // and its other 8 bits the ninth byte
+      }
+      std::memcpy(out_, &g, W < 8 ? W : 8);
       out_ += W;
     }
     return j;
@@ -178,28 +192,6 @@ class BitReader {
   int have_ = 0;
 };
 
-// max |x_i| over finite x (checked before): max is exact and order-free, so four SSE lanes give
-// the bits of the index-order loop, without its serial dependency (65 % of TernGrad's encode).
-inline float max_abs(const float* x, int64_t n) {
-  int64_t i = 0;
-  float m = 0;
-#if defined(__SSE2__)
-  const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
-  __m128 m0 = _mm_setzero_ps(), m1 = m0, m2 = m0, m3 = m0;
-  for (; i + 16 <= n; i += 16) {
-    m0 = _mm_max_ps(m0, _mm_and_ps(_mm_loadu_ps(x + i), abs_mask));
-    m1 = _mm_max_ps(m1, _mm_and_ps(_mm_loadu_ps(x + i + 4), abs_mask));
-    m2 = _mm_max_ps(m2, _mm_and_ps(_mm_loadu_ps(x + i + 8), abs_mask));
-    m3 = _mm_max_ps(m3, _mm_and_ps(_mm_loadu_ps(x + i + 12), abs_mask));
-  }
-  alignas(16) float lanes[4];
-  _mm_store_ps(lanes, _mm_max_ps(_mm_max_ps(m0, m1), _mm_max_ps(m2, m3)));
-  for (float l : lanes) m = l > m ? l : m;
-#endif
-  for (; i < n; ++i) m = std::fabs(x[i]) > m ? std::fabs(x[i]) : m;
-  return m;
-}
-
 // Σ x_i² over [lo, hi) in double, in a fixed order that vectorises: entry i into lane (i − lo) mod 8,
 // the lanes added pairwise, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). The same bits on
 // every CPU and thread count, which is all a norm that travels with its bucket needs.
@@ -229,15 +221,20 @@ inline void mean_of_decodes(const Compressor& codec, const std::vector<Payload>&
   if (ranks.size() > 1) average.div_(static_cast<double>(ranks.size()));
 }
 
-// The checks every quantizer makes on its input, naming the parameter.
-inline at::Tensor checked_input(const char* plugin, const at::Tensor& acc, const CompressContext& ctx) {
+inline void fail_nonfinite(const char* plugin, const CompressContext& ctx) {
+  TORCH_CHECK(false, plugin, ": non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
+}
+
+// The checks every quantizer makes on its input, naming the parameter. check_finite false: the
+// caller checks finiteness in a pass of its own (max_abs_if_finite) and fails with fail_nonfinite.
+inline at::Tensor checked_input(const char* plugin, const at::Tensor& acc, const CompressContext& ctx,
+                                bool check_finite = true) {
   TORCH_CHECK(acc.is_cpu(), plugin, ": parameter '", ctx.param_name, "' is on ", acc.device(), "; ", plugin,
               " runs on CPU");
   TORCH_CHECK(acc.scalar_type() == at::kFloat || acc.scalar_type() == at::kDouble, plugin, ": parameter '",
               ctx.param_name, "' is ", acc.scalar_type(), "; expected float32 or float64");
   at::Tensor x = acc.reshape(-1).to(at::kFloat).contiguous();
-  TORCH_CHECK(all_finite(x.data_ptr<float>(), x.numel()), plugin,
-              ": non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
+  if (check_finite && !all_finite(x.data_ptr<float>(), x.numel())) fail_nonfinite(plugin, ctx);
   return x;
 }
 

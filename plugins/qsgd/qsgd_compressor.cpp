@@ -1,6 +1,7 @@
 // qsgd_compressor.cpp — QsgdCompressor: norms, stochastic levels and their bit packing.
 #include "qsgd_compressor.h"
 
+#include "quantizer_codes.h"
 #include "quantizer_support.h"
 
 #include <algorithm>
@@ -40,7 +41,8 @@ void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagQsgd));
   const double s = double(levels_);
   constexpr int kPiece = 1024;
-  int32_t draw[kPiece], code[kPiece];
+  uint16_t draw[kPiece];
+  uint32_t code[kPiece];
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
     const double sq = quant::sum_of_squares(v, lo, hi);  // in its documented fixed order
@@ -50,29 +52,17 @@ void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
                 ") of parameter '", ctx.param_name, "' at step ", ctx.step, " is ", std::sqrt(sq),
                 ", beyond float32's range");
     nb[b] = norm;
-    // In pieces of kPiece: the draws first, then the levels (a loop the compiler can vectorise),
-    // then the bit packing.
+    // In pieces of kPiece: the draws, the codes (quantizer_codes.h: level << 1 | sign), the bits.
     for (int64_t i0 = lo; i0 < hi; i0 += kPiece) {
       const int len = static_cast<int>(std::min<int64_t>(kPiece, hi - i0));
-      for (int j = 0; j < len; ++j) draw[j] = static_cast<int32_t>(u.bits16(i0 + j));
       const float* w = v + i0;
       if (norm > 0) {
-        // Levels in double lanes (⌊r⌋ through a 32-bit conversion: r ≤ s ≤ 2^20), so that SSE2
-        // can run this loop two entries at a time.
-        const double top = s;
-        for (int j = 0; j < len; ++j) {
-          const double r = double(std::fabs(w[j])) / double(norm) * s;  // r_i ∈ [0, s]
-          const double floor_r = double(static_cast<int32_t>(r));       // r ≥ 0: truncation is ⌊r⌋
-          const double u = double(draw[j]) * (1.0 / 65536.0);           // u = k/2^16, exact
-          double level = floor_r + (u < r - floor_r ? 1.0 : 0.0);       // stochastic rounding
-          level = level < top ? level : top;  // r = s exactly (float rounding of the norm)
-          code[j] = static_cast<int32_t>(level);
-        }
-      } else {  // an all-zero bucket: level 0
-        for (int j = 0; j < len; ++j) code[j] = 0;
+        u.copy(i0, len, draw);
+        quant::qsgd_codes(w, draw, norm, s, len, code);
+      } else {  // an all-zero bucket: level 0, and the sign bit of each (±0) entry
+        for (int j = 0; j < len; ++j) code[j] = std::signbit(w[j]) ? 1u : 0u;
       }
-      for (int j = 0; j < len; ++j) code[j] = static_cast<int32_t>(std::signbit(w[j])) | code[j] << 1;
-      out.put_many(reinterpret_cast<const uint32_t*>(code), len);  // codes ≥ 0: the same bits
+      out.put_many(code, len);
     }
   }
   out.flush();

@@ -1,6 +1,7 @@
 // terngrad_compressor.cpp — TernGradCompressor: the scaler, Bernoulli draws, 2-bit codes.
 #include "terngrad_compressor.h"
 
+#include "quantizer_codes.h"
 #include "quantizer_support.h"
 
 #include <algorithm>
@@ -22,10 +23,11 @@ Payload TernGradCompressor::encode(const at::Tensor& acc, PluginState& state, co
 }
 
 void TernGradCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
-  const at::Tensor x = quant::checked_input("terngrad", acc, ctx);
+  const at::Tensor x = quant::checked_input("terngrad", acc, ctx, /*check_finite=*/false);
   const int64_t n = x.numel();
   const float* v = x.data_ptr<float>();
-  const float s = quant::max_abs(v, n);  // s = ‖v‖_∞
+  float s = 0;  // s = ‖v‖_∞, and the finiteness check, in one pass
+  if (!quant::max_abs_if_finite(v, n, s)) quant::fail_nonfinite("terngrad", ctx);
   at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, 2), at::kByte);  // BitWriter stores every byte
   at::Tensor scaler = reusable_part(p, 1, 1, at::kFloat);
   scaler.data_ptr<float>()[0] = s;
@@ -36,15 +38,10 @@ void TernGradCompressor::encode_into(const at::Tensor& acc, PluginState&, const 
   uint32_t code[kPiece];
   for (int64_t i0 = 0; i0 < n; i0 += kPiece) {  // a chunk of draws at a time: loops without branches
     const int len = static_cast<int>(std::min<int64_t>(kPiece, n - i0));
-    const uint16_t* k = u.chunk(i0);
-    const float* w = v + i0;
-    for (int j = 0; j < len; ++j) {
-      // b_i ~ Bernoulli(|v_i|/s): u < |v|/s, decided as u·s < |v| without a division. The same bits as
-      // u < double(|v|)/double(s): u·s is exact in double (16 + 24 bits), and a float quotient |v|/s
-      // that is not u itself lies further than half an ulp of double from every u = k/2^16.
-      const uint32_t keep = double(k[j]) * (1.0 / 65536.0) * double(s) < double(std::fabs(w[j])) ? 1u : 0u;
-      code[j] = keep << (std::signbit(w[j]) ? 1 : 0);  // 0: zero, 1: +s, 2: −s
-    }
+    // b_i ~ Bernoulli(|v_i|/s): u < |v|/s, decided as u·s < |v| without a division. The same bits as
+    // u < double(|v|)/double(s): u·s is exact in double (16 + 24 bits), and a float quotient |v|/s
+    // that is not u itself lies further than half an ulp of double from every u = k/2^16.
+    quant::terngrad_codes(v + i0, u.chunk(i0), s, len, code);
     out.put_many(code, len);
   }
   out.flush();
