@@ -26,7 +26,8 @@
 #   --eval-every N        optimizer steps between evaluations [50]
 #   --weight-decay X      AdamW runs' decoupled weight decay (cddp and DDP alike) [0.05]
 #   --onebit-warmup N     adamw_onebit_* runs: dense AdamW steps before the variance freezes [100]
-#   --min-numel N         compression.min_numel of every cddp run (unset: the trainer's 32768)
+#   --min-numel N         compression.min_numel of every cddp run (unset: the trainer's 32768;
+#                         powersgd_* runs: 0)
 #   --repeats N           run everything N times with the same seed (noise estimate) [1]
 #   --seeds LIST          run everything once per seed, e.g. 0,1,2 (seed spread; output in
 #                         <run>/seed<S>); overrides --repeats                 [0]
@@ -60,7 +61,10 @@
 #   sign_scaled_ef         scaled sign ||x||_1/n * sign(x), EF (Karimireddy et al.)
 #   sign_onebit_ef         1-bit SGD (two reconstruction values), EF (Seide et al.)
 #   cast_fp16, cast_bf16   16-bit casts (sum payload), no EF
-#   powersgd_r2            PowerSGD rank 2, EF, warm start, 10 dense steps first (plugin defaults)
+#   powersgd_r2            PowerSGD rank 2, EF, warm start, 10 dense steps first (plugin defaults);
+#                          min_numel 0, so that the plugin's min_compression_rate alone decides
+#                          which tensors are compressed, as PyTorch's hook does (it compresses the
+#                          mlp's 10x2048 classifier, which the trainer's 32768 would send dense)
 #   powersgd_r4            PowerSGD rank 4, likewise
 #   ddp_dense              PyTorch DDP, gloo, dense allreduce        (ddp_baseline.py)
 #   ddp_fp16               PyTorch DDP, gloo, fp16_compress_hook
@@ -356,7 +360,8 @@ write_config() {
     echo "schedule = \"$SCHEDULE\""
     echo "[compression]"
     echo "plugin = \"$plugin\""
-    [ -n "$MIN_NUMEL" ] && echo "min_numel = $MIN_NUMEL"
+    local min_numel="${MIN_NUMEL:-${RUN_MIN_NUMEL:-}}"  # --min-numel, else the run's own, else the trainer's
+    [ -n "$min_numel" ] && echo "min_numel = $min_numel"
     if [ "$plugin" != none ]; then
       [ "$ratio" = - ] || echo "ratio = $ratio"
       echo "error_feedback = $ef"
@@ -418,8 +423,8 @@ launch_run() {
     sign_onebit_ef)       write_config "$dir/config.toml" "$run" "$model" "$dir" sign - true global 0 0 'variant = "onebit"' ;;
     cast_fp16)            write_config "$dir/config.toml" "$run" "$model" "$dir" cast - false global 0 0 'dtype = "fp16"' ;;
     cast_bf16)            write_config "$dir/config.toml" "$run" "$model" "$dir" cast - false global 0 0 'dtype = "bf16"' ;;
-    powersgd_r2)          write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 2; start_iter = 10' ;;
-    powersgd_r4)          write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 4; start_iter = 10' ;;
+    powersgd_r2)          RUN_MIN_NUMEL=0 write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 2; start_iter = 10' ;;
+    powersgd_r4)          RUN_MIN_NUMEL=0 write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 4; start_iter = 10' ;;
     ddp_dense)            kind=ddp; ddp_args+=(--hook none) ;;
     ddp_fp16)             kind=ddp; ddp_args+=(--hook fp16) ;;
     ddp_powersgd_r2)      kind=ddp; ddp_args+=(--hook powersgd --powersgd-rank 2 --start-powersgd-iter 10) ;;
