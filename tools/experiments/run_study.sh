@@ -20,7 +20,8 @@
 #   --rate R              1gbit | 100mbit | both | any tc rate (e.g. 500mbit)   [both]
 #   --model M             mlp (784-2048-2048-10, 5.8M params) | simple_cnn | both | vit_tiny
 #                         (407,690 params; not in "both")                    [both]
-#   --runs LIST           comma-separated run names (see RUNS below)          [all]
+#   --runs LIST           comma-separated run names (see RUNS below), or one of the lists
+#                         compare (issue #14), wire (#13), adamw (#18)       [all]
 #   --epochs N            [2]      --train-subset N [0 = all 60000]   --test-subset N [0]
 #   --batch-size N        per rank [64]    --lr X [0.05]    --schedule S [cosine]
 #   --eval-every N        optimizer steps between evaluations [50]
@@ -46,6 +47,9 @@
 #   dense                  plugin none
 #   topk1_ef               top-k 1%, error feedback, momentum_mode global
 #   topk1_ef_dgc           top-k 1%, error feedback, momentum_mode dgc
+#   topk1_ef_dgc_bf16      the same, values on the wire as bf16 (compression.value_dtype)
+#   topk1_ef_dgc_overlap   the same, exchange overlapped with backward (distributed.overlap)
+#   topk1_ef_dgc_bf16_overlap  both
 #   topk1_ef_warmup_dgc    top-k 1%, EF, dgc, DGC warm-up (dense, then exponential density decay)
 #   topk01_ef_warmup       top-k 0.1%, EF, DGC warm-up (dense, then exponential density decay)
 #   topk01_ef_warmup_dgc   same, momentum_mode dgc (momentum correction + masking)
@@ -94,6 +98,8 @@ ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk1_ef_warmup_dgc,topk01_ef_warmup,topk0
 # AdamW and 1-bit Adam against PyTorch DDP with AdamW (issue #18's study): --runs adamw
 ADAMW_RUNS="adamw_dense,adamw_onebit_topk1,adamw_onebit_sign,adamw_naive_topk1,ddp_adamw"
 # Every compressor family against every PyTorch DDP peer (issue #14's study): --runs compare
+# Top-k 1 % with 16-bit values and with the exchange overlapped, against DDP + PowerSGD (issue #13): --runs wire
+WIRE_RUNS="topk1_ef_dgc,topk1_ef_dgc_bf16,topk1_ef_dgc_overlap,topk1_ef_dgc_bf16_overlap,ddp_powersgd_r4"
 COMPARE_RUNS="dense,topk1_ef_dgc,topk01_ef_dgc,randk1_ef,threshold_ef,qsgd,terngrad,natural,sign_signsgd,sign_scaled_ef,sign_onebit_ef,cast_fp16,cast_bf16,powersgd_r2,powersgd_r4,ddp_dense,ddp_fp16,ddp_powersgd_r2,ddp_powersgd_r4"
 
 ORIG_ARGS="$*"
@@ -146,6 +152,7 @@ fi
 [ -n "$RUNS" ] || RUNS="$ALL_RUNS"
 [ "$RUNS" = compare ] && RUNS="$COMPARE_RUNS"
 [ "$RUNS" = adamw ] && RUNS="$ADAMW_RUNS"
+[ "$RUNS" = wire ] && RUNS="$WIRE_RUNS"
 if [ -n "$SEEDS" ]; then
   echo "$SEEDS" | grep -Eq '^[0-9]+(,[0-9]+)*$' || die "--seeds: a comma-separated list of integers, got '$SEEDS'"
   REPEATS=$(echo "$SEEDS" | tr ',' '\n' | wc -l)
@@ -367,6 +374,7 @@ write_config() {
       echo "error_feedback = $ef"
       echo "warmup_dense_steps = $wd"
       echo "warmup_decay_steps = $wdec"
+      [ -n "${RUN_VALUE_DTYPE:-}" ] && echo "value_dtype = \"$RUN_VALUE_DTYPE\""
       if [ -n "$params" ]; then
         echo "[compression.params]"
         echo "$params" | tr ';' '\n' | sed 's/^ *//'
@@ -375,6 +383,7 @@ write_config() {
     echo "[distributed]"
     echo "backend = \"gloo\""
     echo "timeout_s = 120"
+    [ -n "${RUN_OVERLAP:-}" ] && echo "overlap = $RUN_OVERLAP"
     echo "[checkpoint]"
     echo "enabled = false"
     echo "resume = \"never\""
@@ -409,6 +418,9 @@ launch_run() {
     dense)                write_config "$dir/config.toml" "$run" "$model" "$dir" none 1 false global 0 0 ;;
     topk1_ef)             write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true global 0 0 ;;
     topk1_ef_dgc)         write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_dgc_bf16)    RUN_VALUE_DTYPE=bf16 write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_dgc_overlap) RUN_OVERLAP=true write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_dgc_bf16_overlap) RUN_VALUE_DTYPE=bf16 RUN_OVERLAP=true write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
     topk1_ef_warmup_dgc)  write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc "$WD" "$WDEC" ;;
     topk01_ef_warmup)     write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true global "$WD" "$WDEC" ;;
     topk01_ef_warmup_dgc) write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true dgc "$WD" "$WDEC" ;;
