@@ -105,6 +105,9 @@ class Compressor {
   // Rounds: the whole protocol for acc, through `collective` only. Writes the average over
   // ranks into `average` and this rank's own approximation (what the residual discounts) into
   // `approx`; both contiguous with acc.numel() entries. `state` holds state_specs().
+  // The host runs the protocols of a step's tensors at once, one thread each, and merges their
+  // k-th allreduces into one collective: run_rounds may be called concurrently for different
+  // tensors, so it must not write to the compressor object (which holds no state anyway).
   virtual void run_rounds(const at::Tensor& acc, PluginState& state, RoundCollective& collective,
                           const CompressContext& ctx, at::Tensor& average, at::Tensor& approx);
   // The state this plugin keeps between steps for a tensor of this shape (none by default).

@@ -3,6 +3,7 @@
 #include "payload_stage.h"
 
 #include "error_feedback.h"
+#include "../exchange/coalesced_rounds.h"
 
 #include <ATen/ATen.h>
 
@@ -81,15 +82,20 @@ void exchange_payloads(RoutedTensors& routed, PayloadExchange& exchange, Payload
   // Combined: the payloads go back to their slots, whose buffers the next step's encode reuses.
   for (auto* group : {&routed.gather, &routed.sum})
     for (TensorStep* t : *group) buffers.of(t->index).previous = std::move(t->payload);
-  CountingRoundCollective collective(comm, st);
+  // Every rounds tensor's protocol at once, each round one collective for all (coalesced_rounds.h).
+  std::vector<RoundProtocol> protocols;
   for (TensorStep* t : routed.rounds) {
-    PayloadSlotBuffers& slot = buffers.of(t->index);
+    PayloadSlotBuffers& slot = buffers.of(t->index);  // std::map: the references stay valid
     t->average = PayloadBuffers::sized(slot.average, {t->p.numel()}, t->acc.options());
-    at::Tensor& approx = PayloadBuffers::sized(slot.approx, {t->p.numel()}, t->acc.options());
-    t->compressor->run_rounds(t->acc, plugin_state_of(*t), collective, context_for(*t, step, comm.world_size()),
-                              t->average, approx);
-    keep_residual(*t, t->acc, approx);  // e_t = acc − the plugin's approximation of it
+    at::Tensor* approx = &PayloadBuffers::sized(slot.approx, {t->p.numel()}, t->acc.options());
+    PluginState* state = &plugin_state_of(*t);
+    protocols.push_back([t, approx, state, ctx = context_for(*t, step, comm.world_size())](RoundCollective& c) {
+      t->compressor->run_rounds(t->acc, *state, c, ctx, t->average, *approx);
+    });
   }
+  run_coalesced_rounds(comm, st, protocols);
+  for (TensorStep* t : routed.rounds)
+    keep_residual(*t, t->acc, buffers.of(t->index).approx);  // e_t = acc − the plugin's approximation of it
 }
 
 }  // namespace cddp::detail
