@@ -8,6 +8,8 @@
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <cmath>
+
 namespace cddp::powersgd {
 
 extern const ParamSpec kPowerSgdParams[];
@@ -51,7 +53,12 @@ void orthogonalize_matrix_(const at::Tensor& matrix, double epsilon) {
   orthogonalize_(batch, epsilon);
 }
 
+// A NaN or ±Inf anywhere makes the sum non-finite, so one summing pass (no bool tensor) clears
+// almost every call; a non-finite sum of finite entries (an overflow past 3.4e38) is told apart
+// by the exact test. Not a check of P: a BLAS may skip the products with a zero of Q (the
+// reference BLAS does), and an Inf of M would then never reach P.
 void check_finite(const at::Tensor& t, const CompressContext& ctx) {
+  if (std::isfinite(t.sum(at::kDouble).item<double>())) return;
   TORCH_CHECK(at::isfinite(t).all().item<bool>(), "powersgd: non-finite value (NaN or Inf) in parameter '",
               ctx.param_name, "' at step ", ctx.step);
 }
@@ -76,8 +83,9 @@ void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, R
               ctx.param_name, "' is ", acc.scalar_type(), "; expected float32 or float64");
   const int64_t numel = acc.numel();
   TORCH_CHECK(average.is_contiguous() && average.numel() == numel && approx.is_contiguous() &&
-                  approx.numel() == numel,
-              "powersgd: parameter '", ctx.param_name, "': average and approx need ", numel, " contiguous entries");
+                  approx.numel() == numel && average.scalar_type() == acc.scalar_type(),
+              "powersgd: parameter '", ctx.param_name, "': average and approx need ", numel,
+              " contiguous entries, average of the gradient's dtype ", acc.scalar_type());
   if (numel == 0) return;  // the same on every rank: no round at all
   const int world = coll.world_size();
   const MatrixPlan plan = plan_for(acc.sizes().vec(), rank_, min_rate_);
@@ -113,12 +121,9 @@ void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, R
   }
   orthogonalize_matrix_(q, epsilon_);
 
+  check_finite(acc, ctx);        // before anything is sent
   at::Tensor p = at::mm(M, q);  // [n, m]·[m, r] → [n, r]
-  // A NaN or Inf anywhere in a row of M makes that row of P non-finite whatever Q holds (Inf·0
-  // is NaN), so checking the n·r entries of P stands for checking the n·m of M, before anything
-  // is sent.
-  check_finite(p, ctx);
-  coll.allreduce_sum_(p);  // round 1: Σ_w M_w·Q
+  coll.allreduce_sum_(p);       // round 1: Σ_w M_w·Q
   orthogonalize_matrix_(p, epsilon_);
 
   at::Tensor q_next = at::mm(M.t(), p);  // [m, n]·[n, r] → [m, r]
@@ -126,8 +131,8 @@ void PowerSgdCompressor::run_rounds(const at::Tensor& acc, PluginState& state, R
   q_next.div_(world);                    // the mean Q
 
   at::Tensor out = average.view({n, m});
-  at::mm_out(out, p, q_next.t());  // [n, r]·[r, m] → [n, m]: the mean over ranks, P·Qᵀ
-  approx.copy_(average);           // e = M − P·Qᵀ, as the hook keeps it
+  at::mm_out(out, p, q_next.t());            // [n, r]·[r, m] → [n, m]: the mean over ranks, P·Qᵀ
+  approx.view(-1).copy_(average.view(-1));  // e = M − P·Qᵀ, as the hook keeps it
   q_state.copy_(q_next);        // after both rounds: a failed round leaves the state as it was
   if (keep_p_) {
     auto p_it = state.find("p");

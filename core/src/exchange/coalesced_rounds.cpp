@@ -7,6 +7,7 @@
 #include "../ms_since.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <condition_variable>
@@ -28,8 +29,9 @@ class Coalescer {
  public:
   Coalescer(Communicator& comm, StepStats& stats, size_t n) : comm_(comm), stats_(stats), pending_(n), active_(n) {}
 
-  // Tensor i's next allreduce: returns when the round it joined has been reduced.
-  void submit(size_t i, at::Tensor& t) {
+  // Tensor i's next allreduce: returns when the round it joined has been reduced. `compute` is
+  // the caller's hold on the compute turn, given up while it waits.
+  void submit(size_t i, at::Tensor& t, std::unique_lock<std::mutex>& compute) {
     TORCH_CHECK(t.is_contiguous(), "RoundCollective::allreduce_sum_ needs a contiguous tensor");
     std::unique_lock<std::mutex> lock(mutex_);
     if (failed_) throw RoundsAborted();
@@ -37,12 +39,22 @@ class Coalescer {
     ++waiting_;
     const uint64_t round = round_;
     if (waiting_ == active_) {
-      reduce(lock, i);
+      reduce(lock, i);  // every other protocol is waiting: this one keeps the compute turn
       return;
     }
+    compute.unlock();
     ready_.wait(lock, [&] { return round_ != round || failed_; });
-    if (round_ == round) throw RoundsAborted();
+    const bool aborted = round_ == round;
+    if (aborted) pending_[i] = nullptr;
+    lock.unlock();
+    compute.lock();  // after mutex_ is released: the order is always compute turn, then mutex_
+    if (aborted) throw RoundsAborted();
   }
+
+  // The compute turn: one protocol computes at a time (BLAS from several threads at once is
+  // not safe in every build, and the cores are the ranks' anyway); a protocol gives it up only
+  // while it waits for a round.
+  std::mutex& compute_turn() { return compute_; }
 
   // Tensor i's protocol has returned (ok) or thrown.
   void leave(size_t i, bool ok) {
@@ -84,14 +96,16 @@ class Coalescer {
     ready_.notify_all();
   }
 
-  // One allreduce per dtype over the parts laid end to end, in tensor order.
+  // One allreduce per (device, dtype) over the parts laid end to end, in tensor order.
   void allreduce_flat(const std::vector<at::Tensor*>& parts) {
     std::vector<bool> done(parts.size(), false);
     for (size_t first = 0; first < parts.size(); ++first) {
       if (done[first]) continue;
       std::vector<at::Tensor*> group;
       for (size_t j = first; j < parts.size(); ++j)
-        if (!done[j] && parts[j]->scalar_type() == parts[first]->scalar_type()) group.push_back(parts[j]), done[j] = true;
+        if (!done[j] && parts[j]->scalar_type() == parts[first]->scalar_type() &&
+            parts[j]->device() == parts[first]->device())
+          group.push_back(parts[j]), done[j] = true;
       std::vector<at::Tensor> flat_parts;
       for (at::Tensor* t : group) flat_parts.push_back(t->view(-1));
       at::Tensor flat = group.size() == 1 ? *group[0] : at::cat(flat_parts);
@@ -113,6 +127,7 @@ class Coalescer {
 
   Communicator& comm_;
   StepStats& stats_;
+  std::mutex compute_;
   std::mutex mutex_;
   std::condition_variable ready_;
   std::vector<at::Tensor*> pending_;  // by tensor index: its call in the round being formed
@@ -125,41 +140,58 @@ class Coalescer {
 
 class CoalescedCollective final : public RoundCollective {
  public:
-  CoalescedCollective(Coalescer& c, size_t index, int world) : c_(c), index_(index), world_(world) {}
+  CoalescedCollective(Coalescer& c, size_t index, int world, std::unique_lock<std::mutex>& compute)
+      : c_(c), index_(index), world_(world), compute_(compute) {}
   int world_size() const override { return world_; }
-  void allreduce_sum_(at::Tensor& t) override { c_.submit(index_, t); }
+  void allreduce_sum_(at::Tensor& t) override { c_.submit(index_, t, compute_); }
 
  private:
   Coalescer& c_;
   size_t index_;
   int world_;
+  std::unique_lock<std::mutex>& compute_;
 };
 
 }  // namespace
 
 void run_coalesced_rounds(Communicator& comm, StepStats& stats, const std::vector<RoundProtocol>& protocols) {
-  if (protocols.empty()) return;
-  if (protocols.size() == 1) {
+  if (protocols.size() <= 1 || comm.world_size() == 1) {  // nothing to coalesce
     CountingRoundCollective direct(comm, stats);
-    protocols[0](direct);
+    for (const auto& protocol : protocols) protocol(direct);
     return;
   }
   Coalescer coalescer(comm, stats, protocols.size());
   std::vector<std::exception_ptr> errors(protocols.size());
+  const int intra_op_threads = at::get_num_threads();  // per thread in ATen: handed on
   std::vector<std::thread> threads;
   threads.reserve(protocols.size());
-  for (size_t i = 0; i < protocols.size(); ++i)
-    threads.emplace_back([&, i] {
-      at::NoGradGuard no_grad;  // grad mode is per thread; the step runs without it
-      CoalescedCollective handle(coalescer, i, comm.world_size());
-      try {
-        protocols[i](handle);
-        coalescer.leave(i, true);
-      } catch (...) {
-        errors[i] = std::current_exception();
-        coalescer.leave(i, false);
-      }
-    });
+  auto body = [&](size_t i) {
+    at::set_num_threads(intra_op_threads);
+    at::NoGradGuard no_grad;  // grad mode is per thread; the step runs without it
+    std::unique_lock<std::mutex> compute(coalescer.compute_turn());
+    CoalescedCollective handle(coalescer, i, comm.world_size(), compute);
+    try {
+      protocols[i](handle);
+    } catch (...) {
+      errors[i] = std::current_exception();
+      if (compute.owns_lock()) compute.unlock();
+      coalescer.leave(i, false);
+      return;
+    }
+    try {
+      coalescer.leave(i, true);  // may run the round the others wait for, which may throw
+    } catch (...) {
+      errors[i] = std::current_exception();
+    }
+  };
+  size_t started = 0;
+  try {
+    for (; started < protocols.size(); ++started) threads.emplace_back(body, started);
+  } catch (...) {  // no thread for protocol `started` on: they leave, so the others can end
+    for (size_t j = started; j < protocols.size(); ++j) coalescer.leave(j, false);
+    for (auto& t : threads) t.join();
+    throw;
+  }
   for (auto& t : threads) t.join();
   const int64_t cause = coalescer.cause();
   if (cause >= 0 && errors[size_t(cause)]) std::rethrow_exception(errors[size_t(cause)]);

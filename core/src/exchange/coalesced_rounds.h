@@ -12,9 +12,14 @@
 // the bits of separate allreduces: a ring adds an entry's ranks in an order that depends on
 // where the entry falls in the buffer. Each is the sum over the ranks all the same.
 //
-// It will not run the protocols' math on more than one thread each, decide routing, or touch
-// residuals. A protocol that throws stops the others (their waiting calls throw too) and its
-// error, the first one's, is rethrown.
+// The protocols take turns to compute (one at a time, as they would one after another: BLAS
+// from several threads at once is not safe in every build); a protocol hands the turn on when
+// it waits for a round. Each thread runs with the caller's intra-op thread count.
+//
+// It will not decide routing or touch residuals. A protocol that throws stops the others (their
+// waiting calls throw too) and the error of the first to fail is rethrown; when two fail for
+// reasons of their own, which one is first can differ between ranks. At world size 1, or with
+// one protocol, they run one after another on the calling thread: nothing to coalesce.
 #pragma once
 
 #include <cddp/communicator.h>
@@ -29,7 +34,7 @@ namespace cddp::detail {
 using RoundProtocol = std::function<void(RoundCollective&)>;
 
 // Runs every protocol to its end; bytes and comm time go into `stats` as the collectives
-// moved them. One protocol runs on the calling thread, without coalescing.
+// moved them.
 void run_coalesced_rounds(Communicator& comm, StepStats& stats, const std::vector<RoundProtocol>& protocols);
 
 }  // namespace cddp::detail
