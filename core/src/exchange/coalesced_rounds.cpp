@@ -30,9 +30,8 @@ class Coalescer {
  public:
   Coalescer(Communicator& comm, StepStats& stats, size_t n) : comm_(comm), stats_(stats), pending_(n), active_(n) {}
 
-  // Tensor i's next allreduce: returns when the round it joined has been reduced. `compute` is
-  // the caller's hold on the compute turn, given up while it waits.
-  void submit(size_t i, at::Tensor& t, std::unique_lock<std::mutex>& compute) {
+  // Tensor i's next allreduce: returns when the round it joined has been reduced.
+  void submit(size_t i, at::Tensor& t) {
     TORCH_CHECK(t.is_contiguous(), "RoundCollective::allreduce_sum_ needs a contiguous tensor");
     std::unique_lock<std::mutex> lock(mutex_);
     if (failed_) throw RoundsAborted();
@@ -40,22 +39,15 @@ class Coalescer {
     ++waiting_;
     const uint64_t round = round_;
     if (waiting_ == active_) {
-      reduce(lock, i);  // every other protocol is waiting: this one keeps the compute turn
+      reduce(lock, i);
       return;
     }
-    compute.unlock();
     ready_.wait(lock, [&] { return round_ != round || failed_; });
-    const bool aborted = round_ == round;
-    if (aborted) pending_[i] = nullptr;
-    lock.unlock();
-    compute.lock();  // after mutex_ is released: the order is always compute turn, then mutex_
-    if (aborted) throw RoundsAborted();
+    if (round_ == round) {
+      pending_[i] = nullptr;
+      throw RoundsAborted();
+    }
   }
-
-  // The compute turn: one protocol computes at a time (BLAS from several threads at once is
-  // not safe in every build, and the cores are the ranks' anyway); a protocol gives it up only
-  // while it waits for a round.
-  std::mutex& compute_turn() { return compute_; }
 
   // Tensor i's protocol has returned (ok) or thrown.
   void leave(size_t i, bool ok) {
@@ -128,7 +120,6 @@ class Coalescer {
 
   Communicator& comm_;
   StepStats& stats_;
-  std::mutex compute_;
   std::mutex mutex_;
   std::condition_variable ready_;
   std::vector<at::Tensor*> pending_;  // by tensor index: its call in the round being formed
@@ -141,16 +132,14 @@ class Coalescer {
 
 class CoalescedCollective final : public RoundCollective {
  public:
-  CoalescedCollective(Coalescer& c, size_t index, int world, std::unique_lock<std::mutex>& compute)
-      : c_(c), index_(index), world_(world), compute_(compute) {}
+  CoalescedCollective(Coalescer& c, size_t index, int world) : c_(c), index_(index), world_(world) {}
   int world_size() const override { return world_; }
-  void allreduce_sum_(at::Tensor& t) override { c_.submit(index_, t, compute_); }
+  void allreduce_sum_(at::Tensor& t) override { c_.submit(index_, t); }
 
  private:
   Coalescer& c_;
   size_t index_;
   int world_;
-  std::unique_lock<std::mutex>& compute_;
 };
 
 }  // namespace
@@ -163,19 +152,18 @@ void run_coalesced_rounds(Communicator& comm, StepStats& stats, const std::vecto
   }
   Coalescer coalescer(comm, stats, protocols.size());
   std::vector<std::exception_ptr> errors(protocols.size());
-  const int intra_op_threads = at::get_num_threads();  // per thread in ATen: handed on
   std::vector<std::thread> threads;
   threads.reserve(protocols.size());
   auto body = [&](size_t i) {
-    at::set_num_threads(intra_op_threads);
+    // One intra-op thread each: the protocols are the parallelism, and a BLAS is called from
+    // several threads at once only single-threaded in each (its safe mode).
+    at::set_num_threads(1);
     at::NoGradGuard no_grad;  // grad mode is per thread; the step runs without it
-    std::unique_lock<std::mutex> compute(coalescer.compute_turn());
-    CoalescedCollective handle(coalescer, i, comm.world_size(), compute);
+    CoalescedCollective handle(coalescer, i, comm.world_size());
     try {
       protocols[i](handle);
     } catch (...) {
       errors[i] = std::current_exception();
-      if (compute.owns_lock()) compute.unlock();
       coalescer.leave(i, false);
       return;
     }

@@ -12,9 +12,10 @@
 // the bits of separate allreduces: a ring adds an entry's ranks in an order that depends on
 // where the entry falls in the buffer. Each is the sum over the ranks all the same.
 //
-// The protocols take turns to compute (one at a time, as they would one after another: BLAS
-// from several threads at once is not safe in every build); a protocol hands the turn on when
-// it waits for a round. Each thread runs with the caller's intra-op thread count.
+// The protocols compute at the same time, each on one intra-op thread (a BLAS called from
+// several threads at once, single-threaded in each, is its documented safe mode). Taking turns
+// instead, one protocol at a time, cost 168 ms a step against 126 ms on the study mlp at
+// 100 Mbit/s (seed 0): on cores shared by the ranks every hand-over waits for the scheduler.
 //
 // It will not decide routing or touch residuals. A protocol that throws stops the others (their
 // waiting calls throw too) and the error of the first to fail is rethrown; when two fail for
