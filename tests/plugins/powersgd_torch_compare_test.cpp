@@ -18,6 +18,7 @@
 #include "thread_communicator.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <gtest/gtest.h>
 
@@ -177,6 +178,10 @@ TEST(PowerSgdVsTorch, HookAndPluginAgreeOnPQAndTheGradientOverFiveSteps) {
     std::vector<std::vector<std::vector<std::array<at::Tensor, 3>>>> ours(
         c.steps() + 1, std::vector<std::vector<std::array<at::Tensor, 3>>>(kWorld));
     on_ranks(kWorld, [&](cddp::Communicator& comm, int r) {
+      // One intra-op thread a rank-thread: a BLAS built on OpenMP, entered from two threads at
+      // once with more than one thread each, hung here (Debian 13's OpenBLAS); single-threaded
+      // in each caller is its safe mode, as the host's coalesced rounds use it.
+      at::set_num_threads(1);
       Collective coll(comm);
       std::vector<cddp::PluginState> state(kShapes.size());
       std::vector<at::Tensor> e;
