@@ -4,6 +4,7 @@
 // is reported as the one that happened first, on every rank, without a hang.
 #include "coalesced_rounds.h"
 
+#include "counting_communicator.h"
 #include "thread_communicator.h"
 
 #include <ATen/ATen.h>
@@ -20,27 +21,7 @@ using cddp::detail::RoundProtocol;
 using cddp::detail::run_coalesced_rounds;
 using cddp::testing::on_ranks;
 
-// Counts the allreduces that reach the communicator.
-class CountingComm final : public cddp::Communicator {
- public:
-  explicit CountingComm(cddp::Communicator& inner) : inner_(inner) {}
-  int rank() const override { return inner_.rank(); }
-  int world_size() const override { return inner_.world_size(); }
-  std::string backend_name() const override { return "counting"; }
-  void allreduce_sum_(at::Tensor& t) override {
-    ++allreduces;
-    sizes.push_back(t.numel());
-    inner_.allreduce_sum_(t);
-  }
-  std::vector<at::Tensor> allgather(const at::Tensor& t) override { return inner_.allgather(t); }
-  void broadcast_(at::Tensor& t, int root) override { inner_.broadcast_(t, root); }
-  void barrier() override { inner_.barrier(); }
-  int allreduces = 0;
-  std::vector<int64_t> sizes;
-
- private:
-  cddp::Communicator& inner_;
-};
+using cddp::testing::CountingCommunicator;
 
 // Protocol i: rounds(i) rounds, round k allreducing (i + 1) entries of value rank + 10·i + k.
 int rounds_of(size_t i) { return int(i % 3) + 1; }
@@ -49,7 +30,7 @@ TEST(CoalescedRounds, OneCollectivePerRoundAndEveryProtocolGetsItsOwnSums) {
   const int W = 3;
   const size_t n = 5;  // rounds 1, 2, 3, 1, 2: three collectives of 5, 3 and 1 tensors
   on_ranks(W, [&](cddp::Communicator& base, int rank) {
-    CountingComm comm(base);
+    CountingCommunicator comm(base);
     cddp::StepStats st;
     std::vector<std::vector<at::Tensor>> got(n);
     std::vector<RoundProtocol> protocols;
@@ -63,8 +44,8 @@ TEST(CoalescedRounds, OneCollectivePerRoundAndEveryProtocolGetsItsOwnSums) {
         }
       });
     run_coalesced_rounds(comm, st, protocols);
-    EXPECT_EQ(comm.allreduces, 3) << "one collective a round, not one a tensor and round";
-    EXPECT_EQ(comm.sizes, (std::vector<int64_t>{1 + 2 + 3 + 4 + 5, 2 + 3 + 5, 3}));
+    EXPECT_EQ(comm.calls.load(), 3) << "one collective a round, not one a tensor and round";
+    EXPECT_EQ(comm.allreduce_sizes(), (std::vector<int64_t>{1 + 2 + 3 + 4 + 5, 2 + 3 + 5, 3}));
     for (size_t i = 0; i < n; ++i) {
       ASSERT_EQ(int(got[i].size()), rounds_of(i));
       for (int k = 0; k < rounds_of(i); ++k) {
@@ -79,18 +60,18 @@ TEST(CoalescedRounds, OneCollectivePerRoundAndEveryProtocolGetsItsOwnSums) {
 
 TEST(CoalescedRounds, DtypesGoInOneAllreduceEachAndOneProtocolRunsDirectly) {
   on_ranks(2, [&](cddp::Communicator& base, int rank) {
-    CountingComm comm(base);
+    CountingCommunicator comm(base);
     cddp::StepStats st;
     at::Tensor f = at::full({4}, 1.0 + rank, at::kFloat), d = at::full({3}, 0.5 * rank, at::kDouble);
     std::vector<RoundProtocol> two{[&](cddp::RoundCollective& c) { c.allreduce_sum_(f); },
                                    [&](cddp::RoundCollective& c) { c.allreduce_sum_(d); }};
     run_coalesced_rounds(comm, st, two);
-    EXPECT_EQ(comm.allreduces, 2) << "float and double cannot share a buffer";
+    EXPECT_EQ(comm.calls.load(), 2) << "float and double cannot share a buffer";
     EXPECT_TRUE(at::equal(f, at::full({4}, 3.0, at::kFloat)));
     EXPECT_TRUE(at::equal(d, at::full({3}, 0.5, at::kDouble)));
     at::Tensor one = at::ones({2});
     run_coalesced_rounds(comm, st, {[&](cddp::RoundCollective& c) { c.allreduce_sum_(one); }});
-    EXPECT_EQ(comm.allreduces, 3);
+    EXPECT_EQ(comm.calls.load(), 3);
     EXPECT_TRUE(at::equal(one, at::full({2}, 2.0)));
   });
 }

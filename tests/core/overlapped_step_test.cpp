@@ -7,6 +7,7 @@
 #include <cddp/compressed_sgd.h>
 
 #include "test_plugins.h"
+#include "counting_communicator.h"
 #include "thread_communicator.h"
 
 #include <ATen/ATen.h>
@@ -194,24 +195,7 @@ TEST(Overlap, NonFiniteWithErrorPolicyThrowsOnEveryRankNamingTheParameter) {
 }
 
 // Counts collectives, to see them happen before step() is called.
-class CountingCommunicator final : public cddp::Communicator {
- public:
-  explicit CountingCommunicator(cddp::Communicator& inner) : inner_(inner) {}
-  int rank() const override { return inner_.rank(); }
-  int world_size() const override { return inner_.world_size(); }
-  std::string backend_name() const override { return "counting"; }
-  void allreduce_sum_(at::Tensor& t) override { ++calls, inner_.allreduce_sum_(t); }
-  std::vector<at::Tensor> allgather(const at::Tensor& t) override { return ++calls, inner_.allgather(t); }
-  void allgather_into(const at::Tensor& t, std::vector<at::Tensor>& out) override {
-    ++calls, inner_.allgather_into(t, out);
-  }
-  void broadcast_(at::Tensor& t, int root) override { ++calls, inner_.broadcast_(t, root); }
-  void barrier() override { ++calls, inner_.barrier(); }
-  std::atomic<int> calls{0};
-
- private:
-  cddp::Communicator& inner_;
-};
+using cddp::testing::CountingCommunicator;
 
 TEST(Overlap, ExchangeStartsDuringBackwardAndOnlyWhenArmed) {
   on_ranks(2, [&](cddp::Communicator& inner, int rank) {
