@@ -38,6 +38,16 @@ void terngrad_codes(const float* w, const uint16_t* k, float s, int len, uint32_
 }
 
 [[gnu::target_clones("avx512f", "avx2", "default")]]
+double sum_of_squares(const float* x, int64_t lo, int64_t hi) {
+  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = lo;
+  for (; i + 8 <= hi; i += 8)
+    for (int k = 0; k < 8; ++k) lane[k] += double(x[i + k]) * double(x[i + k]);
+  for (int k = 0; i < hi; ++i, ++k) lane[k] += double(x[i]) * double(x[i]);
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+[[gnu::target_clones("avx512f", "avx2", "default")]]
 void qsgd_codes(const float* w, const uint16_t* k, float norm, double s, int len, uint32_t* code) {
   const double nd = norm;
   for (int j = 0; j < len; ++j) {
@@ -48,6 +58,21 @@ void qsgd_codes(const float* w, const uint16_t* k, float norm, double s, int len
     level = level < s ? level : s;                           // r = s exactly (the float norm's rounding)
     code[j] = static_cast<uint32_t>(static_cast<int32_t>(level)) << 1 | sign_bit(w[j]);
   }
+}
+
+[[gnu::target_clones("avx512f", "avx2", "default")]]
+bool natural_codes(const float* w, const uint16_t* k, int len, uint32_t* code) {
+  uint32_t top = 0;  // the largest exponent field seen: 255 is NaN or ±Inf
+  for (int j = 0; j < len; ++j) {
+    uint32_t b;
+    std::memcpy(&b, w + j, sizeof b);
+    const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
+    top = exponent > top ? exponent : top;
+    const uint32_t up = (uint32_t{k[j]} << 7) < mantissa ? 1u : 0u;
+    const uint32_t e = exponent + up < 254u ? exponent + up : 254u;  // 255 would be Inf
+    code[j] = sign << 8 | e;
+  }
+  return top < 255u;
 }
 
 }  // namespace cddp::quant

@@ -192,18 +192,6 @@ class BitReader {
   int have_ = 0;
 };
 
-// Σ x_i² over [lo, hi) in double, in a fixed order that vectorises: entry i into lane (i − lo) mod 8,
-// the lanes added pairwise, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). The same bits on
-// every CPU and thread count, which is all a norm that travels with its bucket needs.
-inline double sum_of_squares(const float* x, int64_t lo, int64_t hi) {
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = lo;
-  for (; i + 8 <= hi; i += 8)
-    for (int k = 0; k < 8; ++k) lane[k] += double(x[i + k]) * double(x[i + k]);
-  for (int k = 0; i < hi; ++i, ++k) lane[k] += double(x[i]) * double(x[i]);
-  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-}
-
 // True when no entry is NaN or ±Inf: one vectorisable pass (at::isfinite(x).all() took 30 times as long).
 inline bool all_finite(const float* x, int64_t n) {
   int ok = 1;

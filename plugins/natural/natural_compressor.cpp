@@ -2,6 +2,7 @@
 // float32 bit pattern, 9-bit codes.
 #include "natural_compressor.h"
 
+#include "quantizer_codes.h"
 #include "quantizer_support.h"
 
 #include <algorithm>
@@ -13,11 +14,6 @@ namespace cddp::natural {
 extern const ParamSpec* const kNaturalParams;
 
 namespace {
-uint32_t bits_of(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return b;
-}
 float float_of(uint32_t b) {
   float f;
   std::memcpy(&f, &b, 4);
@@ -34,7 +30,8 @@ Payload NaturalCompressor::encode(const at::Tensor& acc, PluginState& state, con
 }
 
 void NaturalCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
-  const at::Tensor x = quant::checked_input("natural", acc, ctx);
+  // Finiteness is checked in the code loop itself (an exponent field of 255), not in a pass of its own.
+  const at::Tensor x = quant::checked_input("natural", acc, ctx, /*check_finite=*/false);
   const int64_t n = x.numel();
   const float* v = x.data_ptr<float>();
   at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, kBits), at::kByte);  // BitWriter stores every byte
@@ -43,22 +40,17 @@ void NaturalCompressor::encode_into(const at::Tensor& acc, PluginState&, const C
   quant::Uniforms u(quant::stream_for(ctx, quant::kTagNatural));
   constexpr int kPiece = quant::Uniforms::kChunk;
   uint32_t code[kPiece];
+  bool finite = true;
   for (int64_t i0 = 0; i0 < n; i0 += kPiece) {  // a chunk of draws at a time: loops without branches
     const int len = static_cast<int>(std::min<int64_t>(kPiece, n - i0));
-    const uint16_t* k = u.chunk(i0);
-    for (int j = 0; j < len; ++j) {
-      const uint32_t b = bits_of(v[i0 + j]);
-      const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
-      // Up with probability m/2^23: for a normal entry (|v| − 2^e)/2^e, the mantissa's fraction; for
-      // zero or a subnormal (exponent field 0, neighbours 0 and 2^−126) |v|/2^−126 = m/2^23 as well.
-      // With u = k/2^16 that is k·2^7 < m, in integers (m = 0: never, exact powers of two stay).
-      const uint32_t up = (uint32_t{k[j]} << 7) < mantissa ? 1u : 0u;
-      const uint32_t e = std::min<uint32_t>(exponent + up, 254u);  // 255 would be Inf
-      code[j] = sign << 8 | e;
-    }
+    // Up with probability m/2^23: for a normal entry (|v| − 2^e)/2^e, the mantissa's fraction; for
+    // zero or a subnormal (exponent field 0, neighbours 0 and 2^−126) |v|/2^−126 = m/2^23 as well.
+    // With u = k/2^16 that is k·2^7 < m, in integers (m = 0: never, exact powers of two stay).
+    finite &= quant::natural_codes(v + i0, u.chunk(i0), len, code);
     out.put_many(code, len);
   }
   out.flush();
+  if (!finite) quant::fail_nonfinite("natural", ctx);
   p.parts = {codes};
 }
 

@@ -29,7 +29,8 @@ Payload QsgdCompressor::encode(const at::Tensor& acc, PluginState& state, const 
 }
 
 void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const CompressContext& ctx, Payload& p) {
-  const at::Tensor x = quant::checked_input("qsgd", acc, ctx);
+  // Finiteness rides on the buckets' sums of squares (a NaN or ±Inf makes one non-finite).
+  const at::Tensor x = quant::checked_input("qsgd", acc, ctx, /*check_finite=*/false);
   const int64_t n = x.numel(), buckets = (n + bucket_ - 1) / bucket_;
   // Every byte of the codes is stored (BitWriter), every norm written: last step's parts serve.
   at::Tensor codes = reusable_part(p, 0, quant::packed_bytes(n, width_), at::kByte);
@@ -46,6 +47,7 @@ void QsgdCompressor::encode_into(const at::Tensor& acc, PluginState&, const Comp
   for (int64_t b = 0; b < buckets; ++b) {
     const int64_t lo = b * bucket_, hi = std::min(n, lo + bucket_);
     const double sq = quant::sum_of_squares(v, lo, hi);  // in its documented fixed order
+    if (!std::isfinite(sq)) quant::fail_nonfinite("qsgd", ctx);
     const float norm = float(std::sqrt(sq));              // ‖v‖₂ of the bucket, as it travels
     // Finite entries whose norm exceeds float32 (|v| near 3.4e38) would travel as Inf and decode to NaN.
     TORCH_CHECK(std::isfinite(norm), "qsgd: the norm of bucket ", b, " (entries ", lo, "..", hi - 1,

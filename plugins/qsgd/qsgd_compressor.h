@@ -8,7 +8,7 @@
 // Unbiased, E[D(v)] = v (the paper's Lemma 3.1; here up to the 16-bit draws' bias, below), with E‖D(v) − v‖² ≤ min(d/s², √d/s)·‖v‖².
 // The norm used is the float32 one that travels, so the rounding is unbiased for what is sent;
 // its Σ v² runs in double in a fixed order that vectorises (entry i into lane (i − lo) mod 8 of
-// the bucket, the 8 lanes added pairwise: quantizer_support.h, sum_of_squares), the same bits on
+// the bucket, the 8 lanes added pairwise: quantizer_codes.h, sum_of_squares), the same bits on
 // every CPU and thread count.
 // Wire: one code of 1 + ⌈log₂(s+1)⌉ bits an entry (sign, then level), bit-packed, plus one
 // float32 norm a bucket. The paper's Elias coding of the levels is not used: fixed width lets

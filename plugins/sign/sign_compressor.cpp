@@ -2,18 +2,15 @@
 // and the two aggregates (majority vote; mean in rank order).
 #include "sign_compressor.h"
 
+#include "sign_codes.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
 #include <limits>
-#include <type_traits>
 #include <vector>
-
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 namespace cddp::sign {
 
@@ -57,12 +54,12 @@ void check_payload(const Payload& p, Variant v, const char* where) {
               "sign: ", where, ": payload does not have this variant's layout (", p.parts.size(), " parts)");
 }
 
-// A sum of doubles in a fixed order that vectorises (‖x‖₁ and the side sums were summed strictly
-// in index order, one dependent add after another: 4× a read pass): entry i adds into lane i mod 8
-// of its block of kBlock entries; fold() adds a block's lanes pairwise,
-// ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)), onto the total, blocks in index order. It is
-// deterministic and the same on every CPU and for any thread count, which is all a scale needs:
-// each rank sends its own, and every rank decodes that one.
+// The scale sums' fixed order, chosen so that it vectorises (a strictly sequential sum runs at
+// one dependent add per entry, 4× a read pass): entry i adds into lane i mod 8 of its block of
+// kBlock entries; fold() adds a block's lanes pairwise, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
+// (l6 + l7)), onto the total, blocks in index order. It is deterministic and the same on every
+// CPU and for any thread count, which is all a scale needs: each rank sends its own, and every
+// rank decodes that one. float32 runs it in plugins/common/sign_codes.cpp, float64 below.
 struct BlockedSum {
   static constexpr int64_t kBlock = 1024;  // a power of two, a multiple of 8
   double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -72,6 +69,31 @@ struct BlockedSum {
     for (double& l : lane) l = 0;
   }
 };
+
+// The float64 pass, scalar: sign_codes.cpp's float32 loop for doubles, the same sums in the
+// same order. Returns false on a NaN or ±Inf.
+bool sign_bits_double(const double* x, int64_t n, uint8_t* bits, Variant v, sign_codes::SignSums& out) {
+  const bool with_l1 = v == Variant::Scaled, with_sides = v == Variant::OneBit;
+  BlockedSum l1, pos, neg;
+  bool ok = true;
+  for (int64_t i0 = 0; i0 < n; i0 += 8) {
+    const int len = n - i0 < 8 ? int(n - i0) : 8;
+    uint32_t up = 0;
+    for (int k = 0; k < len; ++k) {
+      const double d = x[i0 + k];
+      ok &= std::fabs(d) <= std::numeric_limits<double>::max();
+      up |= (d < 0 ? 0u : 1u) << k;
+      if (with_l1) l1.lane[k] += std::fabs(d);
+      if (with_sides) (d < 0 ? neg : pos).lane[k] += d;
+    }
+    bits[i0 >> 3] = static_cast<uint8_t>(up);
+    out.pos_n += __builtin_popcount(up);
+    if (((i0 + 8) & (BlockedSum::kBlock - 1)) == 0) l1.fold(), pos.fold(), neg.fold();
+  }
+  l1.fold(), pos.fold(), neg.fold();
+  out.l1 = l1.total, out.pos = pos.total, out.neg = neg.total;
+  return ok;
+}
 
 }  // namespace
 
@@ -99,91 +121,27 @@ void SignCompressor::encode_into(const at::Tensor& acc_in, PluginState&, const C
   p.dtype = acc.scalar_type();
   p.world_size = ctx.world_size;
   uint8_t* b = bits.data_ptr<uint8_t>();
-  double l1 = 0, pos_sum = 0, neg_sum = 0;
-  int64_t pos_n = 0;
-  bool finite = true;
-  AT_DISPATCH_FLOATING_TYPES(acc.scalar_type(), "sign_encode", [&] {
-    const scalar_t* x = acc.data_ptr<scalar_t>();
-    // One pass: signs 8 to a byte, finiteness, and only the sums this variant sends (‖x‖₁ for
-    // scaled; each side's sum for onebit), in double, in BlockedSum's fixed order. Branch-free: an
-    // entry of the other side adds v·0 = ±0, and s + ±0 = s unless s = −0, which neither sum
-    // (starting at +0) can become: the bits are those of summing one side's entries only.
-    auto run = [&](auto need_l1, auto need_sides) {
-      constexpr bool kL1 = decltype(need_l1)::value, kSides = decltype(need_sides)::value;
-      BlockedSum l1s, pos_s, neg_s;
-      // The sums of entries i0 + k, k < len (i0 % 8 == 0), whose signs are bits k of `up`.
-      auto add_sums = [&](int64_t i0, uint32_t up, int len) {
-        for (int k = 0; k < len; ++k) {
-          const double v = static_cast<double>(x[i0 + k]);
-          if constexpr (kL1) l1s.lane[k] += std::fabs(v);
-          if constexpr (kSides) {
-            const double side = static_cast<double>((up >> k) & 1u);  // from the sign mask: no branch
-            pos_s.lane[k] += v * side;
-            neg_s.lane[k] += v * (1.0 - side);
-          }
-        }
-        if constexpr (kSides) pos_n += __builtin_popcount(up & ((1u << len) - 1u));
-        if (((i0 + 8) & (BlockedSum::kBlock - 1)) == 0) l1s.fold(), pos_s.fold(), neg_s.fold();
-      };
-      int ok = 1;
-      auto signs = [&](int64_t i0, int len) {  // bit k: x[i0 + k] ≥ 0, −0 included
-        uint32_t up = 0;
-        for (int k = 0; k < len; ++k) {
-          const double v = static_cast<double>(x[i0 + k]);
-          ok &= std::fabs(v) <= std::numeric_limits<double>::max();
-          up |= (v < 0 ? 0u : 1u) << k;
-        }
-        return up;
-      };
-      int64_t i0 = 0;
-#if defined(__SSE2__)
-      if constexpr (std::is_same_v<scalar_t, float>) {  // the signs and the check 8 at a time
-        const __m128 zero = _mm_setzero_ps(), top = _mm_set1_ps(std::numeric_limits<float>::max());
-        const __m128 abs_mask = _mm_castsi128_ps(_mm_set1_epi32(0x7FFFFFFF));
-        __m128 fin = _mm_castsi128_ps(_mm_set1_epi32(-1));
-        const float* xf = reinterpret_cast<const float*>(x);  // scalar_t is float here
-        for (; i0 + 8 <= n; i0 += 8) {
-          const __m128 lo = _mm_loadu_ps(xf + i0), hi = _mm_loadu_ps(xf + i0 + 4);
-          const int down = _mm_movemask_ps(_mm_cmplt_ps(lo, zero)) | _mm_movemask_ps(_mm_cmplt_ps(hi, zero)) << 4;
-          fin = _mm_and_ps(fin, _mm_and_ps(_mm_cmple_ps(_mm_and_ps(lo, abs_mask), top),
-                                           _mm_cmple_ps(_mm_and_ps(hi, abs_mask), top)));
-          const uint32_t up = ~uint32_t(down) & 0xFFu;
-          b[i0 >> 3] = static_cast<uint8_t>(up);
-          if constexpr (kL1 || kSides) add_sums(i0, up, 8);
-        }
-        ok &= _mm_movemask_ps(fin) == 0xF;
-      }
-#endif
-      for (; i0 + 8 <= n; i0 += 8) {
-        const uint32_t up = signs(i0, 8);
-        b[i0 >> 3] = static_cast<uint8_t>(up);
-        if constexpr (kL1 || kSides) add_sums(i0, up, 8);
-      }
-      if (i0 < n) {
-        const int len = static_cast<int>(n - i0);
-        const uint32_t up = signs(i0, len);
-        b[i0 >> 3] = static_cast<uint8_t>(up);
-        if constexpr (kL1 || kSides) add_sums(i0, up, len);
-      }
-      l1s.fold(), pos_s.fold(), neg_s.fold();
-      l1 = l1s.total, pos_sum = pos_s.total, neg_sum = neg_s.total;
-      finite = ok != 0;
-    };
-    using T = std::true_type;
-    using F = std::false_type;
-    if (variant_ == Variant::Scaled) run(T{}, F{});
-    else if (variant_ == Variant::OneBit) run(F{}, T{});
-    else run(F{}, F{});
-  });
+  // One pass: signs 8 to a byte, finiteness, and only the sums this variant sends (‖x‖₁ for
+  // scaled; each side's sum for onebit), in double, in BlockedSum's fixed order.
+  sign_codes::SignSums sums;
+  bool finite;
+  if (acc.scalar_type() == at::kFloat) {  // vectorised: plugins/common/sign_codes.cpp
+    const float* x = acc.data_ptr<float>();
+    finite = variant_ == Variant::Scaled   ? sign_codes::sign_bits_l1(x, n, b, sums)
+             : variant_ == Variant::OneBit ? sign_codes::sign_bits_sides(x, n, b, sums)
+                                           : sign_codes::sign_bits(x, n, b);
+  } else {
+    finite = sign_bits_double(acc.data_ptr<double>(), n, b, variant_, sums);
+  }
   TORCH_CHECK(finite, "sign: non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
   p.parts = {bits};
   if (variant_ == Variant::Scaled) {
-    scales.data_ptr<float>()[0] = n ? float(l1 / double(n)) : 0.0f;  // ‖x‖₁/n
+    scales.data_ptr<float>()[0] = n ? float(sums.l1 / double(n)) : 0.0f;  // ‖x‖₁/n
     p.parts.push_back(scales);
   } else if (variant_ == Variant::OneBit) {
     float* s = scales.data_ptr<float>();
-    s[0] = pos_n ? float(pos_sum / double(pos_n)) : 0.0f;         // a+ = mean of x ≥ 0
-    s[1] = n - pos_n ? float(neg_sum / double(n - pos_n)) : 0.0f;  // a− = mean of x < 0
+    s[0] = sums.pos_n ? float(sums.pos / double(sums.pos_n)) : 0.0f;             // a+ = mean of x ≥ 0
+    s[1] = n - sums.pos_n ? float(sums.neg / double(n - sums.pos_n)) : 0.0f;  // a− = mean of x < 0
     p.parts.push_back(scales);
   }
 }

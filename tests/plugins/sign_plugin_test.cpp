@@ -85,7 +85,7 @@ TEST_F(Sign, BitIOfByteIOver8LsbFirstOneForNonNegative) {
 
 TEST_F(Sign, ScaledDecodesToPlusMinusTheMeanAbsoluteValue) {
   auto c = make("scaled");
-  for (int64_t n : {1, 9, 1001, 1024, 5003}) {
+  for (int64_t n : {1, 9, 1001, 1024, 2053, 5003}) {
     // Magnitudes over 2^±20, so that the order of the sum shows in the float32 scale.
     auto gen = at::make_generator<at::CPUGeneratorImpl>(n);
     at::Tensor x = at::randn({n}, gen).mul_(at::exp2(at::randint(-20, 20, {n}, gen).to(at::kFloat)));
@@ -99,28 +99,37 @@ TEST_F(Sign, ScaledDecodesToPlusMinusTheMeanAbsoluteValue) {
     EXPECT_EQ(p.parts[1].item<float>(), s) << "n=" << n;
     const std::vector<float> d = floats_of(decode(*c, p));
     for (int64_t i = 0; i < n; ++i) ASSERT_EQ(d[i], up(xs[i]) ? s : -s) << "n=" << n << " i=" << i;
+    // float64 (the scalar pass) sums in the same order.
+    EXPECT_EQ(encode(*c, x.to(at::kDouble), payload_ctx()).parts[1].item<float>(), s) << "n=" << n;
   }
 }
 
 TEST_F(Sign, OneBitDecodesToTheMeanOfEachSide) {
   auto c = make("onebit");
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(5);
-  at::Tensor x = at::randn({3003}, gen).mul_(at::exp2(at::randint(-20, 20, {3003}, gen).to(at::kFloat)));
-  x[7] = 0.0f;
-  x[8] = -0.0f;
-  const std::vector<float> xs = floats_of(x);
-  std::vector<double> pos, neg;  // each side's entries at their own index, 0 at the other side's
-  int64_t np = 0, nn = 0;
-  for (float v : xs) {
-    pos.push_back(up(v) ? double(v) : 0.0), neg.push_back(up(v) ? 0.0 : double(v));
-    (up(v) ? np : nn) += 1;
+  // Whole blocks of 1024, a partial last group of 8, and a tail in a block of its own (2048 + 5).
+  for (int64_t n : {1, 9, 1001, 1024, 2053, 3003}) {
+    auto gen = at::make_generator<at::CPUGeneratorImpl>(5 + n);
+    at::Tensor x = at::randn({n}, gen).mul_(at::exp2(at::randint(-20, 20, {n}, gen).to(at::kFloat)));
+    if (n > 8) x[7] = 0.0f, x[8] = -0.0f;
+    const std::vector<float> xs = floats_of(x);
+    std::vector<double> pos, neg;  // each side's entries at their own index, 0 at the other side's
+    int64_t np = 0, nn = 0;
+    for (float v : xs) {
+      pos.push_back(up(v) ? double(v) : 0.0), neg.push_back(up(v) ? 0.0 : double(v));
+      (up(v) ? np : nn) += 1;
+    }
+    const float a_pos = np ? float(blocked_sum(pos) / double(np)) : 0.f;
+    const float a_neg = nn ? float(blocked_sum(neg) / double(nn)) : 0.f;
+    // float32 (the vectorised pass) and float64 (the scalar one) give the same scales.
+    for (auto dtype : {at::kFloat, at::kDouble}) {
+      cddp::Payload p = encode(*c, x.to(dtype), payload_ctx());
+      ASSERT_EQ(p.parts.size(), 2u);
+      EXPECT_EQ(floats_of(p.parts[1]), (std::vector<float>{a_pos, a_neg})) << "n=" << n << " " << dtype;
+      EXPECT_EQ(bytes_of(p), bytes_of(encode(*c, x, payload_ctx()))) << "n=" << n;
+      const std::vector<float> d = floats_of(decode(*c, p));
+      for (int64_t i = 0; i < n; ++i) ASSERT_EQ(d[i], up(xs[i]) ? a_pos : a_neg) << "n=" << n << " i=" << i;
+    }
   }
-  const float a_pos = float(blocked_sum(pos) / double(np)), a_neg = float(blocked_sum(neg) / double(nn));
-  cddp::Payload p = encode(*c, x, payload_ctx());
-  ASSERT_EQ(p.parts.size(), 2u);
-  EXPECT_EQ(floats_of(p.parts[1]), (std::vector<float>{a_pos, a_neg}));
-  const std::vector<float> d = floats_of(decode(*c, p));
-  for (size_t i = 0; i < xs.size(); ++i) ASSERT_EQ(d[i], up(xs[i]) ? a_pos : a_neg) << i;
 
   // One side empty: its mean is 0 and no entry decodes to it.
   cddp::Payload all_up = encode(*c, at::tensor({1.f, 2.f, 0.f}), payload_ctx());
@@ -249,8 +258,8 @@ TEST_F(Sign, NonFiniteValuesNameTheParameter) {
   for (const char* v : kVariants) {
     auto c = make(v);
     for (float bad : {std::nanf(""), std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity()})
-      for (int64_t at : {3, 12, 19}) {  // in a whole byte of 8 and in the last, partial one
-        at::Tensor x = at::randn({21});
+      for (int64_t at : {3, 12, 19, 1030, 2050}) {  // whole bytes, the last partial one, later blocks
+        at::Tensor x = at::randn({at < 21 ? 21 : 2053});
         x[at] = bad;
         for (auto dtype : {at::kFloat, at::kDouble}) {
           const std::string msg = error_of([&] { encode(*c, x.to(dtype), payload_ctx(0, 3, 0, 1, "fc1.weight")); });
