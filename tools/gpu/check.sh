@@ -322,6 +322,13 @@ step "3/8 configure"
 export CMAKE_POLICY_VERSION_MINIMUM=3.5   # CMake 4 and old package files
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 [[ -n "$NVCC" ]] && export CUDACXX="$NVCC"
+# nccl.h for the NCCL backend: pip's torch brings it in the nvidia-nccl package (core/CMakeLists.txt
+# looks under NCCL_HOME); without it the build has no NCCL and the nccl runs fail by name.
+if [[ -z "${NCCL_HOME:-}" ]]; then
+  nccl_dir="$("$PY" -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null || true)"
+  if [[ -n "$nccl_dir" && -e "$nccl_dir/include/nccl.h" ]]; then export NCCL_HOME="$nccl_dir"; fi
+fi
+echo "NCCL_HOME: ${NCCL_HOME:-(unset)}"
 common_args=(-G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 -DCDDP_BUILD_TESTS=ON)
 prefix_path="$TORCH_PREFIX"
 [[ -n "$GTEST_PREFIX" ]] && prefix_path="$prefix_path;$GTEST_PREFIX"

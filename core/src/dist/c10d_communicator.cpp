@@ -514,7 +514,8 @@ compat::Collectives& C10dCommunicator::Impl::backend_for(const at::Tensor& t) {
   return *nccl;
 #else
   TORCH_CHECK(false, "C10dCommunicator: a CUDA tensor was passed, but this build of cddp has no NCCL "
-              "(compile with USE_C10D_NCCL); move the tensor to the CPU for Gloo");
+              "(nccl.h was not found when it was configured: set NCCL_HOME and reconfigure); "
+              "move the tensor to the CPU for Gloo");
 #endif
 }
 
