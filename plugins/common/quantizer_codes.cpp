@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace cddp::quant {
 
 namespace {
@@ -61,16 +65,26 @@ void qsgd_codes(const float* w, const uint16_t* k, float norm, double s, int len
 }
 
 [[gnu::target_clones("avx512f", "avx2", "default")]]
-bool natural_codes(const float* w, const uint16_t* k, int len, uint32_t* code) {
+bool natural_codes(const float* w, const uint16_t* k, int len, uint8_t* exponents, uint8_t* signs) {
   uint32_t top = 0;  // the largest exponent field seen: 255 is NaN or ±Inf
   for (int j = 0; j < len; ++j) {
     uint32_t b;
     std::memcpy(&b, w + j, sizeof b);
-    const uint32_t sign = b >> 31, exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
+    const uint32_t exponent = (b >> 23) & 0xFFu, mantissa = b & 0x7FFFFFu;
     top = exponent > top ? exponent : top;
     const uint32_t up = (uint32_t{k[j]} << 7) < mantissa ? 1u : 0u;
-    const uint32_t e = exponent + up < 254u ? exponent + up : 254u;  // 255 would be Inf
-    code[j] = sign << 8 | e;
+    exponents[j] = static_cast<uint8_t>(exponent + up < 254u ? exponent + up : 254u);  // 255 would be Inf
+  }
+  int g = 0;  // sign bits, 8 a byte, LSB first
+#if defined(__SSE2__)
+  for (; 8 * g + 8 <= len; ++g)  // movemask: the sign bits of 4 floats (SSE2 is in every clone)
+    signs[g] = static_cast<uint8_t>(_mm_movemask_ps(_mm_loadu_ps(w + 8 * g)) |
+                                    _mm_movemask_ps(_mm_loadu_ps(w + 8 * g + 4)) << 4);
+#endif
+  for (; 8 * g < len; ++g) {
+    uint32_t byte = 0;
+    for (int t = 0; t < 8 && 8 * g + t < len; ++t) byte |= sign_bit(w[8 * g + t]) << t;
+    signs[g] = static_cast<uint8_t>(byte);
   }
   return top < 255u;
 }

@@ -33,10 +33,11 @@ double sum_of_squares(const float* x, int64_t lo, int64_t hi);
 // level = ⌊r⌋ + [u < r − ⌊r⌋], at most s; code[j] = level << 1 | sign bit of w_j.
 void qsgd_codes(const float* w, const uint16_t* k, float norm, double s, int len, uint32_t* code);
 
-// Natural compression (Horváth et al., 2019): code[j] = sign << 8 | e, where e is w_j's exponent
-// field, raised by one when k_j·2^7 < its 23-bit mantissa (up with probability m/2^23; see
-// natural_compressor.cpp), and at most 254. Returns false when some w_j is NaN or ±Inf (exponent
-// field 255): the finiteness check rides on this pass.
-bool natural_codes(const float* w, const uint16_t* k, int len, uint32_t* code);
+// Natural compression (Horváth et al., 2019), len entries: exponents[j] = w_j's exponent field,
+// raised by one when k_j·2^7 < its 23-bit mantissa (up with probability m/2^23; see
+// natural_compressor.cpp), and at most 254; signs[j / 8] bit j mod 8 = w_j's sign bit
+// (ceil(len / 8) bytes, the last one's unused bits 0). Returns false when some w_j is NaN or ±Inf
+// (exponent field 255): the finiteness check rides on this pass.
+bool natural_codes(const float* w, const uint16_t* k, int len, uint8_t* exponents, uint8_t* signs);
 
 }  // namespace cddp::quant

@@ -6,8 +6,11 @@
 //                                          sign(v_i) · 2^e       otherwise
 // Unbiased, E[C(v)_i] = v_i (up to the 16-bit draws' bias, below), with variance ≤ (1/8)·v_i² (the paper's Theorem 1). Below the
 // smallest normal float (2^−126) the two neighbours are 0 and 2^−126, with the same rule.
-// Wire: 9 bits an entry, the sign and float32's 8-bit exponent field (0: zero), bit-packed;
-// fp32's mantissa is never sent. The one value that would round up past float32's largest
+// Wire: 9 bits an entry in one byte part: first n bytes, each entry's float32 exponent field (0:
+// zero), then ceil(n/8) bytes of sign bits (bit i mod 8 of byte i/8, LSB first; 1 for negative):
+// ceil(9n/8) bytes, as 9-bit codes packed back to back would be, but every entry's byte and bit
+// sit at a fixed place, so encode and decode run without a bit cursor. fp32's mantissa is never
+// sent. The one value that would round up past float32's largest
 // power of two (2^127) stays at 2^127: a bias only for entries above 1.7·10^38.
 // The draws come from Philox keyed by (seed, step, parameter), never the global RNG, with
 // 16 bits each (quantizer_support.h, Uniforms): u = k/2^16 rounds up when k·2^7 < m (m the
@@ -34,7 +37,8 @@ class NaturalCompressor final : public Compressor {
   void combine(const std::vector<Payload>& ranks, at::Tensor& average) const override;
   int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override;
 
-  static constexpr int kBits = 9;  // sign + exponent field
+  // n exponent bytes, then ceil(n/8) sign bytes: ceil(9n/8).
+  static int64_t wire_size(int64_t n) { return n + (n + 7) / 8; }
 };
 
 }  // namespace cddp::natural

@@ -1,5 +1,5 @@
 // natural_plugin_test.cpp — the natural plugin, loaded from cddp_natural.so: byte counts
-// against ceil(9n/8), the 9-bit codes (sign, float32 exponent field) against a reference built
+// against ceil(9n/8), the codes (sign, float32 exponent field) against a reference built
 // here from the header's definition with Philox draws keyed by seed, step and parameter, exact
 // powers of two sent exactly, subnormals, unbiasedness over 1,000 seeds with
 // Var = 4^E·f(1 − f) ≤ x²/8, determinism without the global generator, the rank-order mean,
@@ -34,15 +34,15 @@ uint32_t bits_of(float f) {
   return b;
 }
 
+// Entry i's code sign << 8 | e from the wire layout: its exponent byte at i, its sign at bit
+// i mod 8 of byte n + i/8.
 std::vector<uint32_t> read_codes(const cddp::Payload& p) {
   const at::Tensor bytes = p.parts.at(0).contiguous();
   const uint8_t* b = bytes.data_ptr<uint8_t>();
-  std::vector<uint32_t> out(p.numel, 0);
-  for (int64_t i = 0; i < p.numel; ++i)
-    for (int k = 0; k < 9; ++k) {
-      const int64_t bit = i * 9 + k;
-      out[i] |= uint32_t((b[bit >> 3] >> (bit & 7)) & 1) << k;
-    }
+  const int64_t n = p.numel;
+  EXPECT_EQ(bytes.numel(), n + (n + 7) / 8);
+  std::vector<uint32_t> out(n, 0);
+  for (int64_t i = 0; i < n; ++i) out[i] = uint32_t((b[n + i / 8] >> (i % 8)) & 1) << 8 | b[i];
   return out;
 }
 
@@ -104,6 +104,8 @@ TEST_F(Natural, CodesMatchTheReferenceAndDecodeToAPowerOfTwoNeighbour) {
   ASSERT_EQ(p.parts.size(), 1u);
   const std::vector<uint32_t> codes = read_codes(p);
   const std::vector<float> dec = floats_of(decode(*c, p));
+  // n = 2003: the last sign byte holds 3 signs, and its other bits are 0 (the wire is a function of x).
+  EXPECT_EQ(p.parts[0][p.parts[0].numel() - 1].item<uint8_t>() >> (n % 8), 0);
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t b = bits_of(v[i]), sign = b >> 31, exponent = (b >> 23) & 0xFF, mantissa = b & 0x7FFFFF;
     const double u = philox_uniform(seed, kTagNatural, 11, 6, i);
