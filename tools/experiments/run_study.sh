@@ -70,6 +70,8 @@
 #                          which tensors are compressed, as PyTorch's hook does (it compresses the
 #                          mlp's 10x2048 classifier, which the trainer's 32768 would send dense)
 #   powersgd_r4            PowerSGD rank 4, likewise
+#   powersgd_r4_overlap    the same, its rounds run during backward (distributed.overlap), as
+#                          the hook's run in DDP's comm hook
 #   ddp_dense              PyTorch DDP, gloo, dense allreduce        (ddp_baseline.py)
 #   ddp_fp16               PyTorch DDP, gloo, fp16_compress_hook
 #   ddp_powersgd_r2        PyTorch DDP, gloo, PowerSGD hook rank 2, start_powerSGD_iter 10
@@ -437,6 +439,7 @@ launch_run() {
     cast_bf16)            write_config "$dir/config.toml" "$run" "$model" "$dir" cast - false global 0 0 'dtype = "bf16"' ;;
     powersgd_r2)          RUN_MIN_NUMEL=0 write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 2; start_iter = 10' ;;
     powersgd_r4)          RUN_MIN_NUMEL=0 write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 4; start_iter = 10' ;;
+    powersgd_r4_overlap)  RUN_MIN_NUMEL=0 RUN_OVERLAP=true write_config "$dir/config.toml" "$run" "$model" "$dir" powersgd - true global 0 0 'rank = 4; start_iter = 10' ;;
     ddp_dense)            kind=ddp; ddp_args+=(--hook none) ;;
     ddp_fp16)             kind=ddp; ddp_args+=(--hook fp16) ;;
     ddp_powersgd_r2)      kind=ddp; ddp_args+=(--hook powersgd --powersgd-rank 2 --start-powersgd-iter 10) ;;
