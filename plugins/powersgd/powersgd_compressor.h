@@ -29,7 +29,9 @@
 // two dense anyway (wire_bytes() declares them at a dense allreduce's size). The hook keeps
 // e = M − mean for tensors it does not compress after its start; here they carry no residual.
 //
-// It will not: batch same-shape tensors (the hook's batch_tensors_with_same_shape), run on
+// It will not: batch same-shape tensors (the hook's batch_tensors_with_same_shape: no two
+// compressed tensors of the study models, mlp 784-2048-2048-10 and simple_cnn, share a shape,
+// so it would not pay there; the coalesced rounds already make one collective a round), run on
 // GPU, take half-precision tensors, or switch error feedback (that is the host's
 // compression.error_feedback; the hook's use_error_feedback).
 #pragma once
