@@ -1,7 +1,7 @@
 // overlapped_step_test.cpp — CompressedSGD with overlap = true against the serial step, over
 // in-process ranks (ThreadCommunicator): bitwise equal parameters and state over 20 steps at
-// W = 2 and 4 for topk (sparse allgather), randomk (shared-indices allreduce) and qsgd (gather
-// payload), with DGC momentum, weight decay and dense-routed biases; gradient accumulation; the
+// W = 2 and 4 for topk (sparse allgather), randomk (shared-indices allreduce), qsgd (gather
+// payload) and powersgd (rounds, coalesced across buckets' tensors), with DGC momentum, weight decay and dense-routed biases; gradient accumulation; the
 // non-finite decision agreed by every rank; the exchange starting before step(); misuse errors.
 // It will not test real processes or a dead peer (tests/dist/dist_failure_test.cpp).
 #include <cddp/compressed_sgd.h>
@@ -65,13 +65,20 @@ struct Setup {
   double ratio;
 };
 
+cddp::ParamMap params_for(const Setup& s) {
+  if (s.compressor == "qsgd") return {};
+  // Rank 2 after 2 dense steps: fc1.weight and fc2.weight go low-rank (fc3.weight, 5 × 32, does
+  // not pay and goes dense), in different buckets.
+  if (s.compressor == "powersgd") return {{"rank", int64_t{2}}, {"start_iter", int64_t{2}}};
+  return {{"ratio", s.ratio}};
+}
+
 cddp::CompressedSGDOptions options_for(const Setup& s, cddp::PluginLoader& loader, cddp::Communicator& comm,
                                        bool overlap) {
   return cddp::CompressedSGDOptions(0.1)
       .momentum(0.9)
       .weight_decay(1e-4)
-      .compressor(loader.create(s.compressor, s.compressor == "qsgd" ? cddp::ParamMap{}
-                                                                      : cddp::ParamMap{{"ratio", s.ratio}}))
+      .compressor(loader.create(s.compressor, params_for(s)))
       .compress_1d(false)  // biases on the dense route: the flattened allreduce is in the test too
       .communicator(std::shared_ptr<cddp::Communicator>(&comm, [](cddp::Communicator*) {}))
       .overlap(overlap)
@@ -151,7 +158,7 @@ TEST_P(OverlapBitwise, SameParametersAndStateAsSerialOver20Steps) {
 
 INSTANTIATE_TEST_SUITE_P(Compressors, OverlapBitwise,
                          ::testing::Combine(::testing::Values(Setup{"topk", 0.1}, Setup{"randomk", 0.1},
-                                                              Setup{"qsgd", 0}),
+                                                              Setup{"qsgd", 0}, Setup{"powersgd", 0}),
                                             ::testing::Values(2, 4)),
                          [](const auto& info) {
                            return std::get<0>(info.param).compressor + "_W" + std::to_string(std::get<1>(info.param));

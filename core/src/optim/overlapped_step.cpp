@@ -92,24 +92,25 @@ void OverlappedStep::run_bucket(size_t b) {
   RoutedTensors now;
   now.sparse = k.routed.sparse;
   now.gather = k.routed.gather;
-  now.rounds = k.routed.rounds;
   ModelSelection none;
   exchange_averages(now, none, env_.exchange, world, k.stats);
   exchange_payloads(now, env_.payloads, env_.payload_buffers, env_.comm, step, k.stats);
 }
 
-// The flattened allreduces, over every bucket's tensors in parameter order: the serial path's
-// buffers exactly.
+// The flattened allreduces and the coalesced rounds, over every bucket's tensors in parameter
+// order: the serial path's buffers exactly.
 void OverlappedStep::exchange_deferred(StepStats& stats) {
   RoutedTensors later;
   for (Bucket& k : buckets_) {
     later.shared.insert(later.shared.end(), k.routed.shared.begin(), k.routed.shared.end());
     later.dense.insert(later.dense.end(), k.routed.dense.begin(), k.routed.dense.end());
     later.sum.insert(later.sum.end(), k.routed.sum.begin(), k.routed.sum.end());
+    later.rounds.insert(later.rounds.end(), k.routed.rounds.begin(), k.routed.rounds.end());
   }
   by_index(later.shared);
   by_index(later.dense);
   by_index(later.sum);
+  by_index(later.rounds);
   ModelSelection none;
   exchange_averages(later, none, env_.exchange, env_.comm.world_size(), stats);
   exchange_payloads(later, env_.payloads, env_.payload_buffers, env_.comm, env_.steps_taken + 1, stats);

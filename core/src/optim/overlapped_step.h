@@ -10,14 +10,16 @@
 // jobs only run, earlier and on the optimizer's behalf, the stages step() would have run.
 //
 // Same bits as the serial path (tested over 20 steps at W = 2 and 4). What is exchanged when:
-//   - in the bucket's job: the sparse allgather, the gather payloads (allgather) and the rounds
-//     (each tensor's own collectives). Each tensor's average is decoded from every rank's
-//     selection in rank order, so it does not depend on what else shares the collective.
+//   - in the bucket's job: the sparse allgather and the gather payloads (allgather). Each
+//     tensor's average is decoded from every rank's selection in rank order, so it does not
+//     depend on what else shares the collective.
 //   - at step(), in parameter order, as one call each as the serial path makes them: the dense
-//     route, the shared-indices allreduce and the sum payloads. An allreduce of a flattened
-//     buffer sums an entry in an order that depends on where it sits in the buffer (Gloo's ring
-//     reduce-scatter walks chunks of the buffer from a different rank each), so at W > 2 a
-//     per-bucket allreduce would not give the serial path's bits.
+//     route, the shared-indices allreduce, the sum payloads and the rounds (whose k-th
+//     allreduces are coalesced across tensors, core/src/exchange/coalesced_rounds.h). An
+//     allreduce of a flattened buffer sums an entry in an order that depends on where it sits
+//     in the buffer (Gloo's ring reduce-scatter walks chunks of the buffer from a different rank
+//     each), so at W > 2 a per-bucket allreduce would not give the serial path's bits. So a
+//     rounds plugin (PowerSGD) gains nothing from overlap but its compression's place in time.
 //
 // Non-finite gradients: every bucket first agrees with every rank on whether any rank holds a
 // NaN/Inf in it (one 4-byte allreduce per bucket), so every rank decides the same for the same
