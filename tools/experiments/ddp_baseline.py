@@ -304,8 +304,17 @@ def train(a):
         # fails ("op.preamble.length <= op.nbytes") or hangs. Seen with torch 1.13 + gloo.
         cap_mb = max(cap_mb, 4.0 * nparams / 2**20 + 1)
         dist._DEFAULT_FIRST_BUCKET_BYTES = int(cap_mb * 2**20)
-    ddp = DDP(model, bucket_cap_mb=cap_mb)
-    if a.hook == "powersgd":
+    if a.no_ddp:
+        # Plain PyTorch, no DDP wrapper and no hook: the reference for the framework's own cost
+        # at world size 1 (tools/experiments/framework_overhead.sh).
+        if world != 1 or a.hook != "none":
+            sys.exit("ddp_baseline: --no-ddp needs world size 1 and --hook none")
+        ddp = model
+    else:
+        ddp = DDP(model, bucket_cap_mb=cap_mb)
+    if a.no_ddp:
+        pass  # no communication hook to register
+    elif a.hook == "powersgd":
         from torch.distributed.algorithms.ddp_comm_hooks import powerSGD_hook as ps
         state = ps.PowerSGDState(process_group=None, matrix_approximation_rank=a.powersgd_rank,
                                  start_powerSGD_iter=a.start_powersgd_iter, min_compression_rate=a.min_compression_rate,
@@ -467,6 +476,7 @@ def main():
     p.add_argument("--start-powersgd-iter", type=int, default=2)
     p.add_argument("--min-compression-rate", type=float, default=2.0)
     p.add_argument("--bucket-cap-mb", type=float, default=25.0)
+    p.add_argument("--no-ddp", action="store_true", help="world size 1 only: train the bare model, no DDP wrapper")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log-every", type=int, default=10)
