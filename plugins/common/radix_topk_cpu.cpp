@@ -1,7 +1,7 @@
 // radix_topk_cpu.cpp — see radix_topk_cpu.h.
 //
 // Top-k of |x| (T = float or double, Key = the unsigned magnitude bits, kBits = 31 or 63):
-//   pass 1  per chunk: [acc = x + r; r = acc;] key = bits(acc) & mask; ++hist_c[key >> (kBits-12)].
+//   pass 1  per chunk: [[u = m·u + g; x = u;] acc = x + r; r = acc;] key = bits(acc) & mask; ++hist_c[key >> (kBits-12)].
 //           NaN: a key above +inf's, i.e. a count in the buckets above inf's (or, only when
 //           inf's own bucket is not empty, a scan).
 //   select  merge the chunk histograms; from the top bucket down find the bucket B holding the
@@ -249,9 +249,32 @@ Threshold resolve(const Key* keys, const Index* idx, int64_t m, int64_t need, Ke
 // the end) break the store-to-load dependency between equal consecutive buckets.
 constexpr int kSub = 4;
 
-template <class T, bool kFused>
+// kMomentum (needs kFused): DGC's momentum correction in front, x unused: u ← m·u + g, then
+// acc = u + r. Two roundings, fl(fl(m·u) + g), as ATen's u.mul_(m).add_(g) (this file is built
+// with -ffp-contract=off, so no multiply-add is fused).
+template <class T>
+struct MomentumIn {
+  T* u;        // the velocity, updated in place
+  const T* g;  // this step's gradient
+  T m;         // the momentum factor
+};
+
+template <class T, bool kFused, bool kMomentum = false>
 void hist_pass(const T* __restrict x, T* __restrict r, int64_t lo, int64_t hi,
-               uint32_t* __restrict h, uint32_t* __restrict sub) {
+               uint32_t* __restrict h, uint32_t* __restrict sub, const MomentumIn<T>& mom = {}) {
+  static_assert(kFused || !kMomentum, "the momentum prologue feeds error feedback");
+  T* __restrict u = mom.u;
+  const T* __restrict g = mom.g;
+  // The input of entry j: x[j], or the updated velocity.
+  auto input = [&](int64_t j) -> T {
+    if constexpr (kMomentum) {
+      const T w = mom.m * u[j] + g[j];
+      u[j] = w;
+      return w;
+    } else {
+      return x[j];
+    }
+  };
   constexpr int shift = KeyTraits<T>::kBits - kDigitBits;
   uint32_t* hs = kSub == 1 ? h : sub;
   std::memset(hs, 0, sizeof(uint32_t) * kBuckets * kSub);
@@ -261,9 +284,18 @@ void hist_pass(const T* __restrict x, T* __restrict r, int64_t lo, int64_t hi,
     // Four lanes at a time: the add, the store and the bucket arithmetic in SSE2, then one
     // increment per lane into that lane's sub-histogram.
     const __m128i mask = _mm_set1_epi32(0x7fffffff);
+    [[maybe_unused]] const __m128 mv = _mm_set1_ps(static_cast<float>(mom.m));
     for (; i + 8 <= hi; i += 8) {
-      __m128 v0 = _mm_loadu_ps(x + i);
-      __m128 v1 = _mm_loadu_ps(x + i + 4);
+      __m128 v0, v1;
+      if constexpr (kMomentum) {  // u = m·u + g, rounded after the product and after the sum
+        v0 = _mm_add_ps(_mm_mul_ps(mv, _mm_loadu_ps(u + i)), _mm_loadu_ps(g + i));
+        v1 = _mm_add_ps(_mm_mul_ps(mv, _mm_loadu_ps(u + i + 4)), _mm_loadu_ps(g + i + 4));
+        _mm_storeu_ps(u + i, v0);
+        _mm_storeu_ps(u + i + 4, v1);
+      } else {
+        v0 = _mm_loadu_ps(x + i);
+        v1 = _mm_loadu_ps(x + i + 4);
+      }
       if constexpr (kFused) {
         v0 = _mm_add_ps(v0, _mm_loadu_ps(r + i));
         v1 = _mm_add_ps(v1, _mm_loadu_ps(r + i + 4));
@@ -288,24 +320,20 @@ void hist_pass(const T* __restrict x, T* __restrict r, int64_t lo, int64_t hi,
   }
 #endif
   for (; i + kSub <= hi; i += kSub) {
-    for (int u = 0; u < kSub; ++u) {
-      T v;
+    for (int l = 0; l < kSub; ++l) {
+      T v = input(i + l);
       if constexpr (kFused) {
-        v = x[i + u] + r[i + u];
-        r[i + u] = v;
-      } else {
-        v = x[i + u];
+        v = v + r[i + l];
+        r[i + l] = v;
       }
-      ++hs[u * kBuckets + (mag_key(v) >> shift)];
+      ++hs[l * kBuckets + (mag_key(v) >> shift)];
     }
   }
   for (; i < hi; ++i) {
-    T v;
+    T v = input(i);
     if constexpr (kFused) {
-      v = x[i] + r[i];
+      v = v + r[i];
       r[i] = v;
-    } else {
-      v = x[i];
     }
     ++hs[mag_key(v) >> shift];
   }
@@ -559,8 +587,10 @@ struct RadixTopK::Impl {
     chunk_i.clear();
   }
 
+  // mom != nullptr: x is ignored and the input is DGC's corrected velocity (MomentumIn).
   template <class T, class Index>
-  void topk(const T* x, T* residual, int64_t n, int64_t k, T* out_v, Index* out_i);
+  void topk(const T* x, T* residual, int64_t n, int64_t k, T* out_v, Index* out_i,
+            const MomentumIn<T>* mom = nullptr);
 
   template <class Index>
   void randomk(uint64_t seed, int64_t step, int64_t param_index, int64_t n, int64_t k,
@@ -569,13 +599,14 @@ struct RadixTopK::Impl {
 
 template <class T, class Index>
 void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out_v,
-                           Index* out_i) {
+                           Index* out_i, const MomentumIn<T>* mom) {
   using Key = typename KeyTraits<T>::Key;
   constexpr int kBits = KeyTraits<T>::kBits;
   constexpr int shift = kBits - kDigitBits;
   check_sizes<Index>(n, k, "RadixTopK::select");
   if (n == 0) return;
-  if (x == nullptr || (k > 0 && (out_v == nullptr || out_i == nullptr))) {
+  if ((mom ? (mom->u == nullptr || mom->g == nullptr || residual == nullptr) : x == nullptr) ||
+      (k > 0 && (out_v == nullptr || out_i == nullptr))) {
     throw std::invalid_argument("RadixTopK::select: null pointer");
   }
   const int64_t nchunks = plan_chunks(n);
@@ -588,7 +619,9 @@ void RadixTopK::Impl::topk(const T* x, T* residual, int64_t n, int64_t k, T* out
     const int64_t lo = chunk_begin(n, nchunks, c), hi = chunk_begin(n, nchunks, c + 1);
     uint32_t* h = H + c * kBuckets;
     uint32_t* sub = H + nchunks * kBuckets + c * kBuckets * kSub;
-    if (residual != nullptr) {
+    if (mom != nullptr) {
+      hist_pass<T, true, true>(nullptr, residual, lo, hi, h, sub, *mom);
+    } else if (residual != nullptr) {
       hist_pass<T, true>(x, residual, lo, hi, h, sub);
     } else {
       hist_pass<T, false>(x, nullptr, lo, hi, h, sub);
@@ -962,6 +995,16 @@ void RadixTopK::select_float(const float* x, float* residual, int64_t n, int64_t
 void RadixTopK::select_float(const float* x, float* residual, int64_t n, int64_t k,
                              float* out_values, int64_t* out_indices) {
   impl_->topk<float, int64_t>(x, residual, n, k, out_values, out_indices);
+}
+void RadixTopK::select_float_momentum(float* velocity, const float* g, float momentum, float* residual, int64_t n,
+                                      int64_t k, float* out_values, int32_t* out_indices) {
+  const MomentumIn<float> mom{velocity, g, momentum};
+  impl_->topk<float, int32_t>(nullptr, residual, n, k, out_values, out_indices, &mom);
+}
+void RadixTopK::select_float_momentum(float* velocity, const float* g, float momentum, float* residual, int64_t n,
+                                      int64_t k, float* out_values, int64_t* out_indices) {
+  const MomentumIn<float> mom{velocity, g, momentum};
+  impl_->topk<float, int64_t>(nullptr, residual, n, k, out_values, out_indices, &mom);
 }
 void RadixTopK::select_double(const double* x, double* residual, int64_t n, int64_t k,
                               double* out_values, int32_t* out_indices) {

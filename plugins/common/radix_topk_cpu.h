@@ -55,6 +55,17 @@ class RadixTopK {
                     int32_t* out_indices);
   void select_float(const float* x, float* residual, int64_t n, int64_t k, float* out_values,
                     int64_t* out_indices);
+  // DGC's momentum correction fused in front as well (Lin et al., ICLR 2018, "Deep Gradient
+  // Compression", momentum correction): one pass over velocity, g and residual computes
+  //   velocity ← momentum·velocity + g   (fl(fl(momentum·velocity) + g): ATen's mul_ then add_)
+  //   acc = velocity + residual          (stored into residual)
+  // and the selection then runs as select_float with residual, bit for bit. It will not mask
+  // the velocity (DGC's factor masking): the caller zeroes velocity at out_indices, after
+  // checking them. velocity, g and residual may not alias each other or the outputs.
+  void select_float_momentum(float* velocity, const float* g, float momentum, float* residual, int64_t n,
+                             int64_t k, float* out_values, int32_t* out_indices);
+  void select_float_momentum(float* velocity, const float* g, float momentum, float* residual, int64_t n,
+                             int64_t k, float* out_values, int64_t* out_indices);
   // The same for double (63-bit magnitude keys, more radix levels at the boundary).
   void select_double(const double* x, double* residual, int64_t n, int64_t k, double* out_values,
                      int32_t* out_indices);

@@ -136,6 +136,39 @@ Compressed TopKCompressor::compress_with_feedback(const at::Tensor& grad, at::Te
   return out;
 }
 
+Compressed TopKCompressor::compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity,
+                                                           double momentum, at::Tensor& residual,
+                                                           const CompressContext& ctx) {
+  check_input(grad, ctx);
+  const int64_t n = grad.numel();
+  const bool fusable = grad.is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous() && n > 0 &&
+                       velocity.device().is_cpu() && velocity.scalar_type() == at::kFloat &&
+                       velocity.is_contiguous() && velocity.numel() == n && residual.device().is_cpu() &&
+                       residual.scalar_type() == at::kFloat && residual.is_contiguous() && residual.numel() == n;
+  if (!fusable) return Compressor::compress_with_momentum_feedback(grad, velocity, momentum, residual, ctx);
+  const int64_t k = k_for(grad, ctx);
+  Compressed out;
+  out.numel = n;
+  out.shape = residual.sizes().vec();
+  out.dtype = at::kFloat;
+  out.values = at::empty({k}, grad.options());
+  out.indices = at::empty({k}, grad.options().dtype(index_dtype_for(n)));
+  // ATen's mul_ by a Scalar computes in the tensor's float: the kernel gets the same factor.
+  const float m = static_cast<float>(momentum);
+  try {
+    if (out.indices.scalar_type() == at::kLong)
+      radix_.select_float_momentum(velocity.data_ptr<float>(), grad.data_ptr<float>(), m, residual.data_ptr<float>(),
+                                   n, k, out.values.data_ptr<float>(), out.indices.data_ptr<int64_t>());
+    else
+      radix_.select_float_momentum(velocity.data_ptr<float>(), grad.data_ptr<float>(), m, residual.data_ptr<float>(),
+                                   n, k, out.values.data_ptr<float>(), out.indices.data_ptr<int32_t>());
+  } catch (const std::invalid_argument& e) {
+    TORCH_CHECK(false, "topk: NaN in the gradient of parameter '", ctx.param_name, "' at step ", ctx.step, " (",
+                e.what(), ")");
+  }
+  return out;
+}
+
 bool TopKCompressor::has_fused_feedback() const noexcept { return true; }
 
 }  // namespace cddp::topk

@@ -4,7 +4,8 @@
 // index so that runs are reproducible; the output is sorted by index.
 //
 // float32/float64 CPU tensors go through the radix selection of plugins/common (near memory
-// bandwidth, error feedback fused into its passes); other dtypes use topk_reference.
+// bandwidth, error feedback fused into its passes, and for float32 DGC's momentum correction
+// too); other dtypes use topk_reference.
 //
 // Parameters: ratio (0 < ratio <= 1, default 0.01); impl ("auto" | "cpu" | "cuda"):
 // "auto" runs the implementation of the tensor's device, the others insist on theirs.
@@ -32,6 +33,9 @@ class TopKCompressor final : public Compressor {
   Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                     const CompressContext& ctx) override;
   bool has_fused_feedback() const noexcept override;
+  // float32 CPU: DGC's velocity update rides on the selection's first pass (radix_topk_cpu.h).
+  Compressed compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity, double momentum,
+                                             at::Tensor& residual, const CompressContext& ctx) override;
   double default_density() const noexcept override { return ratio_; }
 
   double ratio() const { return ratio_; }

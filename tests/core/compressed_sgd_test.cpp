@@ -4,6 +4,7 @@
 #include <cddp/gradient_exchange.h>
 #include <cddp/local_communicator.h>
 
+#include "param_state_of.h"
 #include "test_plugins.h"
 
 #include <ATen/ATen.h>
@@ -302,6 +303,64 @@ TEST(CompressedSGD, DgcMomentumMatchesHandComputation) {
   auto& st = static_cast<cddp::CompressedSGDParamState&>(*opt.state().begin()->second);
   EXPECT_TRUE(at::equal(st.residual(), at::tensor({2.5f, 4.f, 0.f, 1.f})));
   EXPECT_TRUE(at::equal(st.momentum_buffer(), at::tensor({1.5f, 2.f, 0.f, 1.f})));
+}
+
+// Forwards everything to another compressor except compress_with_momentum_feedback, which stays
+// Compressor's own chain: the host's unfused DGC path, to hold the fused one against.
+class UnfusedMomentum final : public cddp::Compressor {
+ public:
+  explicit UnfusedMomentum(std::shared_ptr<cddp::Compressor> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  cddp::PluginCaps caps() const override { return inner_->caps(); }
+  cddp::Compressed compress(const at::Tensor& g, const cddp::CompressContext& ctx) override {
+    return inner_->compress(g, ctx);
+  }
+  void decompress_add_(const cddp::Compressed& c, at::Tensor& dense) const override { inner_->decompress_add_(c, dense); }
+  cddp::Compressed compress_with_feedback(const at::Tensor& g, at::Tensor& r, const cddp::CompressContext& ctx) override {
+    ++calls;
+    return inner_->compress_with_feedback(g, r, ctx);
+  }
+  bool has_fused_feedback() const noexcept override { return inner_->has_fused_feedback(); }
+  double default_density() const noexcept override { return inner_->default_density(); }
+  int64_t wire_bytes(const std::vector<int64_t>& shape, at::ScalarType dtype, double density) const override {
+    return inner_->wire_bytes(shape, dtype, density);  // the same routing as the plugin's
+  }
+  int calls = 0;
+
+ private:
+  std::shared_ptr<cddp::Compressor> inner_;
+};
+
+// The top-k plugin's fused DGC pass (velocity update inside the selection) against the unfused
+// chain, over 20 steps of a model: parameters, velocities and residuals bit for bit.
+TEST(CompressedSGD, DgcFusedVelocityUpdateGivesTheUnfusedBits) {
+  auto loader = build_tree_loader();
+  TinyMlp a(7), b = a.clone();
+  auto unfused = std::make_shared<UnfusedMomentum>(loader.create("topk", {{"ratio", 0.1}}));
+  auto options = [](std::shared_ptr<cddp::Compressor> c) {
+    return cddp::CompressedSGDOptions(0.05).momentum(0.9).momentum_mode("dgc").weight_decay(1e-4).compressor(c);
+  };
+  cddp::CompressedSGD fused_opt(a.params, options(loader.create("topk", {{"ratio", 0.1}})));
+  cddp::CompressedSGD unfused_opt(b.params, options(unfused));
+  for (int64_t s = 0; s < 20; ++s) {
+    Batch d = batch(s);
+    fused_opt.zero_grad();
+    a.loss(d.x, d.y).backward();
+    fused_opt.step();
+    unfused_opt.zero_grad();
+    b.loss(d.x, d.y).backward();
+    unfused_opt.step();
+  }
+  EXPECT_EQ(unfused->calls, 20 * 4);  // the unfused chain did run, once per tensor and step
+  for (size_t i = 0; i < a.params.size(); ++i) {
+    SCOPED_TRACE(a.params[i].first);
+    EXPECT_TRUE(at::equal(a.params[i].second, b.params[i].second));
+    auto& sa = cddp::detail::param_state_of<cddp::CompressedSGDParamState>(fused_opt.state(), a.params[i].second);
+    auto& sb = cddp::detail::param_state_of<cddp::CompressedSGDParamState>(unfused_opt.state(), b.params[i].second);
+    EXPECT_TRUE(at::equal(sa.momentum_buffer(), sb.momentum_buffer()));
+    EXPECT_TRUE(at::equal(sa.residual(), sb.residual()));
+    EXPECT_GT(sa.momentum_buffer().abs().sum().item<double>(), 0);
+  }
 }
 
 TEST(CompressedSGD, SaveLoadContinuesBitwise) {

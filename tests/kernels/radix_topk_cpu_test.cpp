@@ -1,6 +1,6 @@
 // radix_topk_cpu_test.cpp — cddp::kernels::RadixTopK against simple stable-sort references:
-// exact top-k of |x| (ties: lower index), fused error feedback, NaN errors, thread invariance,
-// and the seeded random-k selection.
+// exact top-k of |x| (ties: lower index), fused error feedback and DGC momentum prologue, NaN
+// errors, thread invariance, and the seeded random-k selection.
 #include "philox.h"
 #include "radix_topk_cpu.h"
 
@@ -482,6 +482,83 @@ void fused_cases(int trials, uint64_t seed) {
 
 TEST(RadixTopK, FusedErrorFeedback) { fused_cases(500, 5); }
 
+// DGC's momentum prologue (select_float_momentum) against its contract: ATen's
+// u.mul_(m).add_(g), then the fused selection of select_float: the same u, residual, values
+// and indices, bit for bit.
+template <class Index>
+::testing::AssertionResult check_momentum(RadixTopK& s, const std::vector<float>& g, const std::vector<float>& u0,
+                                          const std::vector<float>& r0, float m, int64_t k) {
+  const int64_t n = static_cast<int64_t>(g.size());
+  std::vector<float> gv = g, u_ref = u0, r_ref = r0, u = u0, r = r0;
+  at::Tensor ut = at::from_blob(u_ref.data(), {n});
+  ut.mul_(double(m)).add_(at::from_blob(gv.data(), {n}));  // the chain the host runs unfused
+  std::vector<float> v_ref, v(static_cast<std::size_t>(k), -1.f);
+  std::vector<Index> i_ref, i(static_cast<std::size_t>(k), Index(-1));
+  run_select<float, Index>(s, u_ref, r_ref.data(), k, v_ref, i_ref);
+  s.select_float_momentum(u.data(), g.data(), m, r.data(), n, k, v.data(), i.data());
+  for (int64_t j = 0; j < n; ++j) {
+    if (bits_of(u[j]) != bits_of(u_ref[j])) return ::testing::AssertionFailure() << "velocity differs at " << j;
+    if (bits_of(r[j]) != bits_of(r_ref[j])) return ::testing::AssertionFailure() << "residual differs at " << j;
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    if (i[j] != i_ref[j] || bits_of(v[j]) != bits_of(v_ref[j]))
+      return ::testing::AssertionFailure() << "output " << j << " differs";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+void momentum_cases(int trials, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  RadixTopK s;
+  const float factors[] = {0.9f, 0.5f, 0.f, 0.99f, 1.f};
+  for (int trial = 0; trial < trials; ++trial) {
+    const int64_t n = pick_n(rng);
+    Gen gen = static_cast<Gen>(trial % static_cast<int>(Gen::kCount));
+    if (gen == Gen::kSpecial) gen = Gen::kWide;  // inf − inf would be NaN: NaNIsAnError's business
+    const std::vector<float> g = make_input<float>(gen, n, rng);
+    const std::vector<float> u = make_input<float>(static_cast<Gen>((trial / 3) % 4), n, rng);
+    const std::vector<float> r = make_input<float>(static_cast<Gen>((trial / 7) % 4), n, rng);
+    const float m = factors[trial % 5];
+    const int64_t k = pick_k(n, rng);
+    SCOPED_TRACE(std::string("gen=") + gen_name(gen) + " n=" + std::to_string(n) + " k=" + std::to_string(k) +
+                 " m=" + std::to_string(m));
+    if (trial % 2 == 0) {
+      ASSERT_TRUE(check_momentum<int32_t>(s, g, u, r, m, k));
+    } else {
+      ASSERT_TRUE(check_momentum<int64_t>(s, g, u, r, m, k));
+    }
+  }
+}
+
+TEST(RadixTopK, MomentumPrologueGivesTheChainsBits) { momentum_cases(300, 41); }
+
+TEST(RadixTopK, MomentumPrologueEdgeCases) {
+  RadixTopK s;
+  std::mt19937_64 rng(43);
+  for (int64_t n : {int64_t{1}, int64_t{7}, int64_t{8}, int64_t{9}, int64_t{65537}}) {
+    const std::vector<float> g = make_input<float>(Gen::kNormal, n, rng), u = make_input<float>(Gen::kNormal, n, rng),
+                             r = make_input<float>(Gen::kUniform, n, rng);
+    for (int64_t k : {int64_t{0}, int64_t{1}, n}) {
+      SCOPED_TRACE("n=" + std::to_string(n) + " k=" + std::to_string(k));
+      ASSERT_TRUE(check_momentum<int32_t>(s, g, u, r, 0.9f, k));
+    }
+  }
+  // A NaN in g: an error naming NaN; velocity and residual then hold the updated values.
+  std::vector<float> g(100, 1.f), u(100, 2.f), r(100, 0.5f), v(1);
+  std::vector<int32_t> i(1);
+  g[37] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    s.select_float_momentum(u.data(), g.data(), 0.5f, r.data(), 100, 1, v.data(), i.data());
+    ADD_FAILURE() << "no throw for a NaN gradient";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("NaN"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(u[0], 2.f);   // 0.5·2 + 1
+  EXPECT_EQ(r[0], 2.5f);  // u + 0.5
+  EXPECT_THROW(s.select_float_momentum(nullptr, g.data(), 0.5f, r.data(), 100, 1, v.data(), i.data()),
+               std::invalid_argument);
+}
+
 TEST(RadixTopK, NaNIsAnError) {
   RadixTopK s;
   const float qnan = std::numeric_limits<float>::quiet_NaN();
@@ -647,6 +724,7 @@ TEST(RadixTopK, PortablePathsMatchReference) {
   EXPECT_FALSE(cddp::kernels::detail::avx2_in_use());
   random_float_cases(800, 99);
   fused_cases(200, 98);
+  momentum_cases(100, 96);
   randomk_cases(100, 97);
   thread_invariance(400009, {Gen::kNormal, Gen::kClustered});
   if (!had_avx2) {

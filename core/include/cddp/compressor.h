@@ -125,6 +125,16 @@ class Compressor {
   // out = encode(acc, state, ctx). Appended to the class: the host reaches it only through the
   // ABI's encode_into trampoline (plugin_abi.h), which a plugin built before it lacks.
   virtual void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out);
+
+  // Selections: DGC's momentum correction (Lin et al., ICLR 2018) in front of error feedback.
+  // Contract (bitwise): velocity.mul_(momentum).add_(grad), then
+  // compress_with_feedback(velocity, residual, ctx). The default is exactly that chain; a
+  // plugin with fused feedback may make it one pass (top-k does) that gives the same bits. It
+  // will not mask the velocity where entries were sent: the host does, after checking the
+  // selection. `velocity` and `residual` are contiguous, of grad's numel. Appended to the class:
+  // the host reaches a plugin's through the ABI's compress_with_momentum_feedback trampoline.
+  virtual Compressed compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity, double momentum,
+                                                     at::Tensor& residual, const CompressContext& ctx);
 };
 
 // For encode_into: `previous.parts[part]` when it is a contiguous CPU tensor of `numel` entries of

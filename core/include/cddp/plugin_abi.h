@@ -36,9 +36,9 @@
 
 // Bump on any incompatible change to cddp_plugin_info, Compressor, Compressed, Payload,
 // CompressContext or ParamMap. Fields appended to cddp_plugin_info keep the version: the host
-// reads them only when struct_size covers them (encode_into is one). So do virtual functions
-// appended to Compressor: the host calls a plugin's compressor only through the trampolines
-// compiled into that plugin, never through its vtable.
+// reads them only when struct_size covers them (encode_into and compress_with_momentum_feedback
+// are). So do virtual functions appended to Compressor: the host calls a plugin's compressor
+// only through the trampolines compiled into that plugin, never through its vtable.
 #define CDDP_PLUGIN_ABI_VERSION 2u
 #define CDDP_PLUGIN_ENTRY_SYMBOL "cddp_compressor_plugin_v2"
 #define CDDP_PLUGIN_ABI_VERSION_V1 1u
@@ -132,6 +132,12 @@ struct cddp_plugin_info {
   // whose parts the plugin may write into (null: the host calls encode with an empty `out`).
   cddp_status (*encode_into)(cddp::Compressor* c, const at::Tensor* acc, cddp::PluginState* state,
                              const cddp::CompressContext* ctx, cddp::Payload* out, char* err, size_t err_len);
+  // Selections: Compressor::compress_with_momentum_feedback (DGC's momentum correction in front
+  // of error feedback; null: the host runs the unfused chain itself).
+  cddp_status (*compress_with_momentum_feedback)(cddp::Compressor* c, const at::Tensor* grad, at::Tensor* velocity,
+                                                 double momentum, at::Tensor* residual,
+                                                 const cddp::CompressContext* ctx, cddp::Compressed* out, char* err,
+                                                 size_t err_len);
 };
 
 // The size of the first ABI-2 layout (up to wire_bytes): the least a version-2 plugin declares.
@@ -222,6 +228,11 @@ struct Trampolines {
                                             const cddp::CompressContext* ctx, cddp::Compressed* out,
                                             char* err, size_t len) noexcept {
     return guarded(err, len, [&] { *out = c->compress_with_feedback(*g, *r, *ctx); });
+  }
+  static cddp_status compress_with_momentum_feedback(cddp::Compressor* c, const at::Tensor* g, at::Tensor* u,
+                                                     double m, at::Tensor* r, const cddp::CompressContext* ctx,
+                                                     cddp::Compressed* out, char* err, size_t len) noexcept {
+    return guarded(err, len, [&] { *out = c->compress_with_momentum_feedback(*g, *u, m, *r, *ctx); });
   }
   static cddp_status decompress_add(const cddp::Compressor* c, const cddp::Compressed* in, at::Tensor* dense,
                                     char* err, size_t len) noexcept {
@@ -314,7 +325,8 @@ struct Trampolines {
                                           &T_::run_rounds,                                                \
                                           &T_::state_specs,                                               \
                                           &T_::wire_bytes,                                                \
-                                          &T_::encode_into};                                              \
+                                          &T_::encode_into,                                               \
+                                          &T_::compress_with_momentum_feedback};                          \
     return &info;                                                                                         \
   }
 

@@ -91,6 +91,8 @@ class PluginCompressor final : public Compressor {
   Compressed compress_with_feedback(const at::Tensor& grad, at::Tensor& residual,
                                     const CompressContext& ctx) override;
   bool has_fused_feedback() const noexcept override;
+  Compressed compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity, double momentum,
+                                             at::Tensor& residual, const CompressContext& ctx) override;
 
   Payload encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) override;
   void encode_into(const at::Tensor& acc, PluginState& state, const CompressContext& ctx, Payload& out) override;

@@ -77,6 +77,12 @@ Compressed Compressor::compress_with_feedback(const at::Tensor& grad, at::Tensor
   return sent;
 }
 
+Compressed Compressor::compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity, double momentum,
+                                                       at::Tensor& residual, const CompressContext& ctx) {
+  velocity.mul_(momentum).add_(grad.reshape(velocity.sizes()));  // u_t = m·u_{t−1} + g_t (DGC)
+  return compress_with_feedback(velocity, residual, ctx);         // C(u_t + e), e ← acc − D
+}
+
 }  // namespace cddp
 
 namespace cddp {

@@ -26,8 +26,10 @@ void check_selection(const Compressed& c, const TensorStep& t) {
 
 void compress_one(TensorStep& t, int64_t step, int world, StepStats& st) {
   const CompressContext ctx = context_for(t, step, world);
-  const at::Tensor source = momentum_corrected_gradient(t);
-  t.sent = compress_with_error_feedback(t, source, ctx);
+  if (velocity_update_fuses(t))  // DGC's u ← m·u + g rides on the compressor's error-feedback pass
+    t.sent = compress_velocity_with_error_feedback(t, velocity_of(t), t.opt->momentum(), ctx);
+  else
+    t.sent = compress_with_error_feedback(t, momentum_corrected_gradient(t), ctx);
   if (t.index >= 0) check_selection(t.sent, t);  // (the whole-model selection is the host's own concatenation)
   mask_momentum_of_sent(t);
   st.elements_sent += t.sent.count();

@@ -5,11 +5,19 @@
 
 namespace cddp::detail {
 
+at::Tensor& velocity_of(TensorStep& t) {
+  if (!t.state->momentum_buffer().defined()) t.state->momentum_buffer(at::zeros_like(t.p, at::MemoryFormat::Contiguous));
+  return t.state->momentum_buffer();
+}
+
+bool velocity_update_fuses(const TensorStep& t) {
+  return t.momentum_before_compression() && t.error_feedback && !t.opt->nesterov();
+}
+
 at::Tensor momentum_corrected_gradient(TensorStep& t) {
   if (!t.momentum_before_compression()) return t.g;
   const auto& o = *t.opt;
-  if (!t.state->momentum_buffer().defined()) t.state->momentum_buffer(at::zeros_like(t.p));
-  at::Tensor& u = t.state->momentum_buffer();
+  at::Tensor& u = velocity_of(t);
   u.mul_(o.momentum()).add_(t.g);                     // u_t = m·u_{t−1} + g_t
   return o.nesterov() ? t.g.add(u, o.momentum()) : u;  // Nesterov: m·u_t + g_t
 }

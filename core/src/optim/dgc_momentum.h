@@ -12,7 +12,8 @@
 // The update is then the plain average, p −= lr·avg (sgd_update.h).
 //
 // The velocity u lives in CompressedSGDParamState::momentum_buffer. Internal to core/src/optim.
-// It will not touch the residual (error_feedback.h) or call the compressor (compression_stage.h).
+// It will not touch the residual or call the compressor (error_feedback.h, compression_stage.h),
+// which also hand the velocity update to the compressor when velocity_update_fuses.
 #pragma once
 
 #include "step_plan.h"
@@ -20,6 +21,14 @@
 #include <ATen/core/Tensor.h>
 
 namespace cddp::detail {
+
+// The velocity u_{t−1}: the state's momentum buffer, zeros the first time.
+at::Tensor& velocity_of(TensorStep& t);
+
+// True when the velocity update can be handed to the compressor with error feedback, as one
+// call (Compressor::compress_with_momentum_feedback, one pass in top-k): DGC with error
+// feedback and without Nesterov. Else momentum_corrected_gradient runs first, on its own.
+bool velocity_update_fuses(const TensorStep& t);
 
 // What the compressor gets, with error feedback adding the residual: the velocity u_t (or
 // m·u_t + g_t for Nesterov) after updating it, when t.momentum_before_compression(); else g.

@@ -18,6 +18,12 @@ Compressed compress_with_error_feedback(TensorStep& t, const at::Tensor& source,
   return t.compressor->compress_with_feedback(source, residual, ctx);  // e_t = acc − D(C(acc))
 }
 
+Compressed compress_velocity_with_error_feedback(TensorStep& t, at::Tensor& velocity, double momentum,
+                                                 const CompressContext& ctx) {
+  at::Tensor residual = residual_of(t);  // v_{t−1} += m·u_{t−1} + g_t, then v_t = acc − D(C(acc))
+  return t.compressor->compress_with_momentum_feedback(t.g, velocity, momentum, residual, ctx);
+}
+
 at::Tensor accumulate_for_payload(TensorStep& t, const at::Tensor& source) {
   if (!t.error_feedback) return source.reshape(t.p.sizes()).contiguous();
   return source.reshape(t.p.sizes()) + residual_of(t);  // acc = source + e_{t−1}

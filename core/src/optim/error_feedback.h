@@ -11,8 +11,8 @@
 //
 // Also here: residual_lr_scaling (the residual kept in units of the current lr), the
 // whole-model residual of scope "model", and the residual norm of StepStats. Internal to
-// core/src/optim. It will not select entries (the compressor does), apply momentum
-// (dgc_momentum.h) or communicate.
+// core/src/optim. It will not select entries (the compressor does), update the DGC velocity
+// itself (dgc_momentum.h, or the compressor's fused pass) or communicate.
 #pragma once
 
 #include "step_plan.h"
@@ -31,6 +31,10 @@ at::Tensor& residual_of(TensorStep& t);
 // Compresses `source` for t: with error feedback C(source + e) leaving e = acc − D(sent);
 // without it, C(source).
 Compressed compress_with_error_feedback(TensorStep& t, const at::Tensor& source, const CompressContext& ctx);
+// The same with DGC's velocity update handed to the compressor (dgc_momentum.h,
+// velocity_update_fuses): velocity ← m·velocity + g, then C(velocity + e), e ← acc − D(C(acc)).
+Compressed compress_velocity_with_error_feedback(TensorStep& t, at::Tensor& velocity, double momentum,
+                                                 const CompressContext& ctx);
 
 // Codecs that are not selections (payload_stage.h), in two steps around the encode or the
 // rounds:  acc = source + e_{t−1} (a fresh contiguous tensor shaped like the parameter;

@@ -286,6 +286,20 @@ Compressed PluginCompressor::compress_with_feedback(const at::Tensor& grad, at::
   return out;
 }
 
+Compressed PluginCompressor::compress_with_momentum_feedback(const at::Tensor& grad, at::Tensor& velocity,
+                                                             double momentum, at::Tensor& residual,
+                                                             const CompressContext& ctx) {
+  if (!info_->compress_with_momentum_feedback)  // a plugin built before it, or a version-1 plugin
+    return Compressor::compress_with_momentum_feedback(grad, velocity, momentum, residual, ctx);
+  Compressed out;
+  call("compress failed", name(),
+       [&](char* e, size_t n) {
+         return info_->compress_with_momentum_feedback(impl_, &grad, &velocity, momentum, &residual, &ctx, &out, e, n);
+       },
+       ctx.param_name);
+  return out;
+}
+
 Payload PluginCompressor::encode(const at::Tensor& acc, PluginState& state, const CompressContext& ctx) {
   Payload out;
   auto fn = require(info_->encode, description_, "encode()");
