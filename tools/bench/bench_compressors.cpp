@@ -2,6 +2,8 @@
 //   radix_topk      RadixTopK::select_float (exact top-k of |x|, output sorted by index)
 //   radix_topk_ef   the same fused with error feedback (acc = x + residual, residual updated;
 //                   the residual is reset, untimed, before every iteration)
+//   dgc_topk_chain  DGC's u ← 0.9·u + g (ATen mul_, add_) then radix_topk_ef of u
+//   dgc_topk_fused  the same in one pass (RadixTopK::select_float_momentum)
 //   torch_topk      at::topk(x.abs(), k)
 //   nth_element     std::nth_element of |x| on a preallocated copy (threshold only; 1 thread)
 //   read_sum        at::sum(x): one plain read pass, the floor
@@ -101,6 +103,35 @@ void bm_radix(benchmark::State& st, int64_t n, int64_t k, bool fused) {
     s.select_float(x, r, n, k, ov.data(), oi.data());
     benchmark::DoNotOptimize(ov.data());
     benchmark::DoNotOptimize(oi.data());
+    benchmark::ClobberMemory();
+  }
+  finish(st, n, k);
+}
+
+// DGC's step before sending, u ← 0.9·u + g then top-k of u + residual with error feedback:
+// fused (RadixTopK::select_float_momentum, one pass over u, g and the residual) or as the chain
+// ATen's u.mul_(0.9).add_(g) then select_float with the residual. u and the residual are reset,
+// untimed, before every iteration; g is the data's x, u its residual0 (both are just data).
+void bm_dgc_topk(benchmark::State& st, int64_t n, int64_t k, bool fused) {
+  Data& d = data(n);
+  std::vector<float> ov(static_cast<std::size_t>(k));
+  std::vector<int32_t> oi(static_cast<std::size_t>(k));
+  at::Tensor u = d.residual0.clone(), r = d.residual0.clone();
+  const float* r0 = d.residual0.data_ptr<float>();
+  RadixTopK& s = workspace();
+  for (auto _ : st) {
+    st.PauseTiming();
+    std::memcpy(u.data_ptr<float>(), r0, sizeof(float) * static_cast<std::size_t>(n));
+    std::memcpy(r.data_ptr<float>(), r0, sizeof(float) * static_cast<std::size_t>(n));
+    st.ResumeTiming();
+    if (fused) {
+      s.select_float_momentum(u.data_ptr<float>(), d.x.data_ptr<float>(), 0.9f, r.data_ptr<float>(), n, k, ov.data(),
+                              oi.data());
+    } else {
+      u.mul_(0.9).add_(d.x);
+      s.select_float(u.data_ptr<float>(), r.data_ptr<float>(), n, k, ov.data(), oi.data());
+    }
+    benchmark::DoNotOptimize(ov.data());
     benchmark::ClobberMemory();
   }
   finish(st, n, k);
@@ -388,6 +419,8 @@ void register_all(bool large) {
         };
         add("radix_topk", [n, k](benchmark::State& st) { bm_radix(st, n, k, false); });
         add("radix_topk_ef", [n, k](benchmark::State& st) { bm_radix(st, n, k, true); });
+        add("dgc_topk_chain", [n, k](benchmark::State& st) { bm_dgc_topk(st, n, k, false); });
+        add("dgc_topk_fused", [n, k](benchmark::State& st) { bm_dgc_topk(st, n, k, true); });
         add("torch_topk", [n, k](benchmark::State& st) { bm_torch_topk(st, n, k); });
         if (threads == 1) {
           add("nth_element", [n, k](benchmark::State& st) { bm_nth_element(st, n, k); });
