@@ -308,8 +308,11 @@ TEST(MultiProcessSparseAllreduce, RanksBitwiseIdentical) {
 }
 
 // Bytes received per rank with the sparse allreduce, against its formula for evenly spread
-// selections ((W−1)/W·k·8 + (W−1)·(8 + ceil(k/W)·8) + 16·(W−1)), and against W: at most 1.9× from
-// W = 2 to W = 8 for the same k (1.75× by the formula), where the allgather grows 7×.
+// selections, s = b = ceil(k/W) entries of fp32 values with Block16-coded offsets in regions of
+// R = ceil(numel/W) entries (off(n) = 4·ceil(R/65536) + 2n):
+//   (W−1)·(off(s) + 4s) + (W−1)·(8 + off(b) + 4b) + 16·(W−1),
+// and against W: at most 1.9× from W = 2 to W = 8 for the same k (about 1.75× by the formula),
+// where the allgather grows 7×.
 TEST(MultiProcessSparseAllreduce, ReceivedBytesStayFlatWithW) {
   const int64_t numel = 1000000, k = 10000;
   std::map<int, double> mean_received;
@@ -317,8 +320,9 @@ TEST(MultiProcessSparseAllreduce, ReceivedBytesStayFlatWithW) {
     JobRun run = run_workers(W, {"bytes", "--numel", std::to_string(numel), "--ratio", "0.01", "--exchange",
                                  "sparse_allreduce", "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "60"});
     ASSERT_EQ(run.code, 0) << run.all();
-    const double b = std::ceil(double(k) / W);
-    const double expected = (W - 1.0) / W * k * 8 + (W - 1) * (8 + b * 8) + 16.0 * (W - 1);
+    const double b = std::ceil(double(k) / W), blocks = std::ceil(std::ceil(double(numel) / W) / 65536);
+    const double off = 4 * blocks + 2 * b;
+    const double expected = (W - 1) * (off + 4 * b) + (W - 1) * (8 + off + 4 * b) + 16.0 * (W - 1);
     double sum = 0;
     for (int r = 0; r < W; ++r) {
       std::smatch m;

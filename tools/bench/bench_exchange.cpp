@@ -39,6 +39,8 @@
 #include <cddp/plugin_loader.h>
 #include <cddp/rendezvous.h>
 
+#include "sparse_allreduce.h"
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
@@ -102,13 +104,14 @@ struct Formula {
 };
 Formula formula_for(const std::string& exchange, int64_t k, int64_t numel, int W, int64_t value_bytes) {
   const double idx = double(cddp::index_wire_bytes(k, numel, cddp::IndexCoding::Block16));
-  const double v = double(value_bytes), b = std::ceil(double(k) / W);
+  const double v = double(value_bytes);
   if (exchange == "allgather")
     return {(W - 1) * (k * v + idx), "(W-1)*(k*" + std::to_string(value_bytes) + " + Block16 index bytes)"};
-  if (exchange == "sparse_allreduce")
-    return {(W - 1.0) / W * k * (4 + v) + (W - 1) * (8 + b * (4 + v)) + 16.0 * (W - 1),
-            "(W-1)/W*k*(4+" + std::to_string(value_bytes) + ") + (W-1)*(8 + ceil(k/W)*(4+" +
-                std::to_string(value_bytes) + ")) + 16*(W-1)"};
+  if (exchange == "sparse_allreduce")  // the library's own model (sparse_allreduce.h)
+    return {cddp::detail::sparse_allreduce_received_bytes(k, numel, value_bytes, value_bytes, W),
+            "(W-1)*(off(s,R) + s*" + std::to_string(value_bytes) + ") + (W-1)*(8 + off(b,R) + b*" +
+                std::to_string(value_bytes) + ") + 16*(W-1), s = b = ceil(k/W), R = ceil(N/W), off(n,R) = "
+                "min(4n, 4*ceil(R/65536) + 2n)"};
   return {2.0 * (W - 1) / W * 4.0 * double(numel), "2*(W-1)/W*4*N"};
 }
 

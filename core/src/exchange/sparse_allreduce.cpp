@@ -2,6 +2,8 @@
 // sparse_allreduce.h.
 #include "sparse_allreduce.h"
 
+#include "index_coding.h"
+
 #include <ATen/ATen.h>
 
 #include <algorithm>
@@ -18,6 +20,52 @@ using Clock = std::chrono::steady_clock;
 
 // Region r of an n-entry tensor at W ranks: [region_begin(r), region_begin(r + 1)).
 int64_t region_begin(int64_t n, int world, int r) { return (n / world) * r + std::min<int64_t>(r, n % world); }
+int64_t region_size(int64_t n, int world, int r) { return region_begin(n, world, r + 1) - region_begin(n, world, r); }
+
+// `count` sorted offsets into a region of `size` entries travel Block16-coded (index_coding.h:
+// 4 bytes a 65,536-entry block, then 2 an offset) when that is smaller than 4 bytes each, as
+// uint32 otherwise. Sender and receiver both know count and size, so both make the same choice.
+bool offsets_block16(int64_t count, int64_t size) { return count > 0 && block16_bytes(count, size) < 4 * count; }
+int64_t offset_bytes(int64_t count, int64_t size) { return offsets_block16(count, size) ? block16_bytes(count, size) : 4 * count; }
+
+// Writes offsets[0..n) (sorted) as offset_bytes(capacity, size) says for `capacity` entries:
+// Block16 with its header for n, or uint32s; the caller pads from n up to capacity.
+void put_offsets(std::vector<uint8_t>& buf, const std::vector<int64_t>& offsets, int64_t capacity, int64_t size) {
+  const int64_t n = static_cast<int64_t>(offsets.size());
+  const size_t at = buf.size();
+  buf.resize(at + static_cast<size_t>(offset_bytes(capacity, size)), 0);
+  if (n == 0) return;
+  if (offsets_block16(capacity, size)) {  // coded in an aligned buffer: the message has no alignment
+    std::vector<int64_t> order;
+    std::vector<uint64_t> coded(static_cast<size_t>(block16_bytes(n, size) + 7) / 8);
+    at::Tensor t = at::from_blob(const_cast<int64_t*>(offsets.data()), {n}, at::kLong);
+    encode_block16(t, size, reinterpret_cast<uint8_t*>(coded.data()), order);
+    TORCH_INTERNAL_ASSERT(order.empty(), "sparse allreduce: region offsets must arrive sorted");
+    std::memcpy(buf.data() + at, coded.data(), static_cast<size_t>(block16_bytes(n, size)));
+  } else {
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t off = static_cast<uint32_t>(offsets[j]);
+      std::memcpy(buf.data() + at + 4 * j, &off, 4);
+    }
+  }
+}
+
+// The inverse, for n entries written with `capacity` (sent by rank `from`).
+std::vector<uint32_t> get_offsets(const uint8_t* src, int64_t n, int64_t capacity, int64_t size, int from) {
+  std::vector<uint32_t> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  if (offsets_block16(capacity, size)) {
+    std::vector<uint64_t> coded(static_cast<size_t>(block16_bytes(n, size) + 7) / 8);
+    std::memcpy(coded.data(), src, static_cast<size_t>(block16_bytes(n, size)));
+    at::Tensor t = at::empty({n}, at::kLong);
+    decode_block16(reinterpret_cast<const uint8_t*>(coded.data()), n, size, t, from);
+    const int64_t* p = t.data_ptr<int64_t>();
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<uint32_t>(p[j]);
+  } else {
+    std::memcpy(out.data(), src, static_cast<size_t>(n) * 4);
+  }
+  return out;
+}
 
 at::ScalarType step2_type(ValueWire w, at::ScalarType dtype) {
   return w == ValueWire::BFloat16 ? at::kBFloat16 : w == ValueWire::Half ? at::kHalf : dtype;
@@ -75,7 +123,7 @@ struct KeptRegion {
 // Sums what every rank sent this owner for one tensor, per offset in rank order from +0, and
 // keeps the `budget` largest magnitudes (ties: the lower offset).
 template <typename T>
-KeptRegion reduce_region(const std::vector<const uint8_t*>& offsets, const std::vector<at::Tensor>& values,
+KeptRegion reduce_region(const std::vector<std::vector<uint32_t>>& offsets, const std::vector<at::Tensor>& values,
                          int64_t budget, at::ScalarType kept_type) {
   struct Entry {
     uint32_t offset, seq;
@@ -85,11 +133,7 @@ KeptRegion reduce_region(const std::vector<const uint8_t*>& offsets, const std::
   uint32_t seq = 0;
   for (size_t s = 0; s < offsets.size(); ++s) {
     const T* v = values[s].data_ptr<T>();
-    for (int64_t j = 0, n = values[s].numel(); j < n; ++j) {
-      uint32_t off;
-      std::memcpy(&off, offsets[s] + 4 * j, 4);
-      all.push_back({off, seq++, v[j]});
-    }
+    for (int64_t j = 0, n = values[s].numel(); j < n; ++j) all.push_back({offsets[s][j], seq++, v[j]});
   }
   std::sort(all.begin(), all.end(),
             [](const Entry& a, const Entry& b) { return a.offset != b.offset ? a.offset < b.offset : a.seq < b.seq; });
@@ -167,7 +211,9 @@ int64_t sort_selections(Call& call) {
                 " entries has regions too large for 32-bit offsets at ", call.W, " ranks");
     call.mine.push_back(sort_local(c, call.W, call.wire(i)));
     if (call.values == ValueWire::Half) check_fits_half(call.mine.back(), static_cast<size_t>(i));
-    payload += c.count() * (4 + int64_t(c10::elementSize(call.wire(i))));
+    const SortedLocal& mine = call.mine.back();
+    payload += c.count() * int64_t(c10::elementSize(call.wire(i)));
+    for (int r = 0; r < call.W; ++r) payload += offset_bytes(mine.from[r + 1] - mine.from[r], region_size(c.numel, call.W, r));
   }
   return payload;
 }
@@ -203,11 +249,10 @@ at::Tensor scatter(const Call& call, Communicator& comm, std::vector<int64_t>& s
     const size_t before = send.size();
     for (int64_t i = 0; i < call.P; ++i) {
       const SortedLocal& s = call.mine[i];
-      const int64_t lo = region_begin(call.local(i).numel, call.W, r);
-      for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {
-        const uint32_t off = static_cast<uint32_t>(s.index[j] - lo);
-        append_bytes(send, &off, 4);
-      }
+      const int64_t numel = call.local(i).numel, lo = region_begin(numel, call.W, r);
+      std::vector<int64_t> offsets;
+      for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) offsets.push_back(s.index[j] - lo);
+      put_offsets(send, offsets, static_cast<int64_t>(offsets.size()), region_size(numel, call.W, r));
       const size_t vb = s.wire.element_size();
       append_bytes(send, static_cast<const uint8_t*>(s.wire.data_ptr()) + s.from[r] * vb,
                    (s.from[r + 1] - s.from[r]) * vb);
@@ -215,8 +260,11 @@ at::Tensor scatter(const Call& call, Communicator& comm, std::vector<int64_t>& s
     send_bytes[r] = static_cast<int64_t>(send.size() - before);
   }
   for (int s = 0; s < call.W; ++s)
-    for (int64_t i = 0; i < call.P; ++i)
-      recv_bytes[s] += call.count_from(s, i) * int64_t(4 + c10::elementSize(call.wire(i)));
+    for (int64_t i = 0; i < call.P; ++i) {
+      const int64_t n = call.count_from(s, i);
+      recv_bytes[s] += offset_bytes(n, region_size(call.local(i).numel, call.W, call.me)) +
+                       n * int64_t(c10::elementSize(call.wire(i)));
+    }
   at::Tensor send_t = at::from_blob(send.data(), {static_cast<int64_t>(send.size())}, at::kByte);
   return comm.alltoall(send_t, send_bytes, recv_bytes);
 }
@@ -229,13 +277,14 @@ std::vector<KeptRegion> reduce_owned(const Call& call, const at::Tensor& got, co
   std::vector<KeptRegion> kept;
   for (int64_t i = 0; i < call.P; ++i) {
     const at::ScalarType dtype = call.local(i).dtype, wire = call.wire(i);
-    std::vector<const uint8_t*> offsets;
+    const int64_t size = region_size(call.local(i).numel, call.W, call.me);
+    std::vector<std::vector<uint32_t>> offsets;
     std::vector<at::Tensor> values;
     for (int s = 0; s < call.W; ++s) {
-      const int64_t n = call.count_from(s, i);
-      offsets.push_back(base + cursor[s]);
-      values.push_back(at::from_blob(base + cursor[s] + 4 * n, {n}, wire).to(dtype).contiguous());
-      cursor[s] += n * int64_t(4 + c10::elementSize(wire));
+      const int64_t n = call.count_from(s, i), ob = offset_bytes(n, size);
+      offsets.push_back(get_offsets(base + cursor[s], n, n, size, s));
+      values.push_back(at::from_blob(base + cursor[s] + ob, {n}, wire).to(dtype).contiguous());
+      cursor[s] += ob + n * int64_t(c10::elementSize(wire));
     }
     kept.push_back(dtype == at::kFloat ? reduce_region<float>(offsets, values, call.budget[i], call.kept_type(i))
                                        : reduce_region<double>(offsets, values, call.budget[i], call.kept_type(i)));
@@ -251,11 +300,12 @@ std::vector<uint8_t> pack_kept(const Call& call, const std::vector<KeptRegion>& 
     const int64_t n = static_cast<int64_t>(kept[i].offset.size()), b = call.budget[i];
     const size_t vb = c10::elementSize(call.kept_type(i));
     append_bytes(out, &n, 8);
+    const std::vector<int64_t> offsets(kept[i].offset.begin(), kept[i].offset.end());
+    put_offsets(out, offsets, b, region_size(call.local(i).numel, call.W, call.me));  // sized for b
     const size_t at = out.size();
-    out.resize(at + b * (4 + vb), 0);
+    out.resize(at + b * vb, 0);
     if (n == 0) continue;  // an empty region's buffers may be null, and memcpy(_, null, 0) is UB
-    std::memcpy(out.data() + at, kept[i].offset.data(), n * 4);
-    std::memcpy(out.data() + at + b * 4, kept[i].wire.data_ptr(), n * vb);
+    std::memcpy(out.data() + at, kept[i].wire.data_ptr(), n * vb);
   }
   return out;
 }
@@ -277,15 +327,14 @@ void decode_tensor(const Call& call, int64_t i, const std::vector<at::Tensor>& r
     uint8_t* p = regions[r].data_ptr<uint8_t>() + cursor[r];
     int64_t n;
     std::memcpy(&n, p, 8);
-    const int64_t lo = region_begin(c.numel, call.W, r);
+    const int64_t lo = region_begin(c.numel, call.W, r), size = region_size(c.numel, call.W, r);
+    TORCH_CHECK(n >= 0 && n <= b, "sparse allreduce: rank ", r, " kept ", n, " entries of tensor ", i,
+                " against a budget of ", b, " (a corrupted or mismatched message)");
+    const int64_t ob = offset_bytes(b, size);
     size_t q = index.size();
-    for (int64_t j = 0; j < n; ++j) {
-      uint32_t off;
-      std::memcpy(&off, p + 8 + 4 * j, 4);
-      index.push_back(lo + off);
-    }
-    parts.push_back(at::from_blob(p + 8 + b * 4, {n}, kt).to(c.dtype));
-    cursor[r] += 8 + b * int64_t(4 + c10::elementSize(kt));
+    for (uint32_t off : get_offsets(p + 8, n, b, size, r)) index.push_back(lo + off);
+    parts.push_back(at::from_blob(p + 8 + ob, {n}, kt).to(c.dtype));
+    cursor[r] += 8 + ob + b * int64_t(c10::elementSize(kt));
     for (int64_t j = s.from[r]; j < s.from[r + 1]; ++j) {  // both sorted: one merge
       while (q < index.size() && index[q] < s.index[j]) ++q;
       arrived[j] = q < index.size() && index[q] == s.index[j];
@@ -311,13 +360,14 @@ void decode_tensor(const Call& call, int64_t i, const std::vector<at::Tensor>& r
 
 }  // namespace
 
-double sparse_allreduce_received_bytes(int64_t k, int64_t tensors, int64_t value_bytes, int64_t kept_value_bytes,
+double sparse_allreduce_received_bytes(int64_t k, int64_t numel, int64_t value_bytes, int64_t kept_value_bytes,
                                        int world) {
   if (world <= 1) return 0;
-  const double budget = std::ceil(double(k) / world);
-  const double scatter = double(world - 1) / world * double(k) * double(4 + value_bytes);
-  const double gather = double(world - 1) * (8.0 * tensors + budget * double(4 + kept_value_bytes) * tensors);
-  return scatter + gather + 16.0 * tensors * (world - 1);
+  const int64_t budget = (k + world - 1) / world, region = (numel + world - 1) / world;
+  const int64_t share = (k + world - 1) / world;  // what one rank sends this owner, spread evenly
+  const double scatter = double(world - 1) * double(offset_bytes(share, region) + share * value_bytes);
+  const double gather = double(world - 1) * double(8 + offset_bytes(budget, region) + budget * kept_value_bytes);
+  return scatter + gather + 16.0 * (world - 1);
 }
 
 

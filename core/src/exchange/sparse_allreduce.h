@@ -7,12 +7,14 @@
 //   1. counts: one alltoall of 2P int64 per rank pair (P tensors): how many entries each rank
 //      sends each owner, and each rank's selection size k_s;
 //   2. reduce-scatter: one alltoall; each rank sends every owner the entries of its selection
-//      that lie in the owner's region (offsets in the region as uint32, values in the wire type);
+//      that lie in the owner's region (offsets in the region Block16-coded, 2 bytes each and 4 a
+//      65,536-entry block, or uint32 where that is smaller; values in the wire type);
 //      the owner sums them per index in rank order, from +0 (the allgather route's order);
 //   3. re-selection: the owner keeps the b = ceil(max_s k_s / W) sums of largest magnitude
 //      (ties: the lower index), so b·W ≥ every rank's k entries survive in all;
-//   4. allgather of every region's kept (offset, sum), padded to b entries: equal sizes on
-//      every rank, as Gloo in LibTorch 1.13 needs. The mean is sum / W, the same on every rank.
+//   4. allgather of every region's kept (offset, sum), offsets coded as in step 2, padded to b
+//      entries: equal sizes on every rank, as Gloo in LibTorch 1.13 needs. The mean is sum / W,
+//      the same on every rank.
 // Per rank that receives (W−1)/W·k entries in step 2 (when the selection is spread evenly) and
 // (W−1)·b ≈ k in step 4: at most about 2k entries for any W, against (W−1)·k for an allgather.
 // The price is three collectives instead of one or two, and the re-selection.
@@ -47,11 +49,14 @@ struct SparseAllreduceSlot {
   SparseAverage* returned = nullptr;  // out: what this rank adds to its residual (indices may repeat)
 };
 
-// Bytes one rank receives in a SparseAllreduce of P tensors, k entries each, at W ranks (the
-// model for the cost comparison and the benchmark's formula): (W−1)/W·k entries in step 2,
-// (W−1)·(8P + Σ b·(4 + v3)) in step 4, 16P·(W−1) for the counts. v: the wire value bytes of
-// step 2, v3 those of step 4.
-double sparse_allreduce_received_bytes(int64_t k, int64_t tensors, int64_t value_bytes, int64_t kept_value_bytes,
+// Bytes one rank receives in a SparseAllreduce of one tensor of `numel` entries, k selected on
+// every rank, at W ranks (the model for the cost comparison and the benchmark's formula), with
+// s = ceil(k/W) entries from each rank in step 2 (an evenly spread selection) and b = ceil(k/W)
+// kept in step 4, in regions of R = ceil(numel/W) entries:
+//   (W−1)·(off(s, R) + s·v) + (W−1)·(8 + off(b, R) + b·v3) + 16·(W−1)
+// where off(n, R) is the offsets' bytes: min(4n, 4·ceil(R/65536) + 2n) (Block16 or uint32).
+// v: the wire value bytes of step 2, v3 those of step 4.
+double sparse_allreduce_received_bytes(int64_t k, int64_t numel, int64_t value_bytes, int64_t kept_value_bytes,
                                        int world);
 
 class SparseAllreduce {

@@ -29,7 +29,7 @@ SparseAlgorithm choose_sparse_algorithm(const std::vector<int64_t>& counts, cons
   double gathered = 0, reduced = 0;
   for (size_t i = 0; i < counts.size(); ++i) {
     gathered += double(world - 1) * double(counts[i] * v + index_wire_bytes(counts[i], numels[i], coding));
-    reduced += sparse_allreduce_received_bytes(counts[i], 1, v, v4, world);
+    reduced += sparse_allreduce_received_bytes(counts[i], numels[i], v, v4, world);
   }
   const double hop = double(world - 1) * kAutoLatencySeconds;
   const double t_gather = gathered / kAutoLinkBytesPerSecond + 2 * hop;
