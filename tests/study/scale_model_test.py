@@ -37,9 +37,14 @@ def synthetic_bench(a=1e-4, bw=1e9, k=1000, slow_w8=1.0):
 
 class ScaleModelTest(unittest.TestCase):
     def test_formulas(self):
-        # allgather: (W-1)*k*(4+2); sparse allreduce at W = 4, k = 1000: 3/4*1000*8 + 3*(8 + 250*8) + 48
+        # allgather: (W-1)*k*(4+2). Sparse allreduce at W = 4, k = 1000 of 5.8M: 250 entries a region
+        # of 1.45M (23 Block16 blocks): offsets 4*23 + 2*250 = 592 B, values 1000 B, in both phases:
+        # 3*1592 + 3*(8 + 1592) + 48; the W = 4 bench row (k = 58000) is 522624 B by the same rule.
         self.assertEqual(scale_model.received_bytes("allgather", 4, 1000), 3 * 1000 * 6)
-        self.assertAlmostEqual(scale_model.received_bytes("sparse_allreduce", 4, 1000), 6000 + 3 * 2008 + 48)
+        self.assertAlmostEqual(scale_model.received_bytes("sparse_allreduce", 4, 1000), 3 * 1592 + 3 * 1600 + 48)
+        self.assertAlmostEqual(scale_model.received_bytes("sparse_allreduce", 4, 58000), 522624)
+        # One entry a region of 250: uint32 (4 B) beats Block16 (4 + 2 B).
+        self.assertAlmostEqual(scale_model.received_bytes("sparse_allreduce", 4, 4, numel=1000), 3 * 8 + 3 * 16 + 48)
         self.assertAlmostEqual(scale_model.received_bytes("powersgd", 4, 0, powersgd_bytes=1000), 1500)
         ratio = scale_model.received_bytes("sparse_allreduce", 8, 58000) / scale_model.received_bytes(
             "sparse_allreduce", 2, 58000)

@@ -16,7 +16,8 @@ The model of one step at W ranks on a link of bandwidth B (bytes/s) and a per-me
 with, per exchange (k entries per rank, v value bytes, i index bytes):
     allgather (top-k):   messages W-1 (one ring; fixed-k top-k skips the counts), bytes (W-1)*k*(v+i)
     sparse allreduce:    messages 3(W-1) (two alltoalls, one allgather),
-                         bytes (W-1)/W*k*(4+v) + (W-1)*(8 + ceil(k/W)*(4+v)) + 16(W-1)
+                         bytes (W-1)*(off(s) + s*v) + (W-1)*(8 + off(s) + s*v) + 16(W-1), s = ceil(k/W),
+                         off(n) = min(4n, 4*ceil(R/65536) + 2n) for regions of R = ceil(numel/W)
     PowerSGD allreduce:  messages 2 * 2(W-1) (two ring allreduces, P and Q),
                          bytes 2(W-1)/W * M (M: the P and Q bytes of one rank)
 and every method also ring-allreduces `dense_bytes` (the tensors kept dense) with 2(W-1) messages.
@@ -70,11 +71,18 @@ def messages(method, W):
             "dense_allreduce": 2 * (W - 1)}[method]
 
 
-def received_bytes(method, W, k, value_bytes=4, index_bytes=2.0, powersgd_bytes=0.0):
+def offset_bytes(n, region):
+    """Bytes of n sorted offsets in a region of `region` entries: Block16 or uint32, the smaller."""
+    return min(4 * n, 4 * math.ceil(region / 65536) + 2 * n) if n > 0 else 0
+
+
+def received_bytes(method, W, k, value_bytes=4, index_bytes=2.0, powersgd_bytes=0.0, numel=5800000):
     if method == "allgather":
         return (W - 1) * k * (value_bytes + index_bytes)
-    if method == "sparse_allreduce":
-        return (W - 1) / W * k * (4 + value_bytes) + (W - 1) * (8 + math.ceil(k / W) * (4 + value_bytes)) + 16 * (W - 1)
+    if method == "sparse_allreduce":  # sparse_allreduce.h: s = b = ceil(k/W) entries a region
+        s, region = math.ceil(k / W), math.ceil(numel / W)
+        per = offset_bytes(s, region) + s * value_bytes
+        return (W - 1) * per + (W - 1) * (8 + per) + 16 * (W - 1)
     if method == "powersgd":
         return 2 * (W - 1) / W * powersgd_bytes
     raise ValueError(method)
@@ -123,7 +131,7 @@ def predict(args, a):
             ag = args.compute_ms / 1e3 + args.compress_ms / 1e3 + dense + exchange_time(
                 "allgather", W, bw, a, k=args.k, value_bytes=args.value_bytes)
             sar = args.compute_ms / 1e3 + args.compress_ms / 1e3 + dense + exchange_time(
-                "sparse_allreduce", W, bw, a, k=args.k, value_bytes=args.value_bytes)
+                "sparse_allreduce", W, bw, a, k=args.k, value_bytes=args.value_bytes, numel=args.numel)
             psgd = args.powersgd_compute_ms / 1e3 + args.powersgd_compress_ms / 1e3 + dense + exchange_time(
                 "powersgd", W, bw, a, k=0, powersgd_bytes=args.powersgd_bytes)
             out[(name, W)] = (ag * 1e3, sar * 1e3, psgd * 1e3)
@@ -195,6 +203,7 @@ def main(argv=None):
                    help="P and Q bytes per rank per step (issue #13: 0.24 MB received at W = 4)")
     p.add_argument("--k", type=int, default=58000, help="entries selected per rank per step (1 %% of 5.8M)")
     p.add_argument("--value-bytes", type=int, default=4, choices=[2, 4])
+    p.add_argument("--numel", type=int, default=5800000, help="entries of the gradient (the study mlp's 5.8M)")
     p.add_argument("--dense-bytes", type=float, default=81920.0, help="bytes kept dense per step (all methods)")
     args = p.parse_args(argv)
     exchanges, latency = load_bench(args.bench)
