@@ -1,4 +1,4 @@
-// sign_codes.cpp — the loops of sign_codes.h, one source, three instruction sets.
+// sign_codes.cpp — the loops of sign_codes.h, one source, two element types, three instruction sets.
 //
 // Per group of 8 entries: the signs come from one SSE2 compare-and-movemask per 4 (SSE2 is in
 // every x86-64 clone), finiteness from the largest |x| bit pattern (NaN and ±Inf lie above every
@@ -39,19 +39,44 @@ inline uint32_t up_mask8(const float* x) {
 #endif
 }
 
-// Eight entries as GCC vectors: one register under AVX-512, two under AVX2, four under SSE2.
-typedef float F8 __attribute__((vector_size(32)));
+// Eight entries as GCC vectors, per element type: one register under AVX-512 (float), two under
+// AVX2, four under SSE2; float64 takes twice as many. Bits: the entries' bit patterns; kInf: +Inf's.
+template <class T>
+struct Vec8;
+template <>
+struct Vec8<float> {
+  typedef float V __attribute__((vector_size(32)));
+  typedef uint32_t Bits __attribute__((vector_size(32)));
+  typedef uint32_t Word;
+  static constexpr Word kInf = 0x7F800000u;
+};
+template <>
+struct Vec8<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef uint64_t Bits __attribute__((vector_size(64)));
+  typedef uint64_t Word;
+  static constexpr Word kInf = 0x7FF0000000000000ull;
+};
 typedef double D8 __attribute__((vector_size(64)));
-typedef uint32_t U8 __attribute__((vector_size(32)));
 typedef int64_t L8 __attribute__((vector_size(64)));
 
-// The pass, for the sums chosen at compile time; inlined into each cloned entry point so that
-// its vector code is generated for that clone's instruction set.
-template <bool kL1, bool kSides>
-[[gnu::always_inline]] inline bool run(const float* x, int64_t n, uint8_t* bits, SignSums& out) {
-  U8 max_bits = {0, 0, 0, 0, 0, 0, 0, 0};  // lane-wise largest |x| bit pattern
-  const U8 abs_mask = {0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu,
-                       0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu, 0x7FFFFFFFu};
+// Bit k of the result: x[k] ≥ 0 (−0 included; NaN gives 1 and is caught by the finiteness test).
+inline uint32_t up_mask8(const double* x) {
+  uint32_t up = 0;
+  for (int k = 0; k < 8; ++k) up |= (x[k] < 0 ? 0u : 1u) << k;
+  return up;
+}
+
+// The pass, for the element type and the sums chosen at compile time; inlined into each cloned
+// entry point so that its vector code is generated for that clone's instruction set.
+template <class T, bool kL1, bool kSides>
+[[gnu::always_inline]] inline bool run(const T* x, int64_t n, uint8_t* bits, SignSums& out) {
+  using V = typename Vec8<T>::V;
+  using Bits = typename Vec8<T>::Bits;
+  using Word = typename Vec8<T>::Word;
+  constexpr Word kAbs = ~Word(0) >> 1;  // clears the sign bit
+  Bits max_bits = {};                   // lane-wise largest |x| bit pattern
+  const Bits abs_mask = {kAbs, kAbs, kAbs, kAbs, kAbs, kAbs, kAbs, kAbs};
   const D8 zero = {0, 0, 0, 0, 0, 0, 0, 0};
   double l1 = 0, pos = 0, neg = 0;
   int64_t pos_n = 0;
@@ -60,11 +85,11 @@ template <bool kL1, bool kSides>
     D8 l1_lane = zero, pos_lane = zero, neg_lane = zero;
     const int64_t b_end = b0 + kBlock < full ? b0 + kBlock : full;
     for (int64_t i0 = b0; i0 < b_end; i0 += 8) {
-      F8 f;
+      V f;
       std::memcpy(&f, x + i0, sizeof f);
       const uint32_t up = up_mask8(x + i0);
       bits[i0 >> 3] = static_cast<uint8_t>(up);
-      U8 b;
+      Bits b;
       std::memcpy(&b, &f, sizeof b);
       b &= abs_mask;
       max_bits = b > max_bits ? b : max_bits;
@@ -84,9 +109,9 @@ template <bool kL1, bool kSides>
       for (int64_t i = full; i < n; ++i) {
         const int k = int(i - full);
         const double d = x[i];
-        uint32_t b;
+        Word b;
         std::memcpy(&b, x + i, sizeof b);
-        b &= 0x7FFFFFFFu;
+        b &= kAbs;
         max_bits[0] = b > max_bits[0] ? b : max_bits[0];
         up |= (d < 0 ? 0u : 1u) << k;
         if constexpr (kL1) l1_lane[k] += std::fabs(d);
@@ -102,9 +127,9 @@ template <bool kL1, bool kSides>
     if constexpr (kSides) pos += fold(pos_lane), neg += fold(neg_lane);
   }
   out.l1 = l1, out.pos = pos, out.neg = neg, out.pos_n = pos_n;
-  uint32_t m = 0;
+  Word m = 0;
   for (int k = 0; k < 8; ++k) m = max_bits[k] > m ? max_bits[k] : m;
-  return m < 0x7F800000u;
+  return m < Vec8<T>::kInf;
 }
 
 }  // namespace
@@ -112,17 +137,33 @@ template <bool kL1, bool kSides>
 [[gnu::target_clones("avx512f", "avx2", "default")]]
 bool sign_bits(const float* x, int64_t n, uint8_t* bits) {
   SignSums unused;
-  return run<false, false>(x, n, bits, unused);
+  return run<float, false, false>(x, n, bits, unused);
 }
 
 [[gnu::target_clones("avx512f", "avx2", "default")]]
 bool sign_bits_l1(const float* x, int64_t n, uint8_t* bits, SignSums& sums) {
-  return run<true, false>(x, n, bits, sums);
+  return run<float, true, false>(x, n, bits, sums);
 }
 
 [[gnu::target_clones("avx512f", "avx2", "default")]]
 bool sign_bits_sides(const float* x, int64_t n, uint8_t* bits, SignSums& sums) {
-  return run<false, true>(x, n, bits, sums);
+  return run<float, false, true>(x, n, bits, sums);
+}
+
+[[gnu::target_clones("avx512f", "avx2", "default")]]
+bool sign_bits(const double* x, int64_t n, uint8_t* bits) {
+  SignSums unused;
+  return run<double, false, false>(x, n, bits, unused);
+}
+
+[[gnu::target_clones("avx512f", "avx2", "default")]]
+bool sign_bits_l1(const double* x, int64_t n, uint8_t* bits, SignSums& sums) {
+  return run<double, true, false>(x, n, bits, sums);
+}
+
+[[gnu::target_clones("avx512f", "avx2", "default")]]
+bool sign_bits_sides(const double* x, int64_t n, uint8_t* bits, SignSums& sums) {
+  return run<double, false, true>(x, n, bits, sums);
 }
 
 }  // namespace cddp::sign_codes

@@ -8,8 +8,6 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/Exception.h>
 
-#include <cmath>
-#include <limits>
 #include <vector>
 
 namespace cddp::sign {
@@ -54,45 +52,12 @@ void check_payload(const Payload& p, Variant v, const char* where) {
               "sign: ", where, ": payload does not have this variant's layout (", p.parts.size(), " parts)");
 }
 
-// The scale sums' fixed order, chosen so that it vectorises (a strictly sequential sum runs at
-// one dependent add per entry, 4× a read pass): entry i adds into lane i mod 8 of its block of
-// kBlock entries; fold() adds a block's lanes pairwise, ((l0 + l1) + (l2 + l3)) + ((l4 + l5) +
-// (l6 + l7)), onto the total, blocks in index order. It is deterministic and the same on every
-// CPU and for any thread count, which is all a scale needs: each rank sends its own, and every
-// rank decodes that one. float32 runs it in plugins/common/sign_codes.cpp, float64 below.
-struct BlockedSum {
-  static constexpr int64_t kBlock = 1024;  // a power of two, a multiple of 8
-  double lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  double total = 0;
-  void fold() {
-    total += ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
-    for (double& l : lane) l = 0;
-  }
-};
-
-// The float64 pass, scalar: sign_codes.cpp's float32 loop for doubles, the same sums in the
-// same order. Returns false on a NaN or ±Inf.
-bool sign_bits_double(const double* x, int64_t n, uint8_t* bits, Variant v, sign_codes::SignSums& out) {
-  const bool with_l1 = v == Variant::Scaled, with_sides = v == Variant::OneBit;
-  BlockedSum l1, pos, neg;
-  bool ok = true;
-  for (int64_t i0 = 0; i0 < n; i0 += 8) {
-    const int len = n - i0 < 8 ? int(n - i0) : 8;
-    uint32_t up = 0;
-    for (int k = 0; k < len; ++k) {
-      const double d = x[i0 + k];
-      ok &= std::fabs(d) <= std::numeric_limits<double>::max();
-      up |= (d < 0 ? 0u : 1u) << k;
-      if (with_l1) l1.lane[k] += std::fabs(d);
-      if (with_sides) (d < 0 ? neg : pos).lane[k] += d;
-    }
-    bits[i0 >> 3] = static_cast<uint8_t>(up);
-    out.pos_n += __builtin_popcount(up);
-    if (((i0 + 8) & (BlockedSum::kBlock - 1)) == 0) l1.fold(), pos.fold(), neg.fold();
-  }
-  l1.fold(), pos.fold(), neg.fold();
-  out.l1 = l1.total, out.pos = pos.total, out.neg = neg.total;
-  return ok;
+// The variant's pass (plugins/common/sign_codes.h: signs, finiteness, and only the sums it sends).
+template <class T>
+bool sign_pass(const T* x, int64_t n, uint8_t* bits, Variant v, sign_codes::SignSums& sums) {
+  return v == Variant::Scaled   ? sign_codes::sign_bits_l1(x, n, bits, sums)
+         : v == Variant::OneBit ? sign_codes::sign_bits_sides(x, n, bits, sums)
+                                : sign_codes::sign_bits(x, n, bits);
 }
 
 }  // namespace
@@ -122,17 +87,10 @@ void SignCompressor::encode_into(const at::Tensor& acc_in, PluginState&, const C
   p.world_size = ctx.world_size;
   uint8_t* b = bits.data_ptr<uint8_t>();
   // One pass: signs 8 to a byte, finiteness, and only the sums this variant sends (‖x‖₁ for
-  // scaled; each side's sum for onebit), in double, in BlockedSum's fixed order.
+  // scaled; each side's sum for onebit), in double, in sign_codes.h's fixed order.
   sign_codes::SignSums sums;
-  bool finite;
-  if (acc.scalar_type() == at::kFloat) {  // vectorised: plugins/common/sign_codes.cpp
-    const float* x = acc.data_ptr<float>();
-    finite = variant_ == Variant::Scaled   ? sign_codes::sign_bits_l1(x, n, b, sums)
-             : variant_ == Variant::OneBit ? sign_codes::sign_bits_sides(x, n, b, sums)
-                                           : sign_codes::sign_bits(x, n, b);
-  } else {
-    finite = sign_bits_double(acc.data_ptr<double>(), n, b, variant_, sums);
-  }
+  const bool finite = acc.scalar_type() == at::kFloat ? sign_pass(acc.data_ptr<float>(), n, b, variant_, sums)
+                                                      : sign_pass(acc.data_ptr<double>(), n, b, variant_, sums);
   TORCH_CHECK(finite, "sign: non-finite value (NaN or Inf) in parameter '", ctx.param_name, "' at step ", ctx.step);
   p.parts = {bits};
   if (variant_ == Variant::Scaled) {

@@ -30,7 +30,7 @@ class Sign : public ::testing::Test {
 
 int64_t extra_bytes(const std::string& v) { return v == "signsgd" ? 0 : v == "scaled" ? 4 : 8; }
 
-// Σ terms in the order sign_compressor.cpp documents (BlockedSum): term i into lane i mod 8 of
+// Σ terms in the order plugins/common/sign_codes.h documents: term i into lane i mod 8 of
 // block i / 1024; a block's lanes added ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) onto
 // the total, blocks in index order.
 double blocked_sum(const std::vector<double>& terms) {
