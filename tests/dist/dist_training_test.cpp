@@ -234,6 +234,33 @@ INSTANTIATE_TEST_SUITE_P(Dist, MultiProcessOverlap,
                            return std::get<0>(info.param) + "_W" + std::to_string(std::get<1>(info.param));
                          });
 
+// The sparse allreduce per bucket: each tensor's mean and returned entries depend on that tensor
+// alone, so the overlapped step gives the serial bits, with fp32 and bf16 values, at W = 3 (not a
+// power of two) and 4.
+TEST(MultiProcessOverlap, SparseAllreduceGivesTheSerialBits) {
+  for (auto [world, values] : {std::pair<int, std::string>{3, "fp32"}, {4, "bf16"}}) {
+    std::vector<std::vector<at::Tensor>> params(2);
+    for (int overlap : {0, 1}) {
+      const auto dir = scratch_dir("overlap_sar_" + std::to_string(world) + values + std::to_string(overlap));
+      JobRun run = run_workers(world, {"train", "--compressor", "topk", "--ratio", "0.1", "--steps", "20",
+                                       "--momentum", "0.9", "--momentum-mode", "dgc", "--min-numel", "100",
+                                       "--exchange", "sparse_allreduce", "--value-dtype", values, "--overlap",
+                                       std::to_string(overlap), "--bucket-kb", "2", "--first-bucket-kb", "0.1",
+                                       "--out", dir.string(), "--plugin-dir", CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+      ASSERT_EQ(run.code, 0) << run.all();
+      params[size_t(overlap)] = load_params(dir, world - 1);
+      for (int r = 0; r < world - 1; ++r) {
+        const std::vector<at::Tensor> pr = load_params(dir, r);
+        for (size_t i = 0; i < pr.size(); ++i) EXPECT_TRUE(at::equal(pr[i], params[size_t(overlap)][i])) << "rank " << r;
+      }
+    }
+    ASSERT_EQ(params[1].size(), 4u);
+    for (size_t i = 0; i < 4; ++i)
+      EXPECT_TRUE(at::equal(params[0][i], params[1][i])) << "W=" << world << " " << values << " tensor " << i;
+    EXPECT_FALSE(at::equal(params[1][0], tensors_of(make_params(7))[0].detach()));
+  }
+}
+
 // PowerSGD (a rounds plugin) in real processes over Gloo at W = 4, w1 and w2 in different
 // buckets: the rounds of both are coalesced into one allreduce a round on the serial path, and
 // Gloo's ring sums an entry in an order that depends on where it sits in the buffer, so the

@@ -38,11 +38,13 @@ void check_options(const CompressedSGDOptions& o, const std::string& where) {
   TORCH_CHECK(!(o.overlap() && o.scope() == "model"), where,
               "overlap needs scope \"layer\": scope \"model\" makes one selection over every gradient, which "
               "cannot start before backward has finished them all");
-  // The overlapped buckets run the allgather exchange; "auto" decides at step(), after the
-  // buckets have left, and the sparse allreduce has not been tested per bucket yet.
-  TORCH_CHECK(!(o.overlap() && o.exchange() != "allgather"), where, "overlap needs exchange \"allgather\", got \"",
-              o.exchange(), "\" (\"auto\" chooses at step(), after the overlapped buckets have been sent; the sparse "
-              "allreduce does not run per bucket yet)");
+  // The overlapped buckets run the allgather or the sparse allreduce (each tensor's mean and
+  // returned entries depend on that tensor alone, so per bucket gives the serial bits). "auto"
+  // chooses from the first call's selections: per bucket that is the first bucket's, serially
+  // every tensor's, and the two choices could differ.
+  TORCH_CHECK(!(o.overlap() && o.exchange() == "auto"), where,
+              "overlap needs exchange \"allgather\" or \"sparse_allreduce\", got \"auto\" (it chooses from the "
+              "first exchange's selections, which with overlap are the first bucket's only)");
   TORCH_CHECK(o.bucket_cap_mb() > 0 && o.first_bucket_cap_mb() > 0, where, "Invalid bucket_cap_mb ",
               o.bucket_cap_mb(), " / first_bucket_cap_mb ", o.first_bucket_cap_mb(), "; expected > 0 (MiB)");
 }
