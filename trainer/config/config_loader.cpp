@@ -190,7 +190,10 @@ const std::vector<Section>& schema() {
                  {enum_field("backend", &C::distributed, &DistributedConfig::backend, {"gloo", "nccl", "auto"}),
                   int_field("nproc_per_node", &C::distributed, &DistributedConfig::nproc_per_node, 1, 1024),
                   float_field("timeout_s", &C::distributed, &DistributedConfig::timeout_s, 0, 86400, true),
-                  field("overlap", Kind::Bool, &C::distributed, &DistributedConfig::overlap)},
+                  field("overlap", Kind::Bool, &C::distributed, &DistributedConfig::overlap),
+                  float_field("bucket_cap_mb", &C::distributed, &DistributedConfig::bucket_cap_mb, 0, 1 << 20, true),
+                  float_field("first_bucket_cap_mb", &C::distributed, &DistributedConfig::first_bucket_cap_mb, 0,
+                              1 << 20, true)},
                  {}});
     s.push_back({"checkpoint",
                  {field("enabled", Kind::Bool, &C::checkpoint, &CheckpointConfig::enabled),

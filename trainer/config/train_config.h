@@ -112,6 +112,8 @@ struct DistributedConfig {
   int64_t nproc_per_node = 1;
   double timeout_s = 60;
   bool overlap = defaults::kOverlap;  // CompressedSGDOptions::overlap: the exchange overlaps backward
+  double bucket_cap_mb = defaults::kBucketCapMb;             // with overlap: MiB a bucket (PyTorch DDP's)
+  double first_bucket_cap_mb = defaults::kFirstBucketCapMb;  // and the first (last layers') bucket
 };
 
 struct CheckpointConfig {

@@ -63,6 +63,8 @@ std::unique_ptr<CompressedOptimizer> make_sgd(const TrainConfig& cfg, const Comp
       .rules(compression.rules)
       .seed(cfg.run.seed)
       .overlap(cfg.distributed.overlap)
+      .bucket_cap_mb(cfg.distributed.bucket_cap_mb)
+      .first_bucket_cap_mb(cfg.distributed.first_bucket_cap_mb)
       .communicator(std::move(comm));
   return std::make_unique<CompressedSGD>(std::move(named_params), opts);
 }
