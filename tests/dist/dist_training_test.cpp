@@ -261,6 +261,29 @@ TEST(MultiProcessOverlap, SparseAllreduceGivesTheSerialBits) {
   }
 }
 
+// Exchange "auto" with overlap: the bucket job makes the choice (not a silent allgather), the
+// same one here as the serial step makes (the sparse tensors all share one bucket).
+TEST(MultiProcessOverlap, ExchangeAutoChoosesInTheBucketJob) {
+  const int world = 4;
+  std::vector<std::string> choice(2);
+  std::vector<std::vector<at::Tensor>> params(2);
+  for (int overlap : {0, 1}) {
+    const auto dir = scratch_dir("overlap_auto_" + std::to_string(overlap));
+    JobRun run = run_workers(world, {"train", "--compressor", "topk", "--ratio", "0.1", "--steps", "6", "--momentum",
+                                     "0.9", "--momentum-mode", "dgc", "--min-numel", "100", "--exchange", "auto",
+                                     "--overlap", std::to_string(overlap), "--out", dir.string(), "--plugin-dir",
+                                     CDDP_TEST_PLUGIN_DIR, "--timeout", "30"});
+    ASSERT_EQ(run.code, 0) << run.all();
+    std::smatch m;
+    const std::string text = run.text(0);
+    ASSERT_TRUE(std::regex_search(text, m, std::regex("EXCHANGE exchange \"auto\" chose (\\w+)"))) << run.all();
+    choice[size_t(overlap)] = m[1];
+    params[size_t(overlap)] = load_params(dir, 0);
+  }
+  EXPECT_EQ(choice[0], choice[1]);
+  for (size_t i = 0; i < params[0].size(); ++i) EXPECT_TRUE(at::equal(params[0][i], params[1][i])) << "tensor " << i;
+}
+
 // PowerSGD (a rounds plugin) in real processes over Gloo at W = 4, w1 and w2 in different
 // buckets: the rounds of both are coalesced into one allreduce a round on the serial path, and
 // Gloo's ring sums an entry in an order that depends on where it sits in the buffer, so the

@@ -194,6 +194,7 @@ int role_train(const Args& a) {
   }
   for (const auto& r : opt.routing()) std::printf("ROUTE %s %s\n", r.name.c_str(), route_name(r.route));
   std::printf("BACKEND %s\n", comm->backend_name().c_str());
+  if (!opt.exchange_decision().empty()) std::printf("EXCHANGE %s\n", opt.exchange_decision().c_str());
   const std::string out = a.get("--out", "");
   if (!out.empty()) {
     std::vector<at::Tensor> plain;

@@ -130,7 +130,8 @@ void CompressedSGD::adopt_new_param_groups() {
 void CompressedSGD::start_overlap() {
   using Key = typename std::decay_t<decltype(state_)>::key_type;
   detail::OverlapEnvironment env{param_groups_, *settings_, names_, *exchange_, *payloads_, *payload_buffers_, *comm_,
-                                 {routes_, routing_log_}, density_override_, step_,
+                                 {routes_, routing_log_}, density_override_, step_, exchange_decided_,
+                                 exchange_decision_,
                                  [this](const at::Tensor& p) -> CompressedSGDParamState& { return state_for(p); },
                                  [this](const at::Tensor& p) {
                                    return const_cast<CompressedSGDParamState*>(find_state(p));
@@ -207,12 +208,7 @@ at::Tensor CompressedSGD::step(LossClosure closure) {
 
   // 4. Exchange: the mean over ranks of what every rank sent (what did not arrive, back into
   //    the residuals).
-  if (!exchange_decided_ && !routed.sparse.empty() && comm_->world_size() > 1) {  // "auto": once
-    std::vector<int64_t> counts, numels;
-    for (const detail::TensorStep* t : routed.sparse) counts.push_back(t->sent.count()), numels.push_back(t->sent.numel);
-    exchange_decision_ = exchange_->choose_algorithm(counts, numels);
-    exchange_decided_ = true;
-  }
+  detail::decide_exchange_once(routed, *exchange_, comm_->world_size(), exchange_decided_, exchange_decision_);
   detail::exchange_averages(routed, model, *exchange_, comm_->world_size(), st);
   detail::exchange_payloads(routed, *payloads_, *payload_buffers_, *comm_, step_, st);
 

@@ -62,6 +62,15 @@ void take_averages(const std::vector<TensorStep*>& tensors, const std::vector<co
 
 }  // namespace
 
+void decide_exchange_once(const RoutedTensors& routed, GradientExchange& exchange, int world, bool& decided,
+                          std::string& why) {
+  if (decided || routed.sparse.empty() || world <= 1) return;
+  std::vector<int64_t> counts, numels;
+  for (const TensorStep* t : routed.sparse) counts.push_back(t->sent.count()), numels.push_back(t->sent.numel);
+  why = exchange.choose_algorithm(counts, numels);
+  decided = true;
+}
+
 void exchange_averages(RoutedTensors& routed, ModelSelection& model, GradientExchange& exchange, int world,
                        StepStats& st) {
   const std::vector<const AverageOf*> sparse = exchange.average_sparse(requests_for(routed.sparse, model.used()), st);

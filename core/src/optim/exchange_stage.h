@@ -15,7 +15,16 @@
 #include <cddp/compression_stats.h>
 #include <cddp/gradient_exchange.h>
 
+#include <string>
+
 namespace cddp::detail {
+
+// Exchange "auto": chooses the sparse route's algorithm once, at the first exchange that has
+// sparse tensors (serially every tensor's; with overlap the first bucket's that holds some),
+// from their selections' counts summed over the ranks, so every rank chooses the same. Sets
+// `decided` and writes the reason into `why`; does nothing once decided or at world size 1.
+void decide_exchange_once(const RoutedTensors& routed, GradientExchange& exchange, int world, bool& decided,
+                          std::string& why);
 
 // Fills t.average (or t.coalesced) of every routed tensor; with a whole-model selection, each
 // part's average is its slice of the whole one.

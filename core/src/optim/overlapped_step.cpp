@@ -93,6 +93,7 @@ void OverlappedStep::run_bucket(size_t b) {
   now.sparse = k.routed.sparse;
   now.gather = k.routed.gather;
   ModelSelection none;
+  decide_exchange_once(now, env_.exchange, world, env_.exchange_decided, env_.exchange_decision);
   exchange_averages(now, none, env_.exchange, world, k.stats);
   exchange_payloads(now, env_.payloads, env_.payload_buffers, env_.comm, step, k.stats);
 }

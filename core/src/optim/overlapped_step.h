@@ -10,9 +10,10 @@
 // jobs only run, earlier and on the optimizer's behalf, the stages step() would have run.
 //
 // Same bits as the serial path (tested over 20 steps at W = 2 and 4). What is exchanged when:
-//   - in the bucket's job: the sparse allgather and the gather payloads (allgather). Each
-//     tensor's average is decoded from every rank's selection in rank order, so it does not
-//     depend on what else shares the collective.
+//   - in the bucket's job: the sparse route (allgather or sparse allreduce) and the gather
+//     payloads (allgather). Each tensor's average is decoded from every rank's selection in rank
+//     order, so it does not depend on what else shares the collective. Exchange "auto" chooses
+//     at the first bucket that holds sparse tensors, from theirs alone (serially: from all).
 //   - at step(), in parameter order, as one call each as the serial path makes them: the dense
 //     route, the shared-indices allreduce, the sum payloads and the rounds (whose k-th
 //     allreduces are coalesced across tensors, core/src/exchange/coalesced_rounds.h). An
@@ -85,6 +86,8 @@ struct OverlapEnvironment {
   RoutingMemory memory;
   const double& density_override;
   const int64_t& steps_taken;
+  bool& exchange_decided;         // exchange "auto" (exchange_stage.h, decide_exchange_once)
+  std::string& exchange_decision;
   std::function<CompressedSGDParamState&(const at::Tensor&)> state_for;
   std::function<CompressedSGDParamState*(const at::Tensor&)> find_state;  // null when none yet
   std::function<void(const at::Tensor&)> erase_state;

@@ -40,11 +40,8 @@ void check_options(const CompressedSGDOptions& o, const std::string& where) {
               "cannot start before backward has finished them all");
   // The overlapped buckets run the allgather or the sparse allreduce (each tensor's mean and
   // returned entries depend on that tensor alone, so per bucket gives the serial bits). "auto"
-  // chooses from the first call's selections: per bucket that is the first bucket's, serially
-  // every tensor's, and the two choices could differ.
-  TORCH_CHECK(!(o.overlap() && o.exchange() == "auto"), where,
-              "overlap needs exchange \"allgather\" or \"sparse_allreduce\", got \"auto\" (it chooses from the "
-              "first exchange's selections, which with overlap are the first bucket's only)");
+  // chooses once, from the first exchange's selections: with overlap the first bucket's that
+  // holds sparse ones, serially every tensor's; the two choices can differ (config.md says so).
   TORCH_CHECK(o.bucket_cap_mb() > 0 && o.first_bucket_cap_mb() > 0, where, "Invalid bucket_cap_mb ",
               o.bucket_cap_mb(), " / first_bucket_cap_mb ", o.first_bucket_cap_mb(), "; expected > 0 (MiB)");
 }
