@@ -80,12 +80,12 @@ TEST(ConfigLoader, DefaultsAndDerivedPaths) {
   EXPECT_EQ(c.compression.plugin, "topk");
   EXPECT_DOUBLE_EQ(c.compression.ratio, 0.01);
   EXPECT_EQ(c.checkpoint.resume, "auto");
-  EXPECT_EQ(c.compression.value_dtype, "fp32");
-  EXPECT_EQ(c.compression.exchange, "allgather");
-  TrainConfig s = load_config_string("[compression]\nexchange = \"sparse_allreduce\"\nvalue_dtype = \"bf16\"\n",
+  EXPECT_EQ(c.compression.value_dtype, "bf16");  // the trainer's wire defaults (option_defaults.h)
+  EXPECT_EQ(c.compression.exchange, "auto");
+  TrainConfig s = load_config_string("[compression]\nexchange = \"sparse_allreduce\"\nvalue_dtype = \"fp32\"\n",
                                      "sar.toml", {}, choices());
   EXPECT_EQ(s.compression.exchange, "sparse_allreduce");
-  EXPECT_EQ(s.compression.value_dtype, "bf16");
+  EXPECT_EQ(s.compression.value_dtype, "fp32");
 }
 
 TEST(ConfigLoader, RenderedConfigReadsBackTheSame) {

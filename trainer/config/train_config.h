@@ -92,8 +92,8 @@ struct CompressionConfig {
   bool residual_lr_scaling = defaults::kResidualLrScaling;  // residual kept in units of the current lr (CompressedSGDOptions)
   std::string scope = defaults::kScope;  // "layer" | "model"
   std::string index_coding = defaults::kIndexCoding;  // how sparse indices travel: "block16" | "plain" (int32)
-  std::string value_dtype = defaults::kValueDtype;    // how sparse values travel: "fp32" | "bf16" | "fp16" (rounding kept in the residual)
-  std::string exchange = defaults::kExchange;         // "allgather" | "sparse_allreduce" | "auto" (CompressedSGDOptions::exchange)
+  std::string value_dtype = defaults::kTrainerValueDtype;  // how sparse values travel: "fp32" | "bf16" | "fp16" (rounding kept in the residual)
+  std::string exchange = defaults::kTrainerExchange;       // "allgather" | "sparse_allreduce" | "auto" (CompressedSGDOptions::exchange)
   int64_t min_numel = defaults::kTrainerMinNumel;  // smaller tensors go dense; why not 0: option_defaults.h
   bool compress_1d = defaults::kCompress1d;
   bool auto_dense = defaults::kAutoDense;
