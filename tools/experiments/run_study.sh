@@ -50,6 +50,10 @@
 #   topk1_ef_dgc_bf16      the same, values on the wire as bf16 (compression.value_dtype)
 #   topk1_ef_dgc_overlap   the same, exchange overlapped with backward (distributed.overlap)
 #   topk1_ef_dgc_bf16_overlap  both
+#   topk1_ef_dgc_fp32_allgather  top-k 1 %, EF, dgc, fp32 values, the allgather (cddp-train's
+#                          defaults before 3f40f7a; topk1_ef_dgc is the defaults of the binary)
+#   topk1_ef_dgc_bf16_sparse_overlap  bf16 values, the sparse allreduce, overlapped with
+#                          backward in buckets of 8 MiB (the mlp's two weights in two buckets)
 #   topk1_ef_dgc_sparse    the same, averaged by the sparse allreduce (compression.exchange)
 #   topk1_ef_dgc_bf16_sparse   bf16 values and the sparse allreduce
 #   topk1_ef_warmup_dgc    top-k 1%, EF, dgc, DGC warm-up (dense, then exponential density decay)
@@ -103,7 +107,7 @@ ALL_RUNS="dense,topk1_ef,topk1_ef_dgc,topk1_ef_warmup_dgc,topk01_ef_warmup,topk0
 ADAMW_RUNS="adamw_dense,adamw_onebit_topk1,adamw_onebit_sign,adamw_naive_topk1,ddp_adamw"
 # Every compressor family against every PyTorch DDP peer (issue #14's study): --runs compare
 # Top-k 1 % with 16-bit values and with the exchange overlapped, against DDP + PowerSGD (issue #13): --runs wire
-WIRE_RUNS="topk1_ef_dgc,topk1_ef_dgc_bf16,topk1_ef_dgc_overlap,topk1_ef_dgc_bf16_overlap,topk1_ef_dgc_sparse,topk1_ef_dgc_bf16_sparse,ddp_powersgd_r4"
+WIRE_RUNS="topk1_ef_dgc,topk1_ef_dgc_fp32_allgather,topk1_ef_dgc_bf16,topk1_ef_dgc_overlap,topk1_ef_dgc_bf16_overlap,topk1_ef_dgc_sparse,topk1_ef_dgc_bf16_sparse,topk1_ef_dgc_bf16_sparse_overlap,ddp_powersgd_r4"
 COMPARE_RUNS="dense,topk1_ef_dgc,topk01_ef_dgc,randk1_ef,threshold_ef,qsgd,terngrad,natural,sign_signsgd,sign_scaled_ef,sign_onebit_ef,cast_fp16,cast_bf16,powersgd_r2,powersgd_r4,ddp_dense,ddp_fp16,ddp_powersgd_r2,ddp_powersgd_r4"
 
 ORIG_ARGS="$*"
@@ -389,6 +393,7 @@ write_config() {
     echo "backend = \"gloo\""
     echo "timeout_s = 120"
     [ -n "${RUN_OVERLAP:-}" ] && echo "overlap = $RUN_OVERLAP"
+    [ -n "${RUN_BUCKET_CAP_MB:-}" ] && echo "bucket_cap_mb = $RUN_BUCKET_CAP_MB"
     echo "[checkpoint]"
     echo "enabled = false"
     echo "resume = \"never\""
@@ -428,6 +433,8 @@ launch_run() {
     topk1_ef_dgc_bf16_overlap) RUN_VALUE_DTYPE=bf16 RUN_OVERLAP=true write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
     topk1_ef_dgc_sparse)  RUN_EXCHANGE=sparse_allreduce write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
     topk1_ef_dgc_bf16_sparse) RUN_VALUE_DTYPE=bf16 RUN_EXCHANGE=sparse_allreduce write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_dgc_fp32_allgather) RUN_VALUE_DTYPE=fp32 RUN_EXCHANGE=allgather write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
+    topk1_ef_dgc_bf16_sparse_overlap) RUN_VALUE_DTYPE=bf16 RUN_EXCHANGE=sparse_allreduce RUN_OVERLAP=true RUN_BUCKET_CAP_MB=8 write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc 0 0 ;;
     topk1_ef_warmup_dgc)  write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.01 true dgc "$WD" "$WDEC" ;;
     topk01_ef_warmup)     write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true global "$WD" "$WDEC" ;;
     topk01_ef_warmup_dgc) write_config "$dir/config.toml" "$run" "$model" "$dir" topk 0.001 true dgc "$WD" "$WDEC" ;;
