@@ -23,6 +23,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -142,6 +143,9 @@ class PluginLoader {
 
   PluginSearchPath search_path_;
   std::vector<std::pair<std::filesystem::path, std::weak_ptr<LoadedLibrary>>> open_;
+  // create() and describe() may be called from several threads at once (one per rank, say):
+  // the libraries opened so far are shared, so open() holds this. A pointer keeps the loader movable.
+  std::unique_ptr<std::mutex> open_mutex_ = std::make_unique<std::mutex>();
 };
 
 // The file name a plugin called `name` lives in: "cddp_<name>.so".

@@ -390,6 +390,7 @@ fs::path PluginLoader::resolve(const std::string& name_or_path) const {
 }
 
 std::shared_ptr<LoadedLibrary> PluginLoader::open(const fs::path& path) {
+  const std::lock_guard<std::mutex> lock(*open_mutex_);
   for (auto it = open_.begin(); it != open_.end();) {
     if (auto alive = it->second.lock()) {
       if (it->first == path) return alive;
