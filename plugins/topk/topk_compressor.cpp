@@ -42,6 +42,11 @@ int64_t TopKCompressor::k_for(const at::Tensor& grad, const CompressContext& ctx
 
 namespace {
 bool radix_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kDouble; }
+// A state tensor the fused CPU kernels can write in place beside `grad`: the same dtype and
+// numel, contiguous, on the CPU.
+bool writable_beside(const at::Tensor& grad, const at::Tensor& t) {
+  return t.device().is_cpu() && t.scalar_type() == grad.scalar_type() && t.is_contiguous() && t.numel() == grad.numel();
+}
 }  // namespace
 
 void TopKCompressor::check_input(const at::Tensor& grad, const CompressContext& ctx) const {
@@ -60,30 +65,42 @@ void TopKCompressor::check_input(const at::Tensor& grad, const CompressContext& 
               grad.scalar_type(), "; expected a floating-point tensor (float, double, half, bfloat16)");
 }
 
-// Radix selection of `x` (contiguous float32/float64), optionally with fused error feedback.
-// The kernel reports NaN with std::invalid_argument; the message gains the parameter's name.
-static Compressed radix_select(kernels::RadixTopK& radix, const at::Tensor& x, at::Tensor* residual, int64_t k,
-                               const CompressContext& ctx) {
+// An unfilled k-entry selection of `x`'s numel, shape and dtype, for a kernel to write.
+static Compressed selection_for(const at::Tensor& x, int64_t k) {
   Compressed out;
   out.numel = x.numel();
   out.shape = x.sizes().vec();
   out.dtype = x.scalar_type();
   out.values = at::empty({k}, x.options());
   out.indices = at::empty({k}, x.options().dtype(index_dtype_for(out.numel)));
-  const bool wide = out.indices.scalar_type() == at::kLong;
+  return out;
+}
+
+// Runs kernel(values, indices) on `out`'s buffers (T values; int32 or int64 indices as out has
+// them). The kernels report NaN with std::invalid_argument; the message gains the parameter's name.
+template <class T, class Kernel>
+static void fill_selection(Compressed& out, const CompressContext& ctx, Kernel&& kernel) {
   try {
-    if (out.dtype == at::kFloat) {
-      float* r = residual ? residual->data_ptr<float>() : nullptr;
-      if (wide) radix.select_float(x.data_ptr<float>(), r, out.numel, k, out.values.data_ptr<float>(), out.indices.data_ptr<int64_t>());
-      else radix.select_float(x.data_ptr<float>(), r, out.numel, k, out.values.data_ptr<float>(), out.indices.data_ptr<int32_t>());
-    } else {
-      double* r = residual ? residual->data_ptr<double>() : nullptr;
-      if (wide) radix.select_double(x.data_ptr<double>(), r, out.numel, k, out.values.data_ptr<double>(), out.indices.data_ptr<int64_t>());
-      else radix.select_double(x.data_ptr<double>(), r, out.numel, k, out.values.data_ptr<double>(), out.indices.data_ptr<int32_t>());
-    }
+    if (out.indices.scalar_type() == at::kLong) kernel(out.values.data_ptr<T>(), out.indices.data_ptr<int64_t>());
+    else kernel(out.values.data_ptr<T>(), out.indices.data_ptr<int32_t>());
   } catch (const std::invalid_argument& e) {
     TORCH_CHECK(false, "topk: NaN in the gradient of parameter '", ctx.param_name, "' at step ", ctx.step, " (",
                 e.what(), ")");
+  }
+}
+
+// Radix selection of `x` (contiguous float32/float64), optionally with fused error feedback.
+static Compressed radix_select(kernels::RadixTopK& radix, const at::Tensor& x, at::Tensor* residual, int64_t k,
+                               const CompressContext& ctx) {
+  Compressed out = selection_for(x, k);
+  const int64_t n = out.numel;
+  if (out.dtype == at::kFloat) {
+    float* r = residual ? residual->data_ptr<float>() : nullptr;
+    fill_selection<float>(out, ctx, [&](float* v, auto* i) { radix.select_float(x.data_ptr<float>(), r, n, k, v, i); });
+  } else {
+    double* r = residual ? residual->data_ptr<double>() : nullptr;
+    fill_selection<double>(out, ctx,
+                           [&](double* v, auto* i) { radix.select_double(x.data_ptr<double>(), r, n, k, v, i); });
   }
   return out;
 }
@@ -125,9 +142,7 @@ Compressed TopKCompressor::compress_with_feedback(const at::Tensor& grad, at::Te
     return out;
   }
 #endif
-  const bool fusable = grad.is_cpu() && radix_dtype(grad.scalar_type()) && residual.scalar_type() == grad.scalar_type() &&
-                       residual.is_contiguous() && residual.device().is_cpu() && residual.numel() == grad.numel() &&
-                       grad.numel() > 0;
+  const bool fusable = grad.is_cpu() && radix_dtype(grad.scalar_type()) && grad.numel() > 0 && writable_beside(grad, residual);
   if (!fusable) return Compressor::compress_with_feedback(grad, residual, ctx);
   // One pass computes acc = g + residual into `residual` while histogramming |acc|; the
   // selection then zeroes the chosen positions: residual = acc − D(C(acc)), bit for bit.
@@ -142,30 +157,16 @@ Compressed TopKCompressor::compress_with_momentum_feedback(const at::Tensor& gra
   check_input(grad, ctx);
   const int64_t n = grad.numel();
   const bool fusable = grad.is_cpu() && grad.scalar_type() == at::kFloat && grad.is_contiguous() && n > 0 &&
-                       velocity.device().is_cpu() && velocity.scalar_type() == at::kFloat &&
-                       velocity.is_contiguous() && velocity.numel() == n && residual.device().is_cpu() &&
-                       residual.scalar_type() == at::kFloat && residual.is_contiguous() && residual.numel() == n;
+                       writable_beside(grad, velocity) && writable_beside(grad, residual);
   if (!fusable) return Compressor::compress_with_momentum_feedback(grad, velocity, momentum, residual, ctx);
   const int64_t k = k_for(grad, ctx);
-  Compressed out;
-  out.numel = n;
-  out.shape = residual.sizes().vec();
-  out.dtype = at::kFloat;
-  out.values = at::empty({k}, grad.options());
-  out.indices = at::empty({k}, grad.options().dtype(index_dtype_for(n)));
+  Compressed out = selection_for(residual, k);
   // ATen's mul_ by a Scalar computes in the tensor's float: the kernel gets the same factor.
   const float m = static_cast<float>(momentum);
-  try {
-    if (out.indices.scalar_type() == at::kLong)
-      radix_.select_float_momentum(velocity.data_ptr<float>(), grad.data_ptr<float>(), m, residual.data_ptr<float>(),
-                                   n, k, out.values.data_ptr<float>(), out.indices.data_ptr<int64_t>());
-    else
-      radix_.select_float_momentum(velocity.data_ptr<float>(), grad.data_ptr<float>(), m, residual.data_ptr<float>(),
-                                   n, k, out.values.data_ptr<float>(), out.indices.data_ptr<int32_t>());
-  } catch (const std::invalid_argument& e) {
-    TORCH_CHECK(false, "topk: NaN in the gradient of parameter '", ctx.param_name, "' at step ", ctx.step, " (",
-                e.what(), ")");
-  }
+  fill_selection<float>(out, ctx, [&](float* v, auto* i) {
+    radix_.select_float_momentum(velocity.data_ptr<float>(), grad.data_ptr<float>(), m, residual.data_ptr<float>(), n, k,
+                                 v, i);
+  });
   return out;
 }
 
